@@ -1,0 +1,12 @@
+_base_ = 'mmdet::_base_/default_runtime.py'
+
+default_scope = 'mmdet'
+custom_imports = dict(imports=['mmens'], allow_failed_imports=False)
+
+# Works on CPU (gloo) and CUDA, and with fusion rules that have no parameters.
+model_wrapper_cfg = dict(type='EnsembleDistributedWrapper')
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=10),
+    visualization=dict(type='DetVisualizationHook', draw=False))
+log_level = 'INFO'

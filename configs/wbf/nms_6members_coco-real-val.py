@@ -1,0 +1,12 @@
+# Per-class NMS over the pooled member boxes (ensemble-boxes nms) of the 6 embedded members:
+#   python tools/test.py configs/wbf/nms_6members_coco-real-val.py
+_base_ = ['../_base_/datasets/coco_real_cached.py', '../_base_/default_runtime.py']
+
+model = dict(
+    type='FusionDetector',
+    members={{_base_.members}},
+    method='nms',
+    fusion_cfg=dict(iou_thr=0.5),
+    test_cfg=dict(max_per_img=100))
+test_cfg = dict(type='TestLoop')
+val_cfg = dict(type='ValLoop')

@@ -1,0 +1,143 @@
+"""COCO images with the cached predictions of several detector members."""
+import json
+import os.path as osp
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+from mmdet.datasets import CocoDataset
+from mmdet.registry import DATASETS
+from mmengine.logging import print_log
+
+from .coco_results import load_member_predictions, member_name
+
+
+def fold_image_ids(img_ids: Sequence[int], num_folds: int, index: int, split: str,
+                   seed: int = 0) -> List[int]:
+    """Image ids of one split of a seeded k-fold partition (by image, not by box).
+
+    Args:
+        img_ids (Sequence[int]): all image ids.
+        num_folds (int): k >= 2.
+        index (int): which fold, ``0 <= index < num_folds``.
+        split (str): ``'val'`` keeps the fold, ``'train'`` keeps the other folds.
+        seed (int): permutation seed; the same seed gives the same folds everywhere.
+    """
+    if num_folds < 2 or not 0 <= index < num_folds:
+        raise ValueError(f'fold: need num_folds >= 2 and 0 <= index < num_folds, got '
+                         f'num_folds={num_folds}, index={index}')
+    if split not in ('train', 'val'):
+        raise ValueError(f"fold: split must be 'train' or 'val', got {split!r}")
+    ids = np.array(sorted(img_ids), dtype=np.int64)
+    perm = np.random.RandomState(seed).permutation(len(ids))
+    in_fold = np.zeros(len(ids), dtype=bool)
+    in_fold[perm[index::num_folds]] = True
+    chosen = ids[in_fold] if split == 'val' else ids[~in_fold]
+    return chosen.tolist()
+
+
+@DATASETS.register_module()
+class CocoEnsembleDataset(CocoDataset):
+    """A COCO dataset whose samples also carry the cached predictions of N members.
+
+    Each member is a COCO-results JSON file (any framework). The files are read once,
+    validated against the annotation file (see :mod:`mmens.datasets.coco_results`) and
+    packed per image as ``data_info['member_preds']`` with
+
+    * ``bboxes``: ``[M, 4]`` float32 ``x1, y1, x2, y2`` pixels,
+    * ``scores``: ``[M]`` float32, ``labels``: ``[M]`` int64 (contiguous class index),
+    * ``members``: ``[M]`` int64 member index (order of ``members``).
+
+    Args:
+        members (Sequence[str | dict]): member names, whose files are
+            ``<data_root>/<pred_prefix>/<name>.json``, or ``dict(name=..., file=...)``.
+        pred_prefix (str): folder of the member files, relative to ``data_root``.
+        members_meta (str, optional): JSON list with ``name`` and ``seconds_per_image``
+            per member (the ``members.json`` of the embedded data), relative to ``data_root``.
+        repair (bool): repair bad entries instead of raising (counts are logged).
+        fold (dict, optional): ``dict(num_folds=5, index=0, split='train'|'val', seed=0)``:
+            keep only the images of one split of a k-fold partition.
+        **kwargs: :class:`mmdet.datasets.CocoDataset` arguments.
+    """
+
+    def __init__(self,
+                 *args,
+                 members: Sequence[Union[str, dict]] = (),
+                 pred_prefix: str = '',
+                 members_meta: Optional[str] = None,
+                 repair: bool = False,
+                 fold: Optional[dict] = None,
+                 **kwargs) -> None:
+        if len(members) == 0:
+            raise ValueError('CocoEnsembleDataset needs at least one member')
+        names = [member_name(m) for m in members]
+        if len(set(names)) != len(names):
+            raise ValueError(f'CocoEnsembleDataset: member names must be unique, got {names}')
+        self.member_specs = list(members)
+        self.member_names = names
+        self.pred_prefix = pred_prefix
+        self.members_meta = members_meta
+        self.repair = repair
+        self.fold = dict(fold) if fold else None
+        self.member_reports: dict = {}
+        super().__init__(*args, **kwargs)
+
+    def _member_file(self, spec: Union[str, dict]) -> str:
+        if isinstance(spec, dict):
+            path = spec['file']
+        elif spec.endswith('.json'):
+            path = spec
+        else:
+            path = osp.join(self.pred_prefix, f'{spec}.json')
+        if self.data_root and not osp.isabs(path):
+            path = osp.join(self.data_root, path)
+        return path
+
+    def _member_seconds(self) -> List[float]:
+        if self.members_meta is None:
+            return [1.0] * len(self.member_names)
+        path = self.members_meta
+        if self.data_root and not osp.isabs(path):
+            path = osp.join(self.data_root, path)
+        with open(path, encoding='utf-8') as f:
+            meta = {m['name']: m for m in json.load(f)}
+        missing = [n for n in self.member_names if n not in meta]
+        if missing:
+            raise ValueError(f'members_meta {path} has no entry for member(s) {missing}')
+        return [float(meta[n]['seconds_per_image']) for n in self.member_names]
+
+    def load_data_list(self) -> List[dict]:
+        """Load the annotations, then every member's predictions, packed per image."""
+        data_list = super().load_data_list()
+        sizes = {d['img_id']: (d['width'], d['height']) for d in data_list}
+        cat2label = self.cat2label
+        per_image: dict = {d['img_id']: [] for d in data_list}
+        for m, spec in enumerate(self.member_specs):
+            preds = load_member_predictions(self._member_file(spec), sizes, self.cat_ids,
+                                            name=self.member_names[m], repair=self.repair)
+            if preds.report:
+                print_log(f"member '{preds.name}': repaired {preds.report}",
+                          logger='current')
+            self.member_reports[preds.name] = preds.report
+            labels = np.vectorize(cat2label.__getitem__, otypes=[np.int64])(
+                preds.category_ids)
+            order = np.argsort(preds.image_ids, kind='stable')
+            ids, starts = np.unique(preds.image_ids[order], return_index=True)
+            bounds = np.append(starts, len(order))
+            for img_id, s, e in zip(ids.tolist(), bounds[:-1], bounds[1:]):
+                sel = order[s:e]
+                per_image[img_id].append((preds.bboxes[sel], preds.scores[sel], labels[sel],
+                                          np.full(len(sel), m, dtype=np.int64)))
+        for d in data_list:
+            parts = per_image[d['img_id']]
+            if parts:
+                b, s, l, mem = (np.concatenate(x) for x in zip(*parts))
+            else:
+                b, s = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+                l, mem = np.zeros(0, np.int64), np.zeros(0, np.int64)
+            d['member_preds'] = dict(bboxes=b, scores=s, labels=l, members=mem)
+        if self.fold is not None:
+            keep = set(fold_image_ids(list(sizes), **self.fold))
+            data_list = [d for d in data_list if d['img_id'] in keep]
+        self._metainfo.update(members=tuple(self.member_names),
+                              member_seconds=tuple(self._member_seconds()))
+        return data_list

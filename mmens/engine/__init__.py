@@ -1,0 +1,3 @@
+from .model_wrapper import EnsembleDistributedWrapper
+
+__all__ = ['EnsembleDistributedWrapper']

@@ -1,0 +1,3 @@
+from .subset_coco_metric import SubsetCocoMetric
+
+__all__ = ['SubsetCocoMetric']

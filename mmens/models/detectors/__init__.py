@@ -1,0 +1,3 @@
+from .fusion_detector import FusionDetector
+
+__all__ = ['FusionDetector']

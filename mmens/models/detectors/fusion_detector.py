@@ -1,0 +1,86 @@
+"""Fixed (not learned) fusion of cached member predictions: WBF, NMS, soft-NMS, NMW."""
+from typing import Dict, Optional, Sequence
+
+import torch
+from mmdet.models.detectors import BaseDetector
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from torch import Tensor
+
+from mmens.ops import FUSION_METHODS
+from ..utils import normalized_member_boxes, split_results
+
+
+@MODELS.register_module()
+class FusionDetector(BaseDetector):
+    """An ensemble detector that fuses its members' boxes with a fixed rule.
+
+    The members' predictions come in through :class:`EnsembleDataPreprocessor` as one flat
+    batch; fusion runs on the whole batch at once (see :mod:`mmens.ops`) with
+    ensemble-boxes semantics.
+
+    Args:
+        members (Sequence[str]): member names, in the dataset's order (N = their number).
+        method (str): ``'wbf'``, ``'nms'``, ``'soft_nms'`` or ``'nmw'``.
+        fusion_cfg (dict): keyword arguments of the method, as in ensemble-boxes
+            (``iou_thr``, ``skip_box_thr``, ``conf_type``, ``weights`` ([N]), ``sigma``, ...).
+        test_cfg (dict): ``max_per_img`` (default 100) and ``score_thr`` (default 0).
+        data_preprocessor (dict): defaults to ``EnsembleDataPreprocessor``.
+    """
+
+    def __init__(self,
+                 members: Sequence[str],
+                 method: str = 'wbf',
+                 fusion_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(
+            data_preprocessor=data_preprocessor or dict(type='EnsembleDataPreprocessor'),
+            init_cfg=init_cfg)
+        if method not in FUSION_METHODS:
+            raise ValueError(f'FusionDetector: unknown method {method!r}; choose one of '
+                             f'{sorted(FUSION_METHODS)}')
+        num_members = len(members)
+        fusion_cfg = dict(fusion_cfg or {})
+        weights = fusion_cfg.pop('weights', None)
+        if weights is not None and len(weights) != num_members:
+            raise ValueError(f'FusionDetector: fusion_cfg.weights has {len(weights)} values '
+                             f'for {num_members} members')
+        self.members = tuple(members)
+        self.num_members = num_members
+        self.method = method
+        self.fusion_cfg = fusion_cfg
+        self.register_buffer(
+            'weights', torch.ones(num_members) if weights is None else
+            torch.as_tensor(weights, dtype=torch.float32), persistent=False)
+        self.test_cfg = dict(max_per_img=100, score_thr=0.0, **(test_cfg or {}))
+
+    def extract_feat(self, batch_inputs: dict) -> dict:
+        """The members' predictions are this detector's features."""
+        return batch_inputs
+
+    def fuse(self, batch_inputs: dict) -> Sequence[Tensor]:
+        """Fuse a packed batch: returns ``boxes [K, 4]`` (normalised), ``scores [K]``,
+        ``labels [K]``, ``images [K]``."""
+        fn = FUSION_METHODS[self.method]
+        return fn(normalized_member_boxes(batch_inputs), batch_inputs['scores'],
+                  batch_inputs['labels'], batch_inputs['members'], batch_inputs['images'],
+                  num_members=self.num_members,
+                  num_images=batch_inputs['image_sizes'].shape[0],
+                  weights=self.weights, **self.fusion_cfg)
+
+    def _forward(self, batch_inputs: dict, batch_data_samples: SampleList = None):
+        return self.fuse(batch_inputs)
+
+    def predict(self, batch_inputs: dict, batch_data_samples: SampleList,
+                rescale: bool = True) -> SampleList:
+        boxes, scores, labels, images = self.fuse(batch_inputs)
+        results = split_results(boxes, scores, labels, images, batch_inputs['image_sizes'],
+                                **self.test_cfg)
+        return self.add_pred_to_datasample(batch_data_samples, results)
+
+    def loss(self, batch_inputs: dict, batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        raise ValueError(f"FusionDetector('{self.method}') is a fixed rule with nothing to "
+                         'train: evaluate it with tools/test.py, or train a learned '
+                         'ensemble (configs/learned/)')

@@ -1,0 +1,57 @@
+"""Helpers shared by the ensemble detectors: normalisation and packing of results."""
+from typing import List
+
+import torch
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+
+def normalized_member_boxes(inputs: dict) -> Tensor:
+    """Member boxes of a packed batch divided by their image's size.
+
+    Args:
+        inputs (dict): packed batch with ``bboxes [M, 4]`` pixels, ``images [M]`` and
+            ``image_sizes [B, 2]`` ``(width, height)``.
+
+    Returns:
+        Tensor[M, 4]: boxes in ``[0, 1]``.
+    """
+    wh = inputs['image_sizes'][inputs['images']]  # [M, 2]
+    return inputs['bboxes'] / wh.repeat(1, 2)  # [M, 4]
+
+
+def split_results(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
+                  image_sizes: Tensor, max_per_img: int = 100,
+                  score_thr: float = 0.0) -> List[InstanceData]:
+    """Turn fused detections of a batch into one ``InstanceData`` per image.
+
+    Args:
+        boxes (Tensor): ``[K, 4]`` normalised ``x1, y1, x2, y2``.
+        scores (Tensor): ``[K]``. labels (Tensor): ``[K]``. images (Tensor): ``[K]``.
+        image_sizes (Tensor): ``[B, 2]`` ``(width, height)``.
+        max_per_img (int): keep the ``max_per_img`` highest scores of each image (COCO
+            evaluates 100). score_thr (float): drop scores below it.
+
+    Returns:
+        list[InstanceData]: per image, ``bboxes`` in pixels, ``scores``, ``labels``.
+    """
+    num_images = image_sizes.shape[0]
+    keep = scores >= score_thr  # [K]
+    boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
+    # sort by (image, score desc), then rank within the image
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[torch.argsort(images[order], stable=True)]  # [K]
+    boxes, scores, labels, images = boxes[order], scores[order], labels[order], images[order]
+    counts = torch.bincount(images, minlength=num_images)  # [B]
+    starts = torch.cumsum(counts, 0) - counts  # [B]
+    rank = torch.arange(len(images), device=images.device) - starts[images]  # [K]
+    keep = rank < max_per_img
+    boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
+    boxes = boxes * image_sizes[images].repeat(1, 2)  # [K, 4] pixels
+    sizes = torch.bincount(images, minlength=num_images).tolist()  # one sync per batch
+    results = []
+    for b, s, l in zip(boxes.split(sizes), scores.split(sizes), labels.split(sizes)):
+        inst = InstanceData()
+        inst.bboxes, inst.scores, inst.labels = b, s, l.long()
+        results.append(inst)
+    return results

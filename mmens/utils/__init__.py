@@ -1,0 +1,4 @@
+from .setup_env import (init_cpu_distributed, safe_checkpoint_globals,
+                        setup_safe_checkpoint_loading)
+
+__all__ = ['init_cpu_distributed', 'safe_checkpoint_globals', 'setup_safe_checkpoint_loading']

@@ -1,0 +1,41 @@
+"""Process-level set-up: safe checkpoint loading and CPU distributed runs."""
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def safe_checkpoint_globals() -> list:
+    """The classes mmengine checkpoints hold besides tensors.
+
+    torch >= 2.6 loads with ``weights_only=True``; mmengine 0.10.7 saves its ``MessageHub``
+    (``HistoryBuffer`` objects holding numpy arrays and scalars) in every checkpoint, which
+    that unpickler rejects. These are exactly the extra classes it needs; nothing else is
+    allowed, so loading a checkpoint still never runs arbitrary code.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    multiarray = getattr(np, '_core', None) or np.core
+    dtype_classes = [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32',
+                                                   'bool')]
+    return [HistoryBuffer, multiarray.multiarray._reconstruct,
+            multiarray.multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
+
+
+def setup_safe_checkpoint_loading() -> None:
+    """Allow-list :func:`safe_checkpoint_globals` for ``torch.load(weights_only=True)``."""
+    if hasattr(torch.serialization, 'add_safe_globals'):
+        torch.serialization.add_safe_globals(safe_checkpoint_globals())
+
+
+def init_cpu_distributed(launcher: str) -> None:
+    """Start a gloo process group for ``--launcher pytorch`` on a machine without CUDA.
+
+    mmengine's ``init_dist`` calls ``torch.cuda.set_device``, which fails without a GPU;
+    once a group exists, the runner uses it as it is. With CUDA this does nothing.
+    """
+    if launcher != 'pytorch' or torch.cuda.is_available() or not dist.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
+                                world_size=int(os.environ['WORLD_SIZE']))

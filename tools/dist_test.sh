@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Launch tools/test.py in several processes with torch.distributed.run (mmengine's DDP path).
+# On a machine without CUDA the processes use the gloo backend on the CPU.
+# Usage: tools/dist_test.sh CONFIG [CHECKPOINT|none] NUM_PROCS [extra args]
+set -euo pipefail
+CONFIG=$1
+CHECKPOINT=$2
+NPROC=$3
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+PYTHON=${PYTHON:-python}
+CKPT_ARG=()
+[ "$CHECKPOINT" != "none" ] && CKPT_ARG=("$CHECKPOINT")
+PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
+"$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" --nproc_per_node="$NPROC" --master_port="$PORT" \
+    "$(dirname "$0")/test.py" "$CONFIG" "${CKPT_ARG[@]}" --launcher pytorch "${@:4}"
