@@ -1,0 +1,226 @@
+"""Training targets for learned fusion: match fused clusters to ground truth.
+
+theory.md §3: each cluster's fused box is matched to a ground-truth box of the
+same class in the same image, IoU >= ``iou_thr``, greedily by fused score, the
+way ``pycocotools`` COCOeval matches detections:
+
+* clusters are visited in descending fused score (ties: lower index first);
+* a cluster takes the still-unmatched, non-ignored GT with the highest IoU
+  (ties: lower GT index), if that IoU >= ``iou_thr``; a GT is matched at most once;
+* ignored GT (COCO ``iscrowd``) never give positives. A cluster left unmatched
+  whose IoF (intersection / cluster-box area, COCO's crowd overlap) with an
+  ignored GT is >= ``iou_thr`` is flagged ``ignored`` (COCOeval neither counts
+  it as TP nor FP); its ``y_cls`` is still 0, callers may drop it from the loss.
+
+Work is vectorised over images and classes: clusters and GT are grouped by
+(image, class) and padded to ``[K, Lc]`` / ``[K, Lg]`` tables; the only Python
+loop is over the rank step ``j < Lc`` (all groups advance together) and over
+memory-bounded chunks of groups. Pure torch, no mm* imports.
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ['TargetAssignment', 'assign_targets']
+
+#: Max elements of one padded pairwise tensor (chunks of groups stay below).
+PAIR_BUDGET = 1 << 22
+
+
+def box_iou(a: Tensor, b: Tensor, mode: str = 'iou', aligned: bool = False,
+            eps: float = 1e-9) -> Tensor:
+    """IoU (or IoF = inter / area(a)) of x1y1x2y2 boxes, COCO style (no +1).
+
+    Args:
+        a: ``Tensor[..., P, 4]``.
+        b: ``Tensor[..., Q, 4]`` (``Tensor[..., P, 4]`` when ``aligned``).
+        mode: ``'iou'`` or ``'iof'``.
+        aligned: elementwise instead of pairwise.
+
+    Returns:
+        ``Tensor[..., P, Q]``, or ``Tensor[..., P]`` when ``aligned``.
+        Degenerate boxes give 0.
+    """
+    if mode not in ('iou', 'iof'):
+        raise ValueError(f"mode must be 'iou' or 'iof', got {mode!r}")
+    if a.shape[-1] != 4 or b.shape[-1] != 4:
+        raise ValueError(f'boxes must end in 4, got {tuple(a.shape)} and {tuple(b.shape)}')
+    if not aligned:
+        a, b = a.unsqueeze(-2), b.unsqueeze(-3)  # [..., P, 1, 4], [..., 1, Q, 4]
+    lt = torch.maximum(a[..., :2], b[..., :2])  # [..., P, Q, 2]
+    rb = torch.minimum(a[..., 2:], b[..., 2:])  # [..., P, Q, 2]
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]  # [..., P, Q]
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
+    if mode == 'iof':
+        return inter / area_a.clamp(min=eps)
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+    return inter / (area_a + area_b - inter).clamp(min=eps)
+
+
+def group_positions(group: Tensor, num_groups: int, key: Optional[Tensor] = None
+                    ) -> Tuple[Tensor, Tensor]:
+    """Position of each element inside its group, ordered by descending ``key``.
+
+    Args:
+        group: ``Tensor[M]`` long group ids in ``[0, num_groups)``.
+        key: ``Tensor[M]`` sort key (descending, stable), or None for index order.
+
+    Returns:
+        ``pos`` ``Tensor[M]`` long (0 = first in its group) and
+        ``counts`` ``Tensor[num_groups]`` long.
+    """
+    m = group.numel()
+    idx = torch.arange(m, device=group.device)
+    order = idx if key is None else torch.argsort(key, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]  # by group, then key
+    counts = torch.bincount(group, minlength=num_groups)  # [K]
+    starts = torch.cumsum(counts, 0) - counts  # [K]
+    pos = torch.empty_like(group)
+    pos[order] = idx - starts[group[order]]
+    return pos, counts
+
+
+def group_chunks(len_a: Tensor, len_b: Tensor, budget: int = PAIR_BUDGET) -> List[Tensor]:
+    """Split groups into chunks whose padded ``n * max(len_a) * max(len_b)`` fits.
+
+    Groups are sorted by ``len_a * len_b`` first so that padding waste is small.
+    A single group over budget still forms its own chunk.
+
+    Args:
+        len_a, len_b: ``Tensor[K]`` long sizes of each group's two sides.
+
+    Returns:
+        List of ``Tensor[k]`` long group ids (covering all K groups once).
+    """
+    k = len_a.numel()
+    order = torch.argsort(len_a * len_b, stable=True)  # [K]
+    la, lb = len_a[order], len_b[order]
+    chunks, start = [], 0
+    while start < k:
+        ma = torch.cummax(la[start:], 0).values  # [K - start]
+        mb = torch.cummax(lb[start:], 0).values
+        n = torch.arange(1, k - start + 1, device=la.device)
+        fits = int((n * ma * mb <= budget).sum())  # monotone, so a prefix fits
+        end = start + max(fits, 1)
+        chunks.append(order[start:end])
+        start = end
+    return chunks
+
+
+class TargetAssignment(NamedTuple):
+    """Per-cluster targets (all ``[C]`` except ``y_box``)."""
+    y_cls: Tensor  # [C] float, 1. when matched else 0.
+    y_box: Tensor  # [C, 4] matched GT box (0 when unmatched), same frame as gt_boxes
+    matched_gt: Tensor  # [C] long GT index, -1 when unmatched
+    iou: Tensor  # [C] IoU with the matched GT, 0 when unmatched
+    max_iou: Tensor  # [C] max IoU with any non-ignored same-class same-image GT
+    ignored: Tensor  # [C] bool, unmatched but IoF >= iou_thr with an ignored GT
+
+
+def _check(name: str, t: Tensor, shape: Tuple[Optional[int], ...]) -> None:
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        want = 'x'.join('*' if s is None else str(s) for s in shape)
+        raise ValueError(f'{name} must have shape [{want}], got {list(t.shape)}')
+
+
+@torch.no_grad()
+def assign_targets(fused_boxes: Tensor, fused_scores: Tensor, labels: Tensor,
+                   image_index: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
+                   gt_image_index: Tensor, iou_thr: float = 0.5,
+                   gt_ignore: Optional[Tensor] = None,
+                   budget: int = PAIR_BUDGET) -> TargetAssignment:
+    """Greedy COCO-style matching of fused clusters to ground truth (theory §3).
+
+    Args:
+        fused_boxes: ``Tensor[C, 4]`` x1y1x2y2 fused boxes.
+        fused_scores: ``Tensor[C]`` fused scores (matching order).
+        labels: ``Tensor[C]`` long class of each cluster.
+        image_index: ``Tensor[C]`` long image of each cluster.
+        gt_boxes: ``Tensor[G, 4]`` in the same coordinate frame as ``fused_boxes``.
+        gt_labels: ``Tensor[G]`` long.
+        gt_image_index: ``Tensor[G]`` long.
+        iou_thr: a match needs IoU >= iou_thr.
+        gt_ignore: ``Tensor[G]`` bool (COCO crowd) or None.
+        budget: max elements of one padded ``[k, Lc, Lg]`` IoU tensor.
+
+    Returns:
+        :class:`TargetAssignment`.
+    """
+    _check('labels', labels, (None,))
+    _check('gt_labels', gt_labels, (None,))
+    c, g = labels.shape[0], gt_labels.shape[0]
+    _check('fused_boxes', fused_boxes, (c, 4))
+    _check('fused_scores', fused_scores, (c,))
+    _check('image_index', image_index, (c,))
+    _check('gt_boxes', gt_boxes, (g, 4))
+    _check('gt_image_index', gt_image_index, (g,))
+    dev, dt = fused_boxes.device, fused_boxes.dtype
+    if gt_ignore is None:
+        gt_ignore = torch.zeros(g, dtype=torch.bool, device=dev)
+    _check('gt_ignore', gt_ignore, (g,))
+    gt_ignore = gt_ignore.bool()
+    gt_boxes = gt_boxes.to(dt)
+
+    matched_gt = torch.full((c,), -1, dtype=torch.long, device=dev)
+    iou_out = torch.zeros(c, dtype=dt, device=dev)
+    max_iou = torch.zeros(c, dtype=dt, device=dev)
+    ignored = torch.zeros(c, dtype=torch.bool, device=dev)
+    if c > 0 and g > 0:
+        # (image, class) groups shared by clusters and GT
+        n_cls = int(torch.cat([labels, gt_labels]).max()) + 1
+        key = torch.cat([image_index * n_cls + labels, gt_image_index * n_cls + gt_labels])
+        _, inv = torch.unique(key, return_inverse=True)  # [C + G]
+        cl_grp, gt_grp = inv[:c], inv[c:]
+        k = int(inv.max()) + 1
+        cl_pos, cl_cnt = group_positions(cl_grp, k, fused_scores)  # rank in group
+        gt_pos, gt_cnt = group_positions(gt_grp, k)
+        active = (cl_cnt > 0) & (gt_cnt > 0)  # only groups with both sides
+        grp_ids = torch.nonzero(active).squeeze(1)
+        local = torch.full((k,), -1, dtype=torch.long, device=dev)
+        for chunk in group_chunks(cl_cnt[grp_ids], gt_cnt[grp_ids], budget):
+            grp = grp_ids[chunk]  # [k'] global group ids
+            local.fill_(-1)
+            local[grp] = torch.arange(grp.numel(), device=dev)
+            lc, lg = int(cl_cnt[grp].max()), int(gt_cnt[grp].max())
+            cl_tab = torch.full((grp.numel(), lc), -1, dtype=torch.long, device=dev)
+            gt_tab = torch.full((grp.numel(), lg), -1, dtype=torch.long, device=dev)
+            csel = torch.nonzero(local[cl_grp] >= 0).squeeze(1)
+            gsel = torch.nonzero(local[gt_grp] >= 0).squeeze(1)
+            cl_tab[local[cl_grp[csel]], cl_pos[csel]] = csel  # [k', Lc] by rank
+            gt_tab[local[gt_grp[gsel]], gt_pos[gsel]] = gsel  # [k', Lg]
+            cvalid, gvalid = cl_tab >= 0, gt_tab >= 0
+            cb = fused_boxes[cl_tab.clamp(min=0)]  # [k', Lc, 4]
+            gb = gt_boxes[gt_tab.clamp(min=0)]  # [k', Lg, 4]
+            ign = gt_ignore[gt_tab.clamp(min=0)] & gvalid  # [k', Lg]
+            pos_gt = gvalid & ~ign  # [k', Lg]
+            ious = box_iou(cb, gb)  # [k', Lc, Lg]
+            ious_pos = torch.where(pos_gt.unsqueeze(1), ious, torch.full_like(ious, -1.))
+            mx = ious_pos.max(-1).values.clamp(min=0)  # [k', Lc]
+            max_iou[cl_tab[cvalid]] = mx[cvalid]
+            taken = torch.zeros_like(pos_gt)  # [k', Lg]
+            rows = torch.arange(grp.numel(), device=dev)
+            m_loc = torch.full_like(cl_tab, -1)  # [k', Lc] local GT slot
+            m_iou = torch.zeros_like(mx)  # [k', Lc]
+            for j in range(lc):  # rank step: all groups advance at once
+                cand = ious_pos[:, j].masked_fill(taken, -1.)  # [k', Lg]
+                best, arg = cand.max(-1)  # [k'], first max on ties
+                hit = cvalid[:, j] & (best >= iou_thr)  # [k']
+                taken[rows[hit], arg[hit]] = True
+                m_loc[:, j] = torch.where(hit, arg, m_loc[:, j])
+                m_iou[:, j] = torch.where(hit, best, m_iou[:, j])
+            hit = m_loc >= 0  # [k', Lc]
+            matched_gt[cl_tab[hit]] = gt_tab[rows[:, None].expand_as(m_loc)[hit], m_loc[hit]]
+            iou_out[cl_tab[hit]] = m_iou[hit]
+            if bool(ign.any()):
+                iof = box_iou(cb, gb, mode='iof')  # [k', Lc, Lg]
+                crowd = ((iof >= iou_thr) & ign.unsqueeze(1)).any(-1)  # [k', Lc]
+                flag = crowd & cvalid & ~hit
+                ignored[cl_tab[flag]] = True
+    matched = matched_gt >= 0  # [C]
+    y_box = torch.zeros(c, 4, dtype=dt, device=dev)
+    y_box[matched] = gt_boxes[matched_gt[matched]]
+    return TargetAssignment(matched.to(dt), y_box, matched_gt, iou_out, max_iou, ignored)
