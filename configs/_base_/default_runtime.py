@@ -8,5 +8,6 @@ model_wrapper_cfg = dict(type='EnsembleDistributedWrapper')
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
+    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=2),
     visualization=dict(type='DetVisualizationHook', draw=False))
 log_level = 'INFO'

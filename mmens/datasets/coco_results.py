@@ -75,6 +75,27 @@ def _where(name: str, source: str, idx: np.ndarray, image_ids: np.ndarray) -> st
     return f"member '{name}' ({source}): entry {first} (image_id {img}){more}"
 
 
+def _raise_first_bad_entry(entries: Sequence[dict], name: str, source: str) -> None:
+    """Raise a ValueError naming the first malformed entry (only on the error path)."""
+    for i, e in enumerate(entries):
+        if not isinstance(e, Mapping):
+            raise ValueError(f"member '{name}' ({source}): entry {i} is a "
+                             f'{type(e).__name__}, expected an object')
+        for key in REQUIRED_KEYS:
+            if key not in e:
+                raise ValueError(f"member '{name}' ({source}): entry {i} (image_id "
+                                 f"{e.get('image_id')}): missing field '{key}'")
+        bbox = e['bbox']
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            raise ValueError(f"member '{name}' ({source}): entry {i} (image_id "
+                             f"{e['image_id']}): field 'bbox' must be [x, y, w, h], "
+                             f'got {bbox!r}')
+        for key in ('image_id', 'category_id', 'score'):
+            if not isinstance(e[key], (int, float)) or isinstance(e[key], bool):
+                raise ValueError(f"member '{name}' ({source}): entry {i}: field "
+                                 f"'{key}' must be a number, got {e[key]!r}")
+
+
 def _to_arrays(entries: Sequence[dict], name: str, source: str
                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Parse entries into arrays; a malformed entry raises with its index."""
@@ -84,28 +105,10 @@ def _to_arrays(entries: Sequence[dict], name: str, source: str
         bboxes = np.array([e['bbox'] for e in entries], dtype=np.float64)
         scores = np.array([e['score'] for e in entries], dtype=np.float64)
     except (KeyError, TypeError, ValueError):
-        # locate the first bad entry for the message (only on the error path)
-        for i, e in enumerate(entries):
-            if not isinstance(e, Mapping):
-                raise ValueError(f"member '{name}' ({source}): entry {i} is a "
-                                 f'{type(e).__name__}, expected an object') from None
-            for key in REQUIRED_KEYS:
-                if key not in e:
-                    raise ValueError(f"member '{name}' ({source}): entry {i} "
-                                     f"(image_id {e.get('image_id')}): missing field "
-                                     f"'{key}'") from None
-            bbox = e['bbox']
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                raise ValueError(f"member '{name}' ({source}): entry {i} (image_id "
-                                 f"{e['image_id']}): field 'bbox' must be [x, y, w, h], "
-                                 f'got {bbox!r}') from None
-            for key in ('image_id', 'category_id', 'score'):
-                if not isinstance(e[key], (int, float)) or isinstance(e[key], bool):
-                    raise ValueError(f"member '{name}' ({source}): entry {i}: field "
-                                     f"'{key}' must be a number, got {e[key]!r}") from None
+        _raise_first_bad_entry(entries, name, source)
         raise
     if bboxes.ndim != 2 or bboxes.shape[1] != 4:
-        bboxes = bboxes.reshape(-1, 4)
+        _raise_first_bad_entry(entries, name, source)
     return image_ids, cat_ids, bboxes, scores
 
 

@@ -1,4 +1,6 @@
 from .data_preprocessors import EnsembleDataPreprocessor
-from .detectors import FusionDetector
+from .detectors import EnsembleDetector, FusionDetector
+from .heads import LearnedFusionHead
 
-__all__ = ['EnsembleDataPreprocessor', 'FusionDetector']
+__all__ = ['EnsembleDataPreprocessor', 'EnsembleDetector', 'FusionDetector',
+           'LearnedFusionHead']

@@ -1,3 +1,4 @@
+from .ensemble_detector import EnsembleDetector
 from .fusion_detector import FusionDetector
 
-__all__ = ['FusionDetector']
+__all__ = ['EnsembleDetector', 'FusionDetector']

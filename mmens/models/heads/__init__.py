@@ -1,0 +1,3 @@
+from .learned_fusion_head import LearnedFusionHead
+
+__all__ = ['LearnedFusionHead']

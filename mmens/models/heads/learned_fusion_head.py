@@ -1,0 +1,140 @@
+"""Learned fusion head: Θ over the members of each matched cluster (theory.md §2–§4)."""
+from typing import Dict, Optional, Tuple
+
+import torch
+from mmdet.registry import MODELS
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from mmens.ops.features import cluster_features, feature_names
+from mmens.ops.targets import TargetAssignment
+from mmens.ops.theta import j_cls, j_cons, j_reg, theta_from_phi, theta_fuse
+
+THETA_MODES = ('global', 'per_class', 'conditional')
+
+
+@MODELS.register_module()
+class LearnedFusionHead(BaseModule):
+    """Fuses each cluster Ŷ ``[N, 5]`` with learned member weights Θ.
+
+    ``A_box = Σ_i m_i θ_i Ŷ_i,box / Σ_i m_i θ_i`` (masked, renormalised; equal to the seed's
+    ŶᵀΘ with every member present and ΣΘ = 1), trained with
+    ``J = λ_reg J_reg + λ_cons J_cons + λ_cls J_cls`` (theory.md §4).
+
+    Modes:
+
+    * ``'global'``: one Θ ``[N]`` (the seed's method). Θ is also used, detached, as the
+      members' weights inside the matching (like hand-tuned WBF weights).
+    * ``'per_class'``: a Θ row per class, ``[K, N]``.
+    * ``'conditional'``: a small net maps per-cluster features
+      (:func:`mmens.ops.features.cluster_features`) to the cluster's Θ row and to a rescored
+      confidence, trained with BCE on match / no-match (``J_cls`` on the fused score);
+      a global Θ is still learned for the matching weights.
+
+    Args:
+        num_members (int): N. num_classes (int): K.
+        theta_mode (str): see above. theta_param (str): ``'softplus'`` (default; θ > 0),
+            ``'sigmoid'`` (0 < θ < 1) or ``'identity'`` (raw Θ: the seed's SGD update rule).
+        score_mode (str): fused score of ``global``/``per_class``: ``'seed'`` (Σ m θ p),
+            ``'normalized'`` or ``'noisy_or'`` (theory.md §2).
+        hidden (int): width of the conditional net (0: logistic regression).
+        loss_reg, loss_cons, loss_cls (float): λ_reg, λ_cons, λ_cls.
+        init_theta (float): initial θ (all members equal).
+    """
+
+    def __init__(self,
+                 num_members: int,
+                 num_classes: int = 80,
+                 theta_mode: str = 'global',
+                 theta_param: str = 'softplus',
+                 score_mode: str = 'seed',
+                 hidden: int = 32,
+                 loss_reg: float = 1.0,
+                 loss_cons: float = 1.0,
+                 loss_cls: float = 1.0,
+                 init_theta: Optional[float] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if theta_mode not in THETA_MODES:
+            raise ValueError(f'LearnedFusionHead: theta_mode must be one of {THETA_MODES}, '
+                             f'got {theta_mode!r}')
+        self.num_members, self.num_classes = num_members, num_classes
+        self.theta_mode, self.theta_param, self.score_mode = theta_mode, theta_param, score_mode
+        self.lambdas = dict(reg=loss_reg, cons=loss_cons, cls=loss_cls)
+        init = 1.0 / num_members if init_theta is None else init_theta
+        phi0 = self._phi_of(torch.full((num_members,), init))
+        self.phi = nn.Parameter(phi0.clone())  # [N] global Θ (matching weights)
+        if theta_mode == 'per_class':
+            self.phi_class = nn.Parameter(phi0.expand(num_classes, -1).clone())  # [K, N]
+        if theta_mode == 'conditional':
+            f = len(feature_names(num_members))
+            self.feat_norm = nn.BatchNorm1d(f, affine=False)
+            layers = [nn.Linear(f, hidden), nn.ReLU()] if hidden else []
+            self.net = nn.Sequential(*layers, nn.Linear(hidden or f, num_members + 1))
+
+    def _phi_of(self, theta: Tensor) -> Tensor:
+        if self.theta_param == 'softplus':
+            return torch.log(torch.expm1(theta))
+        if self.theta_param == 'sigmoid':
+            return torch.logit(theta)
+        return theta
+
+    def theta(self) -> Tensor:
+        """The global Θ, ``Tensor[N]``."""
+        return theta_from_phi(self.phi, self.theta_param)
+
+    def matching_weights(self) -> Tensor:
+        """Member weights for the matching (detached global Θ), ``Tensor[N]``."""
+        return self.theta().detach().clamp_min(1e-4)
+
+    def forward(self, clusters) -> Tuple[Tensor, Tensor]:
+        """Fused boxes ``[C, 4]`` and fused scores ``[C]`` (probabilities)."""
+        theta, logit = self._theta_rows(clusters)
+        boxes, scores = theta_fuse(clusters.y_hat, clusters.mask, theta,
+                                   score_mode=self.score_mode)
+        if logit is not None:
+            scores = torch.sigmoid(logit)
+        return boxes, scores.clamp(0.0, 1.0)
+
+    def _theta_rows(self, clusters) -> Tuple[Tensor, Optional[Tensor]]:
+        c = clusters.y_hat.shape[0]
+        if self.theta_mode == 'global':
+            return self.theta().expand(c, -1), None  # [C, N]
+        if self.theta_mode == 'per_class':
+            return theta_from_phi(self.phi_class, self.theta_param)[clusters.labels], None
+        feats = cluster_features(clusters.y_hat, clusters.mask, clusters.labels,
+                                 clusters.image_index, clusters.fused_boxes,
+                                 clusters.fused_scores, clusters.counts,
+                                 self.num_members)  # [C, F]
+        if c == 0:
+            return clusters.y_hat.new_zeros(0, self.num_members), clusters.y_hat.new_zeros(0)
+        out = self.net(self.feat_norm(feats) if c > 1 or not self.training else feats)
+        theta = nn.functional.softplus(out[:, :self.num_members]) + 1e-4  # [C, N]
+        return theta, out[:, self.num_members]  # [C, N], [C]
+
+    def loss_by_feat(self, clusters, targets: TargetAssignment) -> Dict[str, Tensor]:
+        """J terms averaged over clusters (``loss_reg`` over matched clusters only)."""
+        theta, logit = self._theta_rows(clusters)
+        a_box, _ = theta_fuse(clusters.y_hat, clusters.mask, theta)
+        matched = targets.y_cls > 0
+        losses = {'loss_reg': self.lambdas['reg'] * j_reg(a_box, targets.y_box, matched)}
+        if logit is None:  # the seed's per-member BCE on θ_i p_i
+            losses['loss_cls'] = self.lambdas['cls'] * j_cls(
+                theta, clusters.y_hat[..., 4], clusters.mask, targets.y_cls)
+        else:  # BCE of the rescored confidence; ignored clusters (crowd) don't count
+            weight = (~targets.ignored).float()
+            bce = nn.functional.binary_cross_entropy_with_logits(
+                logit, targets.y_cls, weight=weight, reduction='sum')
+            losses['loss_cls'] = self.lambdas['cls'] * bce / weight.sum().clamp_min(1.0)
+            # the global Θ (matching weights) keeps the seed's objective
+            g = self.theta().expand(len(logit), -1)
+            losses['loss_cls_global'] = self.lambdas['cls'] * j_cls(
+                g, clusters.y_hat[..., 4], clusters.mask, targets.y_cls)
+        rows = self.theta() if self.theta_mode != 'per_class' else theta_from_phi(
+            self.phi_class, self.theta_param)
+        losses['loss_cons'] = self.lambdas['cons'] * j_cons(rows)
+        return losses
+
+    def predict_by_feat(self, clusters) -> Tuple[Tensor, Tensor]:
+        """Fused boxes ``[C, 4]`` (normalised) and scores ``[C]``."""
+        return self(clusters)

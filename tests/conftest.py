@@ -1,0 +1,16 @@
+import os
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DATA = osp.join(ROOT, 'data', 'coco_real')
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.setdefault('OMP_NUM_THREADS', '2')
+
+try:  # the mmdet layer (ops tests run without it)
+    import mmens  # noqa: F401
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,95 @@
+import json
+import os.path as osp
+
+import numpy as np
+import pytest
+
+from mmens.datasets import load_member_predictions, read_results_json, validate_coco_results
+
+SIZES = {1: (100, 50), 2: (200, 100)}
+CATS = [1, 3, 18]
+
+
+def entry(img=1, cat=1, bbox=(10, 10, 20, 10), score=0.5):
+    return dict(image_id=img, category_id=cat, bbox=list(bbox), score=score)
+
+
+def check(entries, match, **kw):
+    with pytest.raises(ValueError, match=match) as e:
+        validate_coco_results(entries, 'm1', SIZES, CATS, source='m1.json', **kw)
+    assert "member 'm1'" in str(e.value)
+    return str(e.value)
+
+
+def test_valid_entries_are_converted_to_xyxy():
+    p = validate_coco_results([entry(), entry(img=2, cat=18, bbox=(0, 0, 5, 5), score=1.0)],
+                              'm1', SIZES, CATS)
+    np.testing.assert_allclose(p.bboxes, [[10, 10, 30, 20], [0, 0, 5, 5]])
+    assert p.category_ids.tolist() == [1, 18] and p.report == {}
+
+
+@pytest.mark.parametrize('bad,match', [
+    (entry(bbox=(np.nan, 1, 2, 2)), r"entry 1 \(image_id 1\).*'bbox'.*NaN"),
+    (entry(bbox=(1, 1, np.inf, 2)), r"'bbox'.*inf"),
+    (entry(score=float('nan')), r"'score'"),
+    (entry(bbox=(10, 10, -3, 5)), r"negative width or height"),
+    (entry(img=99), r"image_id 99.*'image_id' is not an image"),
+    (entry(cat=2), r"'category_id' is not a category"),
+    (entry(score=1.5), r"'score' is 1.5, outside \[0, 1\]"),
+    (entry(score=-0.1), r"'score'.*outside"),
+    (entry(bbox=(10, 10, 0, 5)), r"zero width or height"),
+])
+def test_bad_entries_raise_with_member_entry_and_field(bad, match):
+    check([entry(), bad], match)
+
+
+def test_missing_field_and_wrong_types():
+    check([{'image_id': 1, 'bbox': [1, 1, 2, 2], 'score': 0.3}], r"entry 0.*missing field 'category_id'")
+    check([entry(bbox=(1, 2, 3))], r"'bbox' must be \[x, y, w, h\]")
+    check([entry(), 'oops'], r'entry 1 is a str')
+
+
+def test_empty_member_is_an_error():
+    check([], 'no predictions at all')
+
+
+def test_out_of_image_boxes_are_clipped_and_counted():
+    p = validate_coco_results([entry(bbox=(90, 40, 20, 20)), entry()], 'm1', SIZES, CATS)
+    np.testing.assert_allclose(p.bboxes[0], [90, 40, 100, 50])
+    assert p.report == {'clipped_to_image': 1}
+
+
+def test_repair_mode_counts_everything_it_changes():
+    entries = [entry(), entry(img=99), entry(score=1.2), entry(bbox=(np.nan, 0, 1, 1)),
+               entry(bbox=(1, 1, 0, 3)), entry(cat=2), entry(bbox=(120, 0, 5, 5))]
+    p = validate_coco_results(entries, 'm1', SIZES, CATS, repair=True)
+    assert len(p) == 2  # the valid one and the clipped score
+    assert p.report == {'dropped_unknown_image_id': 1, 'clipped_score': 1,
+                        'dropped_nonfinite_bbox': 1, 'dropped_zero_size': 2,
+                        'dropped_unknown_category_id': 1, 'clipped_to_image': 1}
+    assert sum(v for k, v in p.report.items() if k.startswith('dropped')) + len(p) == 7
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ValueError, match="member 'x'.*does not exist"):
+        read_results_json(str(tmp_path / 'x.json'))
+    bad = tmp_path / 'trunc.json'
+    bad.write_text(json.dumps([entry()])[:-5])
+    with pytest.raises(ValueError, match="member 'trunc'.*not valid JSON"):
+        load_member_predictions(str(bad), SIZES, CATS)
+    obj = tmp_path / 'obj.json'
+    obj.write_text('{"a": 1}')
+    with pytest.raises(ValueError, match='must hold a JSON list'):
+        read_results_json(str(obj))
+
+
+def test_real_member_files_are_valid():
+    from conftest import DATA
+    ann = json.load(open(osp.join(DATA, 'annotations', 'val.json')))
+    sizes = {im['id']: (im['width'], im['height']) for im in ann['images']}
+    cats = [c['id'] for c in ann['categories']]
+    p = load_member_predictions(osp.join(DATA, 'predictions', 'val', 'nanodet-416.json'),
+                                sizes, cats)
+    assert len(p) == len(json.load(open(osp.join(DATA, 'predictions', 'val',
+                                                 'nanodet-416.json'))))
+    assert (p.bboxes[:, 2] > p.bboxes[:, 0]).all() and (p.scores <= 1).all()

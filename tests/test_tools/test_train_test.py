@@ -1,0 +1,65 @@
+"""tools/train.py, tools/test.py and tools/dist_test.sh end to end on tiny configs (CPU)."""
+import glob
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+LEARNED = osp.join(ROOT, 'configs', 'learned', 'learned_theta-global_6members_coco-real-val.py')
+WBF = osp.join(ROOT, 'configs', 'wbf', 'wbf_6members_coco-real-val.py')
+TINY = ['train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=8',
+        'test_dataloader.dataset.indices=8', 'default_hooks.checkpoint.interval=1',
+        'default_hooks.logger.interval=1']
+
+
+def run(args, env_extra=None, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env_extra or {}))
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def metric(out, key='coco/bbox_mAP'):
+    found = re.findall(re.escape(key) + r':\s*([0-9.]+)', out)
+    assert found, out[-3000:]
+    return float(found[-1])
+
+
+def test_train_checkpoint_resume_and_test(tmp_path):
+    work = str(tmp_path / 'work')
+    opts = TINY + ['train_cfg.max_epochs=2', 'train_cfg.val_interval=2']
+    out = run([sys.executable, 'tools/train.py', LEARNED, '--work-dir', work,
+               '--cfg-options', *opts])
+    assert osp.isfile(osp.join(work, 'epoch_2.pth')), os.listdir(work)
+    assert metric(out) >= 0.0
+    # resume: --resume (auto) finds epoch_2.pth through torch.load(weights_only=True)
+    opts = TINY + ['train_cfg.max_epochs=3', 'train_cfg.val_interval=3']
+    out = run([sys.executable, 'tools/train.py', LEARNED, '--work-dir', work, '--resume',
+               '--cfg-options', *opts])
+    assert re.search(r'resumed epoch: 2', out), out[-3000:]
+    assert osp.isfile(osp.join(work, 'epoch_3.pth'))
+    assert 'Epoch(train)   [1]' not in out  # training went on from epoch 3
+    out = run([sys.executable, 'tools/test.py', LEARNED, osp.join(work, 'epoch_3.pth'),
+               '--work-dir', str(tmp_path / 'test'), '--out', str(tmp_path / 'p.pkl'),
+               '--cfg-options', *TINY])
+    assert 0.0 <= metric(out) <= 1.0
+    assert osp.isfile(tmp_path / 'p.pkl')
+
+
+def test_dist_test_matches_single_process(tmp_path):
+    single = metric(run([sys.executable, 'tools/test.py', WBF, '--work-dir',
+                         str(tmp_path / 'one'), '--cfg-options', *TINY]))
+    out = run(['bash', 'tools/dist_test.sh', WBF, 'none', '2', '--work-dir',
+               str(tmp_path / 'two'), '--cfg-options', *TINY],
+              env_extra=dict(PYTHON=sys.executable, PORT='29512'))
+    assert 'world_size: 2' in out or 'World size: 2' in out or 'distributed: True' in out, \
+        out[-3000:]
+    assert metric(out) == pytest.approx(single, abs=1e-4)
+    assert single > 0.1
