@@ -13,7 +13,8 @@ CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), r
 
 def test_import_registers_modules():
     import mmens  # noqa: F401
-    from mmdet.registry import DATASETS, METRICS, MODEL_WRAPPERS, MODELS, TRANSFORMS
+    from mmdet.registry import DATASETS, METRICS, MODELS, TRANSFORMS
+    from mmengine.registry import MODEL_WRAPPERS
     for registry, names in [
         (MODELS, ['FusionDetector', 'EnsembleDataPreprocessor']),
         (DATASETS, ['CocoEnsembleDataset']),

@@ -8,5 +8,6 @@ model = dict(
     method='nms',
     fusion_cfg=dict(iou_thr=0.5),
     test_cfg=dict(max_per_img=100))
+train_dataloader = None  # a fixed rule: nothing to train
 test_cfg = dict(type='TestLoop')
 val_cfg = dict(type='ValLoop')

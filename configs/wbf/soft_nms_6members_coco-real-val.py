@@ -8,5 +8,6 @@ model = dict(
     method='soft_nms',
     fusion_cfg=dict(iou_thr=0.5, sigma=0.5, thresh=0.001, method=2),
     test_cfg=dict(max_per_img=100))
+train_dataloader = None  # a fixed rule: nothing to train
 test_cfg = dict(type='TestLoop')
 val_cfg = dict(type='ValLoop')

@@ -9,5 +9,6 @@ model = dict(
     method='wbf',
     fusion_cfg=dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
     test_cfg=dict(max_per_img=100))
+train_dataloader = None  # a fixed rule: nothing to train
 test_cfg = dict(type='TestLoop')
 val_cfg = dict(type='ValLoop')

@@ -3,7 +3,7 @@ from typing import Dict, Optional, Union
 
 import torch
 import torch.distributed as dist
-from mmdet.registry import MODEL_WRAPPERS
+from mmengine.registry import MODEL_WRAPPERS  # the runner looks wrappers up in the root
 from mmengine.model import MMDistributedDataParallel
 from mmengine.optim import OptimWrapper
 from torch import nn

@@ -22,8 +22,29 @@ def safe_checkpoint_globals() -> list:
             multiarray.multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
+def _history_buffer_getstate(self) -> dict:
+    """``HistoryBuffer`` state without its statistics *functions*.
+
+    mmengine pickles ``_statistics_methods`` (``{'min': HistoryBuffer.min, ...}``), which
+    the pickle stores as ``getattr(HistoryBuffer, 'min')``; allowing ``getattr`` would let a
+    checkpoint call anything. The built-in methods are restored by
+    ``HistoryBuffer.__setstate__`` itself (``_set_default_statistics``), so the state is
+    saved without them and the checkpoint holds data only.
+    """
+    state = dict(self.__dict__)
+    state.pop('statistics_methods', None)
+    return state
+
+
 def setup_safe_checkpoint_loading() -> None:
-    """Allow-list :func:`safe_checkpoint_globals` for ``torch.load(weights_only=True)``."""
+    """Make mmengine checkpoints load with ``torch.load(weights_only=True)``.
+
+    Allow-lists :func:`safe_checkpoint_globals` (data classes only) and makes
+    ``HistoryBuffer`` save no function references (see :func:`_history_buffer_getstate`).
+    ``weights_only`` stays on: loading a checkpoint never runs arbitrary code.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    HistoryBuffer.__getstate__ = _history_buffer_getstate
     if hasattr(torch.serialization, 'add_safe_globals'):
         torch.serialization.add_safe_globals(safe_checkpoint_globals())
 

@@ -82,8 +82,15 @@ class EnsembleDetector(BaseDetector):
                                num_images=batch_inputs['image_sizes'].shape[0],
                                weights=self.head.matching_weights(), **self.matching)
 
+    def fuse(self, batch_inputs: dict) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Fuse a packed batch: ``boxes [K, 4]`` (normalised), ``scores [K]``,
+        ``labels [K]``, ``images [K]`` (same contract as ``FusionDetector.fuse``)."""
+        clusters = self.extract_feat(batch_inputs)
+        boxes, scores = self.head.predict_by_feat(clusters)
+        return boxes, scores, clusters.labels, clusters.image_index
+
     def _forward(self, batch_inputs: dict, batch_data_samples: SampleList = None):
-        return self.head(self.extract_feat(batch_inputs))
+        return self.fuse(batch_inputs)
 
     def loss(self, batch_inputs: dict, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         clusters = self.extract_feat(batch_inputs)
@@ -97,8 +104,7 @@ class EnsembleDetector(BaseDetector):
 
     def predict(self, batch_inputs: dict, batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
-        clusters = self.extract_feat(batch_inputs)
-        boxes, scores = self.head.predict_by_feat(clusters)
-        results = split_results(boxes, scores, clusters.labels, clusters.image_index,
-                                batch_inputs['image_sizes'], **self.test_cfg)
+        boxes, scores, labels, images = self.fuse(batch_inputs)
+        results = split_results(boxes, scores, labels, images, batch_inputs['image_sizes'],
+                                **self.test_cfg)
         return self.add_pred_to_datasample(batch_data_samples, results)

@@ -54,7 +54,7 @@ class FusionDetector(BaseDetector):
         self.register_buffer(
             'weights', torch.ones(num_members) if weights is None else
             torch.as_tensor(weights, dtype=torch.float32), persistent=False)
-        self.test_cfg = dict(max_per_img=100, score_thr=0.0, **(test_cfg or {}))
+        self.test_cfg = dict(dict(max_per_img=100, score_thr=0.0), **(test_cfg or {}))
 
     def extract_feat(self, batch_inputs: dict) -> dict:
         """The members' predictions are this detector's features."""

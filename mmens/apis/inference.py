@@ -1,0 +1,95 @@
+"""Apply an ensemble (fixed rule or trained checkpoint) to a packed member batch."""
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from mmdet.registry import MODELS
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from torch import nn
+
+from mmens.models.utils import split_results
+from .member_files import MemberBatch, results_to_coco, select_images
+
+
+def build_fixed_ensemble(members: Sequence[str], method: str, **fusion_cfg) -> nn.Module:
+    """A :class:`FusionDetector` for ``method`` (``wbf``, ``nms``, ``soft_nms``, ``nmw``)."""
+    init_default_scope('mmdet')
+    fusion_cfg = {k: v for k, v in fusion_cfg.items() if v is not None}
+    return MODELS.build(dict(type='FusionDetector', members=list(members), method=method,
+                             fusion_cfg=fusion_cfg)).eval()
+
+
+def load_ensemble_checkpoint(checkpoint: str, config: Optional[str] = None,
+                             device: str = 'cpu') -> nn.Module:
+    """Build a trained ensemble from its checkpoint alone.
+
+    mmengine checkpoints carry the training config (``meta['cfg']``); ``config`` overrides
+    it. Loading uses ``torch.load(weights_only=True)`` with mmens' allow-list.
+    """
+    import os.path as osp
+    if not osp.isfile(checkpoint):
+        raise ValueError(f'checkpoint {checkpoint} does not exist')
+    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    if config is not None:
+        cfg = Config.fromfile(config)
+    else:
+        text = ckpt.get('meta', {}).get('cfg')
+        if not text:
+            raise ValueError(f'checkpoint {checkpoint} carries no config; pass --config')
+        cfg = Config.fromstring(text, file_format='.py')
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model = MODELS.build(cfg.model)
+    state = ckpt.get('state_dict', ckpt)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith('data_preprocessor')]:
+        raise ValueError(f'checkpoint {checkpoint} does not fit its config: missing '
+                         f'{missing}, unexpected {unexpected}')
+    model.dataset_meta = ckpt.get('meta', {}).get('dataset_meta')
+    return model.to(device).eval()
+
+
+def order_members(model_members: Sequence[str], names: Sequence[str]) -> List[int]:
+    """Index into ``names`` of each of the model's members; a clear error otherwise."""
+    missing = [m for m in model_members if m not in names]
+    unknown = [n for n in names if n not in model_members]
+    if missing or unknown:
+        raise ValueError(f'the ensemble was trained with members {list(model_members)}; '
+                         f'missing prediction files for {missing}, unknown members '
+                         f'{unknown} (name files by member, or pass --names)')
+    return [list(names).index(m) for m in model_members]
+
+
+@torch.no_grad()
+def fuse_batch(model: nn.Module, batch: MemberBatch, chunk: int = 256, device: str = 'cpu',
+               max_per_img: int = 100) -> Tuple[List[dict], float]:
+    """Fuse every image of ``batch`` with ``model.fuse``, ``chunk`` images at a time.
+
+    The batch's members are mapped to the model's members by name. Returns the fused
+    COCO-results entries and the seconds spent fusing (excluding file I/O).
+    """
+    perm = order_members(model.members, batch.names)
+    remap = torch.empty(len(perm), dtype=torch.long)
+    remap[torch.tensor(perm)] = torch.arange(len(perm))
+    packed = dict(batch.packed)
+    packed['members'] = remap[packed['members']]
+    n_img = len(batch.img_ids)
+    model = model.to(device).eval()
+    results, seconds = [], 0.0
+    for start in range(0, n_img, chunk):
+        part = {k: v.to(device) for k, v in select_images(packed, start,
+                                                          min(n_img, start + chunk)).items()}
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        boxes, scores, labels, images = model.fuse(part)
+        inst = split_results(boxes, scores, labels, images, part['image_sizes'],
+                             max_per_img=max_per_img)
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - t0
+        for i, r in enumerate(inst):
+            ids = torch.full((len(r.scores),), start + i, dtype=torch.long)
+            results += results_to_coco(r.bboxes, r.scores, r.labels, ids, batch.img_ids,
+                                       batch.cat_ids)
+    return results, seconds

@@ -1,0 +1,165 @@
+"""Quiet pycocotools COCO evaluation of COCO-results lists, with per-image reuse.
+
+``CocoEvaluation`` runs ``COCOeval.evaluate()`` once and can then re-accumulate AP over any
+multiset of images (a fold, or a bootstrap resample with repeats) without re-matching.
+The numbers are pycocotools' own (``accumulate`` on the same per-image evaluations).
+"""
+import contextlib
+import copy
+import io
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
+
+
+def _ap(precision: np.ndarray, iou_idx: Optional[int] = None, area: int = 0) -> float:
+    p = precision[:, :, :, area, -1]  # [T, R, K] at maxDets=100
+    if iou_idx is not None:
+        p = p[iou_idx]
+    p = p[p > -1]
+    return float(p.mean()) if p.size else -1.0
+
+
+class CocoEvaluation:
+    """Bounding-box COCO evaluation of one result list.
+
+    Args:
+        coco_gt (COCO): ground truth. results (list[dict]): COCO-results entries.
+        img_ids (Sequence[int], optional): images to evaluate (default: all of ``coco_gt``).
+    """
+
+    def __init__(self, coco_gt: COCO, results: List[dict],
+                 img_ids: Optional[Sequence[int]] = None) -> None:
+        self.img_ids = list(img_ids) if img_ids is not None else sorted(coco_gt.getImgIds())
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = coco_gt.loadRes(copy.deepcopy(results)) if results else COCO()
+            self.E = COCOeval(coco_gt, coco_dt, 'bbox')
+            self.E.params.imgIds = self.img_ids
+            if results:
+                self.E.evaluate()
+        self.empty = not results
+        self._eval_imgs = self.E.evalImgs if results else None
+        self._params = copy.deepcopy(self.E._paramsEval) if results else None
+
+    def _prepare_fast(self) -> None:
+        """Per category, the flat detections (area 'all', maxDets 100) for :meth:`ap`."""
+        n_img = len(self._params.imgIds)
+        a_n = len(self._params.areaRng)
+        max_det = self._params.maxDets[-1]
+        self._fast = []
+        for k in range(len(self._params.catIds)):
+            scores, tps, fps, owner = [], [], [], []
+            npig = np.zeros(n_img, dtype=np.int64)
+            for i in range(n_img):
+                e = self._eval_imgs[k * a_n * n_img + i]
+                if e is None:
+                    continue
+                sc = np.asarray(e['dtScores'][:max_det])
+                dtm = e['dtMatches'][:, :max_det]
+                dtig = e['dtIgnore'][:, :max_det]
+                npig[i] = int((np.asarray(e['gtIgnore']) == 0).sum())
+                scores.append(sc)
+                tps.append(np.logical_and(dtm != 0, ~dtig))
+                fps.append(np.logical_and(dtm == 0, ~dtig))
+                owner.append(np.full(len(sc), i))
+            if not scores:
+                self._fast.append(None)
+                continue
+            own = np.concatenate(owner)
+            counts = np.bincount(own, minlength=n_img)
+            self._fast.append(dict(
+                scores=np.concatenate(scores), tp=np.concatenate(tps, 1),
+                fp=np.concatenate(fps, 1), start=np.cumsum(counts) - counts,
+                count=counts, npig=npig))
+
+    def ap(self, positions: np.ndarray) -> float:
+        """COCO AP (IoU .50:.95, all areas, 100 dets) over ``img_ids[positions]``.
+
+        The same computation as pycocotools' ``accumulate`` for that list of images (repeats
+        allowed), vectorised per category; used for bootstrap resampling.
+        """
+        if self.empty:
+            return 0.0
+        if not hasattr(self, '_fast'):
+            self._prepare_fast()
+        rec_thrs = self._params.recThrs
+        per_cat = []
+        for f in self._fast:
+            if f is None:
+                continue
+            npig = int(f['npig'][positions].sum())
+            if npig == 0:
+                continue
+            cnt = f['count'][positions]
+            total = int(cnt.sum())
+            if total == 0:
+                per_cat.append(np.zeros(len(f['tp'])))
+                continue
+            # indices of the detections of each sampled image, in sample order
+            offs = np.repeat(f['start'][positions] - (np.cumsum(cnt) - cnt), cnt)
+            det = np.arange(total) + offs
+            order = np.argsort(-f['scores'][det], kind='mergesort')
+            det = det[order]
+            tp = np.cumsum(f['tp'][:, det], axis=1, dtype=np.float64)  # [T, D]
+            fp = np.cumsum(f['fp'][:, det], axis=1, dtype=np.float64)  # [T, D]
+            rc = tp / npig
+            pr = tp / (fp + tp + np.spacing(1))
+            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+            q = np.zeros((len(tp), len(rec_thrs)))
+            for t in range(len(tp)):
+                inds = np.searchsorted(rc[t], rec_thrs, side='left')
+                ok = inds < len(det)
+                q[t, ok] = pr[t, inds[ok]]
+            per_cat.append(q.mean(1))
+        return float(np.mean(per_cat)) if per_cat else 0.0
+
+    def metrics(self, positions: Optional[np.ndarray] = None) -> Dict[str, float]:
+        """AP, AP50, AP75, APs, APm, APl over ``img_ids[positions]`` (repeats allowed)."""
+        if self.empty:
+            return {k: 0.0 for k in METRIC_NAMES}
+        n_img = len(self._params.imgIds)
+        if positions is None:
+            positions = np.arange(n_img)
+        k_n, a_n = len(self._params.catIds), len(self._params.areaRng)
+        idx = (np.arange(k_n * a_n)[:, None] * n_img + positions[None, :]).reshape(-1)
+        E = self.E
+        E.evalImgs = [self._eval_imgs[i] for i in idx]
+        E._paramsEval = copy.copy(self._params)
+        E._paramsEval.imgIds = [self._params.imgIds[i] for i in positions]
+        E.params.imgIds = E._paramsEval.imgIds
+        with contextlib.redirect_stdout(io.StringIO()):
+            E.accumulate()
+        prec = E.eval['precision']
+        return dict(AP=_ap(prec), AP50=_ap(prec, 0), AP75=_ap(prec, 5),
+                    APs=_ap(prec, area=1), APm=_ap(prec, area=2), APl=_ap(prec, area=3))
+
+
+def coco_metrics(coco_gt: COCO, results: List[dict],
+                 img_ids: Optional[Sequence[int]] = None) -> Dict[str, float]:
+    """COCO bbox AP, AP50, AP75, APs, APm, APl (maxDets 100) of ``results``."""
+    return CocoEvaluation(coco_gt, results, img_ids).metrics()
+
+
+def paired_bootstrap(a: CocoEvaluation, b: CocoEvaluation, num_samples: int = 200,
+                     seed: int = 0, alpha: float = 0.05) -> Dict[str, float]:
+    """Paired bootstrap over images of ``AP(a) - AP(b)``.
+
+    Both evaluations must cover the same images in the same order. Returns the point
+    difference, the ``(alpha/2, 1 - alpha/2)`` percentile interval and the share of
+    resamples where a beats b.
+    """
+    if a.img_ids != b.img_ids:
+        raise ValueError('paired_bootstrap: both evaluations must cover the same images')
+    rng = np.random.RandomState(seed)
+    n = len(a.img_ids)
+    diffs = np.empty(num_samples)
+    for s in range(num_samples):
+        pos = rng.randint(0, n, n)
+        diffs[s] = a.ap(pos) - b.ap(pos)
+    point = a.metrics()['AP'] - b.metrics()['AP']
+    lo, hi = np.percentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return dict(diff=point, lo=float(lo), hi=float(hi), p_better=float((diffs > 0).mean()))

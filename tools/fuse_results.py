@@ -1,0 +1,108 @@
+"""Fuse the COCO-results files of several detectors and score them with COCO AP.
+
+Examples::
+
+    python tools/fuse_results.py --ann data/coco_real/annotations/val.json \\
+        --preds data/coco_real/predictions/val/*.json --method wbf --out fused.json
+    python tools/fuse_results.py --ann GT.json --preds A.json B.json \\
+        --method learned --checkpoint work_dirs/learned/epoch_30.pth
+
+Files are any framework's COCO-results JSON (``image_id``, ``category_id``,
+``bbox: [x, y, w, h]`` pixels, ``score``); members are named by file stem or ``--names``.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
+import mmens  # noqa: E402,F401
+from mmens.apis import (build_fixed_ensemble, fuse_batch, load_coco,  # noqa: E402
+                        load_ensemble_checkpoint, load_member_batch, member_results)
+from mmens.evaluation.coco_eval import coco_metrics  # noqa: E402
+from mmens.utils import run_cli  # noqa: E402
+
+FIXED = ('wbf', 'nms', 'soft_nms', 'nmw')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description='Fuse COCO-results files of several detectors')
+    p.add_argument('--ann', required=True, help='COCO annotation file (images, categories)')
+    p.add_argument('--preds', nargs='+', required=True, help='one COCO-results JSON per member')
+    p.add_argument('--names', nargs='+', help='member names (default: file stems)')
+    p.add_argument('--method', default='wbf', choices=FIXED + ('learned', 'cel'))
+    p.add_argument('--weights', nargs='+', type=float, help='member weights (fixed rules)')
+    p.add_argument('--iou-thr', type=float, help='IoU threshold (default: the method\'s)')
+    p.add_argument('--skip-box-thr', type=float, help='drop boxes scoring below it')
+    p.add_argument('--conf-type', help='WBF confidence: avg, max, box_and_model_avg, '
+                   'absent_model_aware_avg')
+    p.add_argument('--sigma', type=float, help='soft-NMS sigma')
+    p.add_argument('--thresh', type=float, help='soft-NMS score threshold')
+    p.add_argument('--checkpoint', help='trained ensemble (learned, cel)')
+    p.add_argument('--config', help='override the config stored in the checkpoint')
+    p.add_argument('--out', help='write the fused COCO-results JSON here')
+    p.add_argument('--metrics-out', help='write the metrics as JSON here')
+    p.add_argument('--repair', action='store_true',
+                   help='repair bad entries (clip scores, drop invalid boxes) with counts')
+    p.add_argument('--no-eval', action='store_true', help='fuse only (GT without labels)')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--chunk', type=int, default=256, help='images fused per call')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    coco = load_coco(args.ann)
+    if args.method in FIXED:
+        if args.checkpoint:
+            raise ValueError(f'--checkpoint is for learned/cel methods, not {args.method}')
+        names = args.names or [osp.splitext(osp.basename(f))[0] for f in args.preds]
+        if args.weights is not None and len(args.weights) != len(args.preds):
+            raise ValueError(f'--weights has {len(args.weights)} values for '
+                             f'{len(args.preds)} prediction files')
+        model = build_fixed_ensemble(
+            names, args.method, weights=args.weights, iou_thr=args.iou_thr,
+            skip_box_thr=args.skip_box_thr, conf_type=args.conf_type, sigma=args.sigma,
+            thresh=args.thresh)
+        cat_ids = None
+    else:
+        if not args.checkpoint:
+            raise ValueError(f'--method {args.method} needs --checkpoint')
+        model = load_ensemble_checkpoint(args.checkpoint, args.config, args.device)
+        classes = (model.dataset_meta or {}).get('classes')
+        by_name = {c['name']: c['id'] for c in coco.loadCats(coco.getCatIds())}
+        unknown = [c for c in classes or [] if c not in by_name]
+        if unknown:
+            raise ValueError(f'the ensemble\'s classes {unknown[:5]} are not categories '
+                             f'of {args.ann}')
+        cat_ids = [by_name[c] for c in classes] if classes else None
+    batch = load_member_batch(coco, args.preds, args.names, cat_ids=cat_ids,
+                              repair=args.repair)
+    for m in batch.members:
+        if m.report:
+            print(f"member '{m.name}': repaired {m.report}")
+    fused, seconds = fuse_batch(model, batch, chunk=args.chunk, device=args.device)
+    ms = 1000.0 * seconds / max(1, len(batch.img_ids))
+    metrics = dict(members={}, fusion=dict(method=args.method, ms_per_image=ms))
+    if not args.no_eval:
+        for m in batch.members:
+            metrics['members'][m.name] = coco_metrics(coco, member_results(m))
+        metrics['fusion'].update(coco_metrics(coco, fused))
+        width = max(len(n) for n in list(metrics['members']) + [args.method]) + 2
+        print(f"{'':{width}}{'AP':>8}{'AP50':>8}{'AP75':>8}")
+        for name, m in list(metrics['members'].items()) + [
+                (f'fusion ({args.method})', metrics['fusion'])]:
+            print(f"{name:{width}}{m['AP']:8.4f}{m['AP50']:8.4f}{m['AP75']:8.4f}")
+    print(f'fused {len(batch.img_ids)} images in {seconds:.3f} s '
+          f'({ms:.3f} ms per image, {args.device})')
+    if args.out:
+        with open(args.out, 'w', encoding='utf-8') as f:
+            json.dump(fused, f)
+        print(f'wrote {len(fused)} detections to {args.out}')
+    if args.metrics_out:
+        with open(args.metrics_out, 'w', encoding='utf-8') as f:
+            json.dump(metrics, f, indent=1)
+
+
+if __name__ == '__main__':
+    run_cli(main)
