@@ -111,6 +111,59 @@ def group_chunks(len_a: Tensor, len_b: Tensor, budget: int = PAIR_BUDGET) -> Lis
     return chunks
 
 
+def _greedy_match(ious_pos: Tensor, mx: Tensor, cvalid: Tensor, iou_thr: float
+                  ) -> Tuple[Tensor, Tensor]:
+    """COCO greedy matching inside padded groups, advancing all groups one rank at a time.
+
+    Only clusters that can match (best IoU >= thr) take part, and at rank step j only the
+    groups with more than j such clusters are touched (groups sorted by that count), so
+    the loop costs O(sum over groups of candidates x GT) rather than O(steps x groups).
+
+    Args:
+        ious_pos: ``Tensor[k, Lc, Lg]`` IoU with matchable GT (-1 elsewhere), clusters in
+            descending score order. mx: ``Tensor[k, Lc]`` best IoU. cvalid: ``Tensor[k, Lc]``.
+
+    Returns:
+        ``m_loc`` ``Tensor[k, Lc]`` local GT slot (-1 unmatched), ``m_iou`` ``Tensor[k, Lc]``.
+    """
+    k, lc, lg = ious_pos.shape
+    dev = ious_pos.device
+    m_loc = torch.full((k, lc), -1, dtype=torch.long, device=dev)
+    m_iou = torch.zeros_like(mx)
+    elig = cvalid & (mx >= iou_thr)  # [k, Lc]
+    ne = elig.sum(1)  # [k]
+    if k == 0 or not bool(elig.any()):
+        return m_loc, m_iou
+    order = torch.argsort(ne, descending=True, stable=True)  # groups, most candidates first
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(k, device=dev)
+    erank = torch.cumsum(elig.long(), 1) - 1  # [k, Lc] rank among candidates
+    r_idx, c_idx = torch.nonzero(elig, as_tuple=True)
+    counts = ne[order].tolist()  # one host sync per chunk
+    le = counts[0]
+    e_col = torch.full((k, le), -1, dtype=torch.long, device=dev)  # sorted groups
+    e_col[inv[r_idx], erank[r_idx, c_idx]] = c_idx
+    ious_e = ious_pos[order[:, None], e_col.clamp(min=0)]  # [k, Le, Lg]
+    taken = torch.zeros(k, lg, dtype=torch.bool, device=dev)
+    e_loc = torch.full((k, le), -1, dtype=torch.long, device=dev)
+    e_iou = torch.zeros(k, le, dtype=mx.dtype, device=dev)
+    active = torch.tensor(counts, device='cpu')
+    for j in range(le):
+        a = int((active > j).sum())  # groups with > j candidates: a prefix
+        cand = ious_e[:a, j].masked_fill(taken[:a], -1.)  # [a, Lg]
+        best, arg = cand.max(-1)  # [a], first max on ties
+        hit = best >= iou_thr  # [a]
+        rows = torch.nonzero(hit).squeeze(1)
+        taken[rows, arg[rows]] = True
+        e_loc[:a, j] = torch.where(hit, arg, e_loc[:a, j])
+        e_iou[:a, j] = torch.where(hit, best, e_iou[:a, j])
+    ok = e_col >= 0  # [k, Le]
+    g_rows = order[:, None].expand_as(e_col)[ok]
+    m_loc[g_rows, e_col[ok]] = e_loc[ok]
+    m_iou[g_rows, e_col[ok]] = e_iou[ok]
+    return m_loc, m_iou
+
+
 class TargetAssignment(NamedTuple):
     """Per-cluster targets (all ``[C]`` except ``y_box``)."""
     y_cls: Tensor  # [C] float, 1. when matched else 0.
@@ -201,17 +254,8 @@ def assign_targets(fused_boxes: Tensor, fused_scores: Tensor, labels: Tensor,
             ious_pos = torch.where(pos_gt.unsqueeze(1), ious, torch.full_like(ious, -1.))
             mx = ious_pos.max(-1).values.clamp(min=0)  # [k', Lc]
             max_iou[cl_tab[cvalid]] = mx[cvalid]
-            taken = torch.zeros_like(pos_gt)  # [k', Lg]
+            m_loc, m_iou = _greedy_match(ious_pos, mx, cvalid, iou_thr)  # [k', Lc] x2
             rows = torch.arange(grp.numel(), device=dev)
-            m_loc = torch.full_like(cl_tab, -1)  # [k', Lc] local GT slot
-            m_iou = torch.zeros_like(mx)  # [k', Lc]
-            for j in range(lc):  # rank step: all groups advance at once
-                cand = ious_pos[:, j].masked_fill(taken, -1.)  # [k', Lg]
-                best, arg = cand.max(-1)  # [k'], first max on ties
-                hit = cvalid[:, j] & (best >= iou_thr)  # [k']
-                taken[rows[hit], arg[hit]] = True
-                m_loc[:, j] = torch.where(hit, arg, m_loc[:, j])
-                m_iou[:, j] = torch.where(hit, best, m_iou[:, j])
             hit = m_loc >= 0  # [k', Lc]
             matched_gt[cl_tab[hit]] = gt_tab[rows[:, None].expand_as(m_loc)[hit], m_loc[hit]]
             iou_out[cl_tab[hit]] = m_iou[hit]
