@@ -1,0 +1,108 @@
+"""k-fold cross-validation of ensembles on one annotated split (by image).
+
+The members' own training images cannot teach an ensemble (their scores there are shifted),
+so ensembles learn on a held-out split and are scored out of fold: each image is predicted
+by a model that did not see it, and COCO AP is computed once over all out-of-fold results.
+Training goes through mmengine's ``Runner`` exactly as ``tools/train.py`` does.
+"""
+import copy
+import logging
+import os.path as osp
+import time
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.runner import Runner
+
+from mmens.datasets.ensemble_dataset import fold_image_ids
+from .inference import fuse_batch
+from .member_files import MemberBatch
+
+
+def subset_batch(batch: MemberBatch, img_ids: Sequence[int]) -> MemberBatch:
+    """The part of ``batch`` on ``img_ids`` (re-indexed, same members and categories)."""
+    keep_ids = sorted(set(int(i) for i in img_ids))
+    pos = torch.tensor([batch.img_ids.index(i) for i in keep_ids], dtype=torch.long)
+    remap = torch.full((len(batch.img_ids),), -1, dtype=torch.long)
+    remap[pos] = torch.arange(len(pos))
+    p = batch.packed
+    keep = remap[p['images']] >= 0  # [M]
+    packed = {k: v[keep] for k, v in p.items() if k != 'image_sizes'}
+    packed['images'] = remap[packed['images']]
+    packed['image_sizes'] = p['image_sizes'][pos]
+    return MemberBatch(batch.names, keep_ids, batch.cat_ids, packed, batch.members)
+
+
+def fold_config(config: str, work_dir: str, fold: Optional[dict],
+                cfg_options: Optional[dict] = None) -> Config:
+    """The training config of one fold: train on ``fold`` (split 'train'), no validation."""
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.work_dir = work_dir
+    cfg.launcher = 'none'
+    if fold is not None:
+        cfg.train_dataloader.dataset.fold = dict(fold, split='train')
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.log_level = 'WARNING'
+    return cfg
+
+
+def train_from_cfg(cfg: Config) -> Tuple[torch.nn.Module, float]:
+    """Train with mmengine's Runner (the ``tools/train.py`` path); returns model, seconds."""
+    t0 = time.perf_counter()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    seconds = time.perf_counter() - t0
+    for handler in MMLogger.get_current_instance().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+    return model.eval(), seconds
+
+
+def cross_validate(fit_predict: Callable[[Sequence[int], Sequence[int]], Tuple[List[dict],
+                                                                              float]],
+                   img_ids: Sequence[int], num_folds: int = 5, seed: int = 0,
+                   progress: Optional[Callable[[int], None]] = None
+                   ) -> Tuple[List[dict], float]:
+    """Out-of-fold results of any method.
+
+    Args:
+        fit_predict: ``(train_img_ids, test_img_ids) -> (results on test images, fit s)``.
+        img_ids: all image ids. num_folds, seed: the partition (as the dataset's ``fold``).
+
+    Returns:
+        all out-of-fold COCO-results entries, and the total fit seconds.
+    """
+    results, fit_s = [], 0.0
+    for k in range(num_folds):
+        train = fold_image_ids(img_ids, num_folds, k, 'train', seed)
+        test = fold_image_ids(img_ids, num_folds, k, 'val', seed)
+        res, sec = fit_predict(train, test)
+        results += res
+        fit_s += sec
+        if progress is not None:
+            progress(k)
+    return results, fit_s
+
+
+def runner_fit_predict(config: str, batch: MemberBatch, work_root: str, num_folds: int = 5,
+                       seed: int = 0, cfg_options: Optional[dict] = None
+                       ) -> Callable[[Sequence[int], Sequence[int]], Tuple[List[dict], float]]:
+    """A ``fit_predict`` that trains ``config`` on a fold with the Runner and fuses the rest."""
+    state = {'k': 0}
+
+    def fit_predict(train_ids, test_ids):
+        k = state['k']
+        state['k'] += 1
+        fold = dict(num_folds=num_folds, index=k, seed=seed)
+        cfg = fold_config(config, osp.join(work_root, f'fold{k}'), fold,
+                          copy.deepcopy(cfg_options))
+        model, seconds = train_from_cfg(cfg)
+        res, _ = fuse_batch(model, subset_batch(batch, test_ids))
+        return res, seconds
+
+    return fit_predict
