@@ -1,0 +1,52 @@
+"""Benchmark building blocks on a few real images: the mmens rules equal the reference."""
+import os.path as osp
+
+import numpy as np
+import pytest
+
+from mmens.apis import load_coco, load_member_batch
+from mmens.apis.cross_val import subset_batch
+from mmens.apis.methods import run_ensemble_boxes_wbf, run_fixed, weight_grid
+from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
+
+from conftest import DATA
+
+MEMBERS = ['centernet-512', 'centernet-512-hflip', 'nanodet-416', 'yolofastestv2-352']
+
+
+@pytest.fixture(scope='module')
+def val():
+    coco = load_coco(osp.join(DATA, 'annotations', 'val.json'))
+    batch = load_member_batch(coco, [osp.join(DATA, 'predictions', 'val', f'{m}.json')
+                                     for m in MEMBERS])
+    return coco, subset_batch(batch, batch.img_ids[:12])
+
+
+def test_mmens_wbf_results_equal_ensemble_boxes(val):
+    coco, batch = val
+    ours, _ = run_fixed(batch, 'wbf', iou_thr=0.55)
+    ref, _ = run_ensemble_boxes_wbf(batch, iou_thr=0.55)
+    assert len(ours) == len(ref)
+    key = lambda r: (r['image_id'], r['category_id'], round(r['score'], 4), *np.round(r['bbox'], 1))
+    assert sorted(map(key, ours)) == sorted(map(key, ref))
+    a = CocoEvaluation(coco, ours, batch.img_ids).metrics()
+    b = CocoEvaluation(coco, ref, batch.img_ids).metrics()
+    assert a['AP'] == pytest.approx(b['AP'], abs=1e-6)
+
+
+def test_fast_bootstrap_ap_equals_pycocotools(val):
+    coco, batch = val
+    res, _ = run_fixed(batch, 'nmw')
+    ev = CocoEvaluation(coco, res, batch.img_ids)
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        pos = rng.randint(0, len(batch.img_ids), len(batch.img_ids))
+        assert ev.ap(pos) == pytest.approx(ev.metrics(pos)['AP'], abs=1e-12)
+    same = paired_bootstrap(ev, ev, 20)
+    assert same['diff'] == 0 and same['lo'] == 0 and same['hi'] == 0
+
+
+def test_weight_grid_ties_flips():
+    grid = weight_grid(['a', 'a-hflip', 'b'], values=(1.0, 2.0))
+    assert all(w[0] == w[1] for w in grid)
+    assert len(grid) == 3  # (1,1),(1,2),(2,1); (2,2) duplicates equal weights
