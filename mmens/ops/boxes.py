@@ -1,0 +1,160 @@
+"""Box primitives: IoU, format conversion and (de)normalisation.
+
+All functions are pure torch, work on any device, and follow torchvision's
+conventions: boxes are ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)`` order unless
+the name says ``xywh``.
+
+The IoU formula is written exactly like ensemble-boxes'
+(``inter / (area_a + area_b - inter)`` with ``inter = max(xB - xA, 0) *
+max(yB - yA, 0)``) so that, in float64, results are bit-identical to the
+reference implementation -- the fusion code relies on that for parity of the
+strict ``iou > thr`` decisions.
+"""
+from typing import Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    'box_area', 'box_iou', 'box_iou_aligned', 'xywh_to_xyxy', 'xyxy_to_xywh',
+    'normalize_boxes', 'denormalize_boxes'
+]
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of boxes.
+
+    Args:
+        boxes (Tensor[..., 4]): ``(x1, y1, x2, y2)`` boxes.
+
+    Returns:
+        Tensor[...]: ``(x2 - x1) * (y2 - y1)``.
+    """
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def box_iou_aligned(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Element-wise IoU of two broadcastable box tensors.
+
+    ``boxes1`` plays the role of ensemble-boxes' cluster / kept box ("A") and
+    ``boxes2`` of the new box ("B"); the operation order is the reference's.
+
+    Args:
+        boxes1 (Tensor[..., 4]): first boxes.
+        boxes2 (Tensor[..., 4]): second boxes, broadcastable with ``boxes1``.
+
+    Returns:
+        Tensor[...]: IoU of each broadcast pair (NaN if both areas are 0).
+    """
+    xa = torch.maximum(boxes1[..., 0], boxes2[..., 0])
+    ya = torch.maximum(boxes1[..., 1], boxes2[..., 1])
+    xb = torch.minimum(boxes1[..., 2], boxes2[..., 2])
+    yb = torch.minimum(boxes1[..., 3], boxes2[..., 3])
+    inter = (xb - xa).clamp_min(0) * (yb - ya).clamp_min(0)
+    return inter / (box_area(boxes1) + box_area(boxes2) - inter)
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise IoU (Jaccard index) of two sets of boxes.
+
+    Args:
+        boxes1 (Tensor[N, 4]): ``(x1, y1, x2, y2)`` boxes.
+        boxes2 (Tensor[M, 4]): ``(x1, y1, x2, y2)`` boxes.
+
+    Returns:
+        Tensor[N, M]: IoU of every pair.
+    """
+    if boxes1.numel() == 0 or boxes2.numel() == 0:
+        dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+        return boxes1.new_zeros((boxes1.shape[0], boxes2.shape[0]),
+                                dtype=dtype)
+    return box_iou_aligned(boxes1[:, None, :], boxes2[None, :, :])  # [N, M]
+
+
+def xywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """Convert ``(x, y, w, h)`` boxes (COCO) to ``(x1, y1, x2, y2)``.
+
+    Args:
+        boxes (Tensor[N, 4]): ``(x, y, w, h)`` boxes.
+
+    Returns:
+        Tensor[N, 4]: ``(x, y, x + w, y + h)``.
+    """
+    if boxes.numel() == 0:
+        return boxes.clone()
+    x, y, w, h = boxes.unbind(-1)
+    return torch.stack((x, y, x + w, y + h), dim=-1)  # [N, 4]
+
+
+def xyxy_to_xywh(boxes: Tensor) -> Tensor:
+    """Convert ``(x1, y1, x2, y2)`` boxes to ``(x, y, w, h)`` (COCO).
+
+    Args:
+        boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)`` boxes.
+
+    Returns:
+        Tensor[N, 4]: ``(x1, y1, x2 - x1, y2 - y1)``.
+    """
+    if boxes.numel() == 0:
+        return boxes.clone()
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)  # [N, 4]
+
+
+def _scale(boxes: Tensor, image_sizes: Tensor,
+           image_index: Union[Tensor, None]) -> Tensor:
+    sizes = torch.as_tensor(image_sizes, device=boxes.device)
+    sizes = sizes.to(
+        boxes.dtype if boxes.is_floating_point() else torch.float64).reshape(
+            -1, 2)  # [I or N, 2]
+    if image_index is not None:
+        sizes = sizes[image_index]  # [N, 2]
+    elif sizes.shape[0] == 1 and boxes.shape[0] != 1:
+        sizes = sizes.expand(boxes.shape[0], 2)
+    if sizes.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f'image_sizes has {sizes.shape[0]} rows, expected one per box '
+            f'({boxes.shape[0]}), a single (width, height), or image_index')
+    return sizes.repeat(1, 2)  # [N, 4] (w, h, w, h)
+
+
+def normalize_boxes(boxes: Tensor,
+                    image_sizes: Tensor,
+                    image_index: Union[Tensor, None] = None) -> Tensor:
+    """Divide pixel boxes by their image's ``(width, height)``.
+
+    Args:
+        boxes (Tensor[N, 4]): pixel ``(x1, y1, x2, y2)`` boxes.
+        image_sizes (Tensor[N, 2] | Tensor[I, 2] | Tensor[2]): ``(width,
+            height)`` per box, per image (then give ``image_index``), or one
+            size for all boxes.
+        image_index (Tensor[N], optional): image of each box, indexing the
+            rows of ``image_sizes``.
+
+    Returns:
+        Tensor[N, 4]: boxes in ``[0, 1]`` coordinates (if they were inside
+        the image). Float64 for integer input.
+    """
+    if boxes.numel() == 0:
+        return boxes.clone() if boxes.is_floating_point() else boxes.double()
+    b = boxes if boxes.is_floating_point() else boxes.double()
+    return b / _scale(b, image_sizes, image_index)  # [N, 4]
+
+
+def denormalize_boxes(boxes: Tensor,
+                      image_sizes: Tensor,
+                      image_index: Union[Tensor, None] = None) -> Tensor:
+    """Inverse of :func:`normalize_boxes`: multiply by ``(w, h, w, h)``.
+
+    Args:
+        boxes (Tensor[N, 4]): normalised ``(x1, y1, x2, y2)`` boxes.
+        image_sizes (Tensor[N, 2] | Tensor[I, 2] | Tensor[2]): see
+            :func:`normalize_boxes`.
+        image_index (Tensor[N], optional): image of each box.
+
+    Returns:
+        Tensor[N, 4]: pixel boxes.
+    """
+    if boxes.numel() == 0:
+        return boxes.clone()
+    return boxes * _scale(boxes, image_sizes, image_index)  # [N, 4]

@@ -1,0 +1,220 @@
+"""Cross-member greedy clustering with ensemble-boxes' WBF rule.
+
+See :func:`match_boxes`. The clusters and fused boxes/scores are exactly
+those of ``ensemble_boxes.weighted_boxes_fusion`` (1.0.9) run per image.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from .greedy import GreedyResult, greedy_cluster
+from .layout import (build_layout, cluster_slots, concat_order,
+                     sort_desc_ties_last_first, take)
+from .prepare import Prepared, group_key, prepare_packed
+
+__all__ = ['Clusters', 'match_boxes', 'wbf_clusters', 'CONF_TYPES']
+
+CONF_TYPES = ('avg', 'max', 'box_and_model_avg', 'absent_model_aware_avg')
+
+
+class Clusters(NamedTuple):
+    """Result of :func:`match_boxes` (``C`` clusters, ``N`` members)."""
+    y_hat: Tensor  # [C, N, 5] per member (x1, y1, x2, y2, score); 0 if ~mask
+    mask: Tensor  # [C, N] bool, member n has >= 1 box in cluster c
+    labels: Tensor  # [C] long
+    image_index: Tensor  # [C] long
+    fused_boxes: Tensor  # [C, 4] the WBF fused box (normalised)
+    fused_scores: Tensor  # [C] WBF score after conf_type rescaling
+    counts: Tensor  # [C, N] long, boxes member n put in cluster c
+    box_cluster: Tensor  # [M] long, cluster of each input box, -1 filtered
+
+
+def _f32(x: Tensor) -> Tensor:
+    return x.float().double()
+
+
+@torch.no_grad()
+def wbf_clusters(prep: Prepared,
+                 iou_thr: float = 0.55,
+                 skip_box_thr: float = 0.0,
+                 conf_type: str = 'avg',
+                 allows_overflow: bool = False,
+                 class_agnostic: bool = False) -> dict:
+    """WBF clustering of prepared detections (internal building block).
+
+    Returns a dict with, for the ``C`` clusters in output order, ``boxes``
+    [C, 4], ``scores`` [C], ``labels`` [C], ``images`` [C] (float64 / long),
+    and ``cluster`` [K] (cluster of each kept box in layout order),
+    ``members`` [K], ``lboxes`` [K, 4], ``lscores`` [K] (raw scores),
+    ``box_index`` [K] (packed index) for the kept boxes in layout order.
+    """
+    if conf_type not in CONF_TYPES:
+        raise ValueError(f'conf_type must be one of {CONF_TYPES}, got '
+                         f'{conf_type!r}')
+    w = prep.weights
+    kept = torch.nonzero(prep.valid & (prep.scores >= skip_box_thr))[:, 0]
+    ws = take(prep.scores, kept) * take(w, take(prep.members, kept))  # [K]
+    lay = build_layout(
+        group_key(take(prep.labels, kept), take(prep.images, kept),
+                  class_agnostic), ws)
+    idx = take(kept, lay.order)  # [K] packed index per layout position
+    mem = take(prep.members, idx)  # [K]
+    res = greedy_cluster(lay, take(prep.boxes, idx), take(ws, lay.order),
+                         take(w, mem), iou_thr, fused=True)
+    cslot = cluster_slots(lay, res.num_clusters)  # [C]
+    cl_of_slot = torch.full_like(lay.rank, -1).index_copy_(
+        0, cslot, torch.arange(cslot.shape[0], device=kept.device))  # [K]
+    present = torch.zeros(cslot.shape[0], prep.num_members, dtype=torch.bool,
+                          device=kept.device)
+    present[take(cl_of_slot, res.slot), mem] = True  # [C, N]
+    score = _wbf_scores(res, cslot, present, w, conf_type, allows_overflow)
+    lead = take(idx, take(res.leader, cslot))  # [C] packed index, 1st box
+    images = take(prep.images, lead)  # [C]
+    perm = sort_desc_ties_last_first(score, images,
+                                     concat_order(lay, cslot))  # [C]
+    cluster_of_slot = torch.full_like(lay.rank, -1).index_copy_(
+        0, take(cslot, perm), torch.arange(perm.shape[0],
+                                           device=kept.device))  # [K]
+    return dict(boxes=take(res.ref, take(cslot, perm)),
+                scores=take(score, perm),
+                labels=take(prep.labels, take(lead, perm)),
+                images=take(images, perm),
+                cluster=take(cluster_of_slot, res.slot), members=mem,
+                lboxes=take(prep.boxes, idx), lscores=take(prep.scores, idx),
+                box_index=idx)
+
+
+def _wbf_scores(res: GreedyResult, cslot: Tensor, present: Tensor,
+                w: Tensor, conf_type: str, allows_overflow: bool) -> Tensor:
+    """ensemble-boxes' fused score with its float32 storage and rescaling.
+
+    Args:
+        res (GreedyResult): clustering state.
+        cslot (Tensor[C]): slot of each cluster.
+        present (Tensor[C, N]): members present in each cluster.
+        w (Tensor[N]): member weights.
+        conf_type (str), allows_overflow (bool): see :func:`match_boxes`.
+
+    Returns:
+        Tensor[C]: float64 scores, in ensemble-boxes' operation order.
+    """
+    cnt = take(res.count, cslot)  # [C]
+    multi = cnt >= 2  # [C] one-box clusters keep the raw float64 row
+    conf = take(res.conf, cslot)  # [C]
+    smax = take(res.smax, cslot)  # [C]
+    wsum = take(res.wsum, cslot)  # [C]
+    if conf_type == 'max':
+        s0 = torch.where(multi, _f32(smax), smax)  # [C]
+    else:
+        s0 = torch.where(multi, _f32(conf / cnt), conf)  # [C]
+    wf = torch.where(multi, _f32(wsum), wsum)  # [C]
+    cntf = cnt.double()  # [C]
+    if conf_type == 'avg':
+        m = cntf if allows_overflow else cntf.clamp(max=w.shape[0])
+        return s0 * m / w.sum()
+    if conf_type == 'max':
+        return s0 / (w.max() if w.numel() else 1.0)
+    if conf_type == 'box_and_model_avg':
+        usum = (present.double() * w).sum(1)  # [C] present members
+        return s0 * cntf / wf * usum / w.sum()
+    asum = ((~present).double() * w).sum(1)  # [C] absent members
+    return s0 * cntf / (wf + asum)
+
+
+@torch.no_grad()
+def match_boxes(boxes: Tensor,
+                scores: Tensor,
+                labels: Tensor,
+                members: Tensor,
+                images: Optional[Tensor],
+                num_members: int,
+                num_images: int = 1,
+                weights: Optional[Tensor] = None,
+                iou_thr: float = 0.55,
+                skip_box_thr: float = 0.0,
+                conf_type: str = 'avg',
+                allows_overflow: bool = False,
+                class_agnostic: bool = False,
+                member_reduce: str = 'mean',
+                image_sizes: Optional[Tensor] = None) -> Clusters:
+    """Cluster the boxes of several members like ensemble-boxes' WBF.
+
+    Per image and label (per image only if ``class_agnostic``), boxes are
+    sorted by weighted score ``score * weights[member]`` descending (ties:
+    later packed index first, see :mod:`mmens.ops.layout`); each box joins
+    the existing cluster whose *current fused box* has the highest IoU if
+    that IoU is ``> iou_thr`` (ties to the lowest cluster index), otherwise
+    it opens a new cluster. The fused box is the weighted-score-weighted
+    mean of the cluster's boxes, computed with ensemble-boxes' float32
+    accumulation. All groups of all images advance together, one box per
+    group per step.
+
+    Boxes with ``score < skip_box_thr`` or zero area (after clipping to
+    ``[0, 1]``, with a warning) are not clustered (``box_cluster == -1``).
+
+    Args:
+        boxes (Tensor[M, 4]): ``(x1, y1, x2, y2)``, normalised to ``[0, 1]``
+            or, with ``image_sizes``, in pixels.
+        scores (Tensor[M]): scores in ``[0, 1]``.
+        labels (Tensor[M]): integral labels.
+        members (Tensor[M]): member of each box, ``0..N-1``.
+        images (Tensor[M] | None): image of each box, ``0..I-1``.
+        num_members (int): ``N``.
+        num_images (int): ``I``.
+        weights (Tensor[N], optional): member weights (default ones).
+        iou_thr (float): match threshold (strict ``>``).
+        skip_box_thr (float): drop boxes with ``score < skip_box_thr``.
+        conf_type (str): ``'avg'``, ``'max'``, ``'box_and_model_avg'`` or
+            ``'absent_model_aware_avg'``: fused-score rule of ensemble-boxes.
+        allows_overflow (bool): for ``'avg'``, let the score exceed 1.
+        class_agnostic (bool): cluster across labels; a cluster's label is
+            the label of its first (highest weighted score) box.
+        member_reduce (str): how a member's boxes in a cluster give its
+            ``y_hat`` row. ``'mean'``: raw-score-weighted mean box (plain
+            mean if all its scores are 0) and mean raw score. ``'best'``:
+            its highest-scoring box and that box's raw score. The fused
+            box/score always use all boxes.
+        image_sizes (Tensor[I, 2], optional): ``(width, height)`` per image;
+            when given, ``boxes`` are pixels. Outputs are always normalised.
+
+    Returns:
+        Clusters: ``C`` clusters ordered by image, then fused score
+        descending (the order of ensemble-boxes' output for that image).
+        Float outputs have the dtype of ``boxes`` (float32 for integer).
+    """
+    if member_reduce not in ('mean', 'best'):
+        raise ValueError(f"member_reduce must be 'mean' or 'best', got "
+                         f'{member_reduce!r}')
+    prep = prepare_packed(boxes, scores, labels, members, images, num_members,
+                          num_images, weights, image_sizes)
+    r = wbf_clusters(prep, iou_thr, skip_box_thr, conf_type, allows_overflow,
+                     class_agnostic)
+    n = num_members
+    c = r['scores'].shape[0]
+    dev = prep.boxes.device
+    flat = r['cluster'] * n + r['members']  # [K]
+    counts = torch.bincount(flat, minlength=c * n).view(c, n)  # [C, N]
+    mask = counts > 0  # [C, N]
+    b, s = r['lboxes'], r['lscores']  # [K, 4], [K]
+    if member_reduce == 'mean':
+        num = b.new_zeros(c * n, 4).index_add_(0, flat, s[:, None] * b)
+        plain = b.new_zeros(c * n, 4).index_add_(0, flat, b)  # [C*N, 4]
+        den = s.new_zeros(c * n).index_add_(0, flat, s)  # [C*N]
+        cn = counts.view(-1).clamp(min=1).double()[:, None]  # [C*N, 1]
+        box = torch.where(den[:,
+                              None] > 0, num / den.clamp(min=1e-300)[:, None],
+                          plain / cn)  # [C*N, 4]
+        y = torch.cat((box, den[:, None] / cn), 1)  # [C*N, 5]
+    else:
+        k = flat.shape[0]
+        first = torch.full((c * n, ), k, dtype=torch.long, device=dev)
+        first.scatter_reduce_(0, flat, torch.arange(k, device=dev), 'amin')
+        first = first.clamp(max=max(k - 1, 0))  # [C*N]
+        y = torch.cat((b, s[:, None]), 1)[first] if k else b.new_zeros(0, 5)
+    y_hat = (y.view(c, n, 5) * mask[..., None]).to(prep.dtype)  # [C, N, 5]
+    box_cluster = torch.full_like(prep.members, -1)  # [M]
+    box_cluster.index_copy_(0, r['box_index'], r['cluster'])
+    return Clusters(y_hat, mask, r['labels'], r['images'],
+                    r['boxes'].to(prep.dtype), r['scores'].to(prep.dtype),
+                    counts, box_cluster)

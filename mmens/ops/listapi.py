@@ -1,0 +1,193 @@
+"""ensemble-boxes style list API on top of the packed tensor ops.
+
+Converts ``[(boxes_list, scores_list, labels_list), ...]`` (one tuple per
+image, one array per member) to flat tensors in one go and splits packed
+results back per image. NumPy / list input gives NumPy output (computed on
+CPU); if any member array is a :class:`torch.Tensor`, everything runs on
+that tensor's device and torch tensors come back.
+"""
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .validation import check_member_lists
+
+__all__ = ['PackedLists', 'pack_images', 'unpack_images']
+
+
+class PackedLists(NamedTuple):
+    """Flat version of a batch of per-member lists.
+
+    Attributes:
+        boxes (Tensor[M, 4]), scores (Tensor[M]), labels (Tensor[M]),
+        members (Tensor[M]), images (Tensor[M]): packed member-major per
+            image, i.e. ensemble-boxes' concatenation order.
+        num_members (int), num_images (int): ``N`` and ``I``.
+        is_torch (bool): the input held torch tensors.
+        device (torch.device): where results go.
+        dtype: output float dtype (torch dtype when ``is_torch``).
+        np_dtypes (list[tuple]): per image, the NumPy result types of
+            boxes, scores, labels (the dtypes ``np.concatenate`` of that
+            image's member arrays gives), for NumPy output.
+    """
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    members: Tensor
+    images: Tensor
+    num_members: int
+    num_images: int
+    is_torch: bool
+    device: torch.device
+    dtype: Any
+    np_dtypes: List[Tuple[Any, Any, Any]]
+
+
+def _result_type(arrays: List[np.ndarray]) -> np.dtype:
+    """dtype of ``np.concatenate(arrays)`` (float64 for no arrays)."""
+    return np.result_type(*[a.dtype for a in arrays]) if arrays else \
+        np.dtype(np.float64)
+
+
+def _cat_np(arrays: List[np.ndarray], shape: Tuple[int, ...]) -> Tensor:
+    """Concatenate NumPy arrays into one float64 CPU tensor of ``shape``."""
+    if not arrays:
+        return torch.zeros(shape[1:] and (0, ) + shape[1:] or (0, ),
+                           dtype=torch.float64)
+    cat = np.concatenate([a.reshape(shape) for a in arrays])
+    return torch.from_numpy(cat.astype(np.float64, copy=False))
+
+
+def _is_torch(images: Sequence) -> Optional[Tensor]:
+    for boxes_list, scores_list, _ in images:
+        for x in list(boxes_list) + list(scores_list):
+            if isinstance(x, Tensor):
+                return x
+    return None
+
+
+def pack_images(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
+                report_image: bool = True) -> PackedLists:
+    """Pack per-image per-member lists into flat tensors.
+
+    Args:
+        images (Sequence[tuple]): ``(boxes_list, scores_list, labels_list)``
+            per image; ``boxes_list[n]`` is ``[n_i, 4]``, the others
+            ``[n_i]``, for member ``n``.
+        report_image (bool): name the image in error messages.
+
+    Returns:
+        PackedLists: see the class.
+
+    Raises:
+        ValueError: inconsistent lengths / shapes, naming image, member and
+            field.
+    """
+    ref = _is_torch(images)
+    num_members = None
+    bl: List[Any] = []
+    sl: List[Any] = []
+    ll: List[Any] = []
+    sizes: List[int] = []
+    for i, (b_list, s_list, l_list) in enumerate(images):
+        img = i if report_image else None
+        n = check_member_lists(b_list, s_list, l_list, img)
+        if num_members is None:
+            num_members = n
+        elif n != num_members:
+            raise ValueError(f"image {i}: field 'boxes' has {n} members, "
+                             f'image 0 has {num_members}')
+        for t in range(n):
+            b = b_list[t] if isinstance(b_list[t], Tensor) else np.asarray(
+                b_list[t])
+            if b.shape[0] == 0:
+                b = b.reshape(0, 4)
+            if b.ndim != 2 or b.shape[1] != 4:
+                where = f'image {i}, ' if report_image else ''
+                raise ValueError(f"{where}member {t}: field 'boxes' must be "
+                                 f'[n, 4], got shape {tuple(b.shape)}')
+            bl.append(b)
+            sl.append(s_list[t])
+            ll.append(l_list[t])
+            sizes.append(b.shape[0])
+    num_members = num_members or 0
+    num_images = len(images)
+    if ref is not None:
+        dev = ref.device
+        dtype = ref.dtype if ref.is_floating_point() else torch.float32
+
+        def cat(xs, shape, dt):
+            ts = [torch.as_tensor(x).to(dev, dt).reshape(shape) for x in xs]
+            return torch.cat(ts) if ts else torch.zeros(
+                shape, dtype=dt, device=dev)
+
+        boxes = cat(bl, (-1, 4), torch.float64)
+        scores = cat(sl, (-1, ), torch.float64)
+        labels = cat(ll, (-1, ), torch.float64)
+        np_dtypes = [(None, None, None)] * len(images)
+    else:
+        dev, dtype = torch.device('cpu'), torch.float64
+        arrs = [[np.asarray(x) for x in xs] for xs in (bl, sl, ll)]
+        n = num_members
+        np_dtypes = [
+            tuple(_result_type(a[i * n:(i + 1) * n]) for a in arrs)
+            for i in range(num_images)
+        ]
+        boxes = _cat_np(arrs[0], (-1, 4))
+        scores = _cat_np(arrs[1], (-1, ))
+        labels = _cat_np(arrs[2], (-1, ))
+    cnt = torch.tensor(sizes, dtype=torch.long, device=dev)
+    ids = torch.arange(len(sizes), dtype=torch.long, device=dev)
+    flat = torch.repeat_interleave(ids, cnt)  # [M] (image, member) id
+    n = max(num_members, 1)
+    return PackedLists(boxes, scores, labels, flat % n, flat // n, num_members,
+                       num_images, ref is not None, dev, dtype, np_dtypes)
+
+
+def unpack_images(packed: PackedLists,
+                  boxes: Tensor,
+                  scores: Tensor,
+                  labels: Tensor,
+                  images: Tensor,
+                  np_dtypes: Optional[Tuple[Any, Any, Any]] = None,
+                  np_empty_dtype: Any = np.float64) -> List[Tuple]:
+    """Split packed results (sorted by image) into per-image tuples.
+
+    Args:
+        packed (PackedLists): the packed input (backend, device, dtypes).
+        boxes (Tensor[K, 4]), scores (Tensor[K]), labels (Tensor[K]),
+        images (Tensor[K]): results grouped by image.
+        np_dtypes (tuple, optional): NumPy dtypes of boxes, scores, labels
+            for every image; ``None`` entries default to the image's
+            ``packed.np_dtypes``.
+        np_empty_dtype: NumPy dtype of all three for images without output
+            (``None``: use ``np_dtypes``).
+
+    Returns:
+        list[tuple]: ``(boxes [k, 4], scores [k], labels [k])`` per image.
+    """
+    counts = torch.bincount(images, minlength=packed.num_images).tolist()
+    if packed.is_torch:
+        b = boxes.to(packed.dtype).split(counts)
+        s = scores.to(packed.dtype).split(counts)
+        lab = labels.long().split(counts)
+        return list(zip(b, s, lab))
+    force = np_dtypes or (None, None, None)
+    cuts = np.cumsum(counts)[:-1]
+    split = [
+        np.split(x.cpu().numpy().astype(f or np.float64, copy=False), cuts)
+        for x, f in zip((boxes, scores, labels), force)
+    ]
+    out = []
+    for i, k in enumerate(counts):
+        if k == 0 and np_empty_dtype is not None:
+            out.append((np.zeros(
+                (0, 4), np_empty_dtype), np.zeros(
+                    (0, ), np_empty_dtype), np.zeros((0, ), np_empty_dtype)))
+            continue
+        dts = [f or d for f, d in zip(force, packed.np_dtypes[i])]
+        out.append(
+            tuple(x[i].astype(d, copy=False) for x, d in zip(split, dts)))
+    return out

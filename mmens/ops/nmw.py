@@ -1,0 +1,149 @@
+"""Non-maximum weighted (NMW), batched, with ensemble-boxes 1.0.9 parity."""
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .boxes import box_iou_aligned
+from .greedy import greedy_cluster
+from .layout import (build_layout, cluster_slots, concat_order,
+                     sort_desc_ties_last_first, take)
+from .listapi import pack_images, unpack_images
+from .prepare import group_key, prepare_packed
+
+__all__ = [
+    'non_maximum_weighted', 'non_maximum_weighted_batch',
+    'non_maximum_weighted_packed'
+]
+
+
+@torch.no_grad()
+def non_maximum_weighted_packed(
+        boxes: Tensor,
+        scores: Tensor,
+        labels: Tensor,
+        members: Tensor,
+        images: Optional[Tensor],
+        num_members: int,
+        num_images: int = 1,
+        weights: Optional[Tensor] = None,
+        iou_thr: float = 0.55,
+        skip_box_thr: float = 0.0,
+        class_agnostic: bool = False,
+        image_sizes: Optional[Tensor] = None,
+        _report_image: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """NMW on packed detections of many images at once.
+
+    Per ``(image, label)``: weights are divided by their max, boxes sorted by
+    ``score * weight`` descending, each box joins the cluster whose *first*
+    box has the highest IoU ``> iou_thr``, else opens one. A cluster's box is
+    the mean of its boxes weighted by ``score * IoU(box, first box)``; its
+    score is the first box's weighted score (float32, like ensemble-boxes).
+
+    Args:
+        boxes, scores, labels, members, images, num_members, num_images,
+        weights, class_agnostic, image_sizes: see
+            :func:`~mmens.ops.wbf.weighted_boxes_fusion_packed`.
+        iou_thr (float): match threshold (strict ``>``).
+        skip_box_thr (float): drop boxes with ``score < skip_box_thr``.
+
+    Returns:
+        tuple: ``boxes [K, 4]``, ``scores [K]``, ``labels [K]`` (long),
+        ``images [K]``; sorted by image then score descending.
+    """
+    prep = prepare_packed(boxes, scores, labels, members, images, num_members,
+                          num_images, weights, image_sizes, _report_image)
+    w = prep.weights
+    if prep.num_members:
+        w = w / w.max()  # [N] ensemble-boxes divides by the max weight
+    kept = torch.nonzero(prep.valid & (prep.scores >= skip_box_thr))[:, 0]
+    ws = take(prep.scores, kept) * take(w, take(prep.members, kept))  # [K]
+    lay = build_layout(
+        group_key(take(prep.labels, kept), take(prep.images, kept),
+                  class_agnostic), ws)
+    idx = take(kept, lay.order)  # [K] packed index per layout position
+    b = take(prep.boxes, idx)  # [K, 4]
+    s = take(ws, lay.order)  # [K]
+    res = greedy_cluster(lay, b, s, s, iou_thr, fused=False)
+    cslot = cluster_slots(lay, res.num_clusters)  # [C]
+    c = cslot.shape[0]
+    cl = take(
+        torch.full_like(lay.rank, -1).index_copy_(
+            0, cslot, torch.arange(c, device=b.device)), res.slot)  # [K]
+    wt = s * box_iou_aligned(b, take(b, take(res.leader, res.slot)))  # [K]
+    num = b.new_zeros(c, 4).index_add_(0, cl, wt[:, None] * b)  # [C, 4]
+    conf = s.new_zeros(c).index_add_(0, cl, wt)  # [C]
+    lead = take(res.leader, cslot)  # [C] layout position of the first box
+    fused = torch.where(conf[:, None] > 0,
+                        num / conf.clamp(min=1e-300)[:, None],
+                        take(b, lead)).float().double()  # [C, 4]
+    score = take(s, lead).float().double()  # [C] float32 like the reference
+    cidx = take(idx, lead)  # [C]
+    cimg = take(prep.images, cidx)  # [C]
+    perm = sort_desc_ties_last_first(score, cimg,
+                                     concat_order(lay, cslot))  # [C]
+    return (take(fused, perm).to(prep.dtype), take(score, perm).to(prep.dtype),
+            take(prep.labels, take(cidx, perm)), take(cimg, perm))
+
+
+def non_maximum_weighted_batch(images: Sequence[Tuple[Sequence, Sequence,
+                                                      Sequence]],
+                               weights=None,
+                               iou_thr: float = 0.55,
+                               skip_box_thr: float = 0.0,
+                               _report_image: bool = True) -> List[Tuple]:
+    """:func:`non_maximum_weighted` for a batch of images in one pass.
+
+    Args:
+        images (Sequence[tuple]): ``(boxes_list, scores_list, labels_list)``
+            per image.
+        weights, iou_thr, skip_box_thr: see :func:`non_maximum_weighted`.
+
+    Returns:
+        list[tuple]: ``(boxes, scores, labels)`` per image.
+    """
+    p = pack_images(images, _report_image)
+    out = non_maximum_weighted_packed(p.boxes,
+                                      p.scores,
+                                      p.labels,
+                                      p.members,
+                                      p.images,
+                                      p.num_members,
+                                      p.num_images,
+                                      weights,
+                                      iou_thr,
+                                      skip_box_thr,
+                                      _report_image=_report_image)
+    return unpack_images(p, *out, np_dtypes=(np.float32, ) * 3)
+
+
+def non_maximum_weighted(boxes_list: Sequence,
+                         scores_list: Sequence,
+                         labels_list: Sequence,
+                         weights=None,
+                         iou_thr: float = 0.55,
+                         skip_box_thr: float = 0.0) -> Tuple:
+    """Drop-in for ``ensemble_boxes.non_maximum_weighted`` (1.0.9).
+
+    Args:
+        boxes_list (Sequence[array[n_i, 4]]): normalised boxes per member.
+        scores_list (Sequence[array[n_i]]): scores per member.
+        labels_list (Sequence[array[n_i]]): labels per member.
+        weights (Sequence[float], optional): member weights (default 1).
+        iou_thr (float): IoU for a match (strict ``>``).
+        skip_box_thr (float): drop boxes with ``score < skip_box_thr``.
+
+    Returns:
+        tuple: ``boxes [K, 4]``, ``scores [K]``, ``labels [K]`` sorted by
+        score descending; NumPy float32 like ensemble-boxes (float64 zeros
+        when empty) or torch for tensor input. The fused box is computed in
+        float64 (ensemble-boxes accumulates in float32: differences are
+        below 1e-6). Errors and repairs as in
+        :func:`~mmens.ops.wbf.weighted_boxes_fusion`.
+    """
+    return non_maximum_weighted_batch([(boxes_list, scores_list, labels_list)],
+                                      weights,
+                                      iou_thr,
+                                      skip_box_thr,
+                                      _report_image=False)[0]

@@ -1,0 +1,147 @@
+"""Weighted boxes fusion, batched, with ensemble-boxes 1.0.9 parity."""
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .clustering import wbf_clusters
+from .listapi import pack_images, unpack_images
+from .prepare import prepare_packed
+
+__all__ = [
+    'weighted_boxes_fusion', 'weighted_boxes_fusion_batch',
+    'weighted_boxes_fusion_packed'
+]
+
+
+@torch.no_grad()
+def weighted_boxes_fusion_packed(
+        boxes: Tensor,
+        scores: Tensor,
+        labels: Tensor,
+        members: Tensor,
+        images: Optional[Tensor],
+        num_members: int,
+        num_images: int = 1,
+        weights: Optional[Tensor] = None,
+        iou_thr: float = 0.55,
+        skip_box_thr: float = 0.0,
+        conf_type: str = 'avg',
+        allows_overflow: bool = False,
+        class_agnostic: bool = False,
+        image_sizes: Optional[Tensor] = None,
+        _report_image: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """WBF on packed detections of many images at once.
+
+    Same rule and arithmetic as ``ensemble_boxes.weighted_boxes_fusion``
+    applied to each image (see :func:`~mmens.ops.clustering.match_boxes`).
+
+    Args:
+        boxes (Tensor[M, 4]): ``(x1, y1, x2, y2)`` normalised (pixels with
+            ``image_sizes``).
+        scores (Tensor[M]): scores in ``[0, 1]``.
+        labels (Tensor[M]): integral labels.
+        members (Tensor[M]): member index ``0..N-1``.
+        images (Tensor[M] | None): image index ``0..I-1``.
+        num_members (int): ``N``.
+        num_images (int): ``I``.
+        weights (Tensor[N], optional): member weights.
+        iou_thr, skip_box_thr, conf_type, allows_overflow: as in
+            ensemble-boxes.
+        class_agnostic (bool): fuse across labels (label of the first box).
+        image_sizes (Tensor[I, 2], optional): ``(width, height)``; output
+            boxes are normalised regardless.
+
+    Returns:
+        tuple: ``boxes [K, 4]`` (normalised), ``scores [K]``, ``labels [K]``
+        (long), ``images [K]``; sorted by image then score descending.
+    """
+    prep = prepare_packed(boxes, scores, labels, members, images, num_members,
+                          num_images, weights, image_sizes, _report_image)
+    r = wbf_clusters(prep, iou_thr, skip_box_thr, conf_type, allows_overflow,
+                     class_agnostic)
+    return (r['boxes'].to(prep.dtype), r['scores'].to(prep.dtype), r['labels'],
+            r['images'])
+
+
+def weighted_boxes_fusion_batch(images: Sequence[Tuple[Sequence, Sequence,
+                                                       Sequence]],
+                                weights=None,
+                                iou_thr: float = 0.55,
+                                skip_box_thr: float = 0.0,
+                                conf_type: str = 'avg',
+                                allows_overflow: bool = False,
+                                _report_image: bool = True) -> List[Tuple]:
+    """:func:`weighted_boxes_fusion` for a batch of images in one pass.
+
+    Args:
+        images (Sequence[tuple]): ``(boxes_list, scores_list, labels_list)``
+            per image (ensemble-boxes' arguments). All images must have the
+            same number of members.
+        weights, iou_thr, skip_box_thr, conf_type, allows_overflow: see
+            :func:`weighted_boxes_fusion`.
+
+    Returns:
+        list[tuple]: ``(boxes, scores, labels)`` per image.
+    """
+    p = pack_images(images, _report_image)
+    out = weighted_boxes_fusion_packed(p.boxes,
+                                       p.scores,
+                                       p.labels,
+                                       p.members,
+                                       p.images,
+                                       p.num_members,
+                                       p.num_images,
+                                       weights,
+                                       iou_thr,
+                                       skip_box_thr,
+                                       conf_type,
+                                       allows_overflow,
+                                       _report_image=_report_image)
+    return unpack_images(p, *out, np_dtypes=(np.float64, ) * 3)
+
+
+def weighted_boxes_fusion(boxes_list: Sequence,
+                          scores_list: Sequence,
+                          labels_list: Sequence,
+                          weights=None,
+                          iou_thr: float = 0.55,
+                          skip_box_thr: float = 0.0,
+                          conf_type: str = 'avg',
+                          allows_overflow: bool = False) -> Tuple:
+    """Drop-in for ``ensemble_boxes.weighted_boxes_fusion`` (1.0.9).
+
+    Args:
+        boxes_list (Sequence[array[n_i, 4]]): normalised ``(x1, y1, x2,
+            y2)`` boxes of each member.
+        scores_list (Sequence[array[n_i]]): scores of each member.
+        labels_list (Sequence[array[n_i]]): labels of each member.
+        weights (Sequence[float], optional): member weights (default 1).
+        iou_thr (float): IoU for a match (strict ``>``).
+        skip_box_thr (float): drop boxes with ``score < skip_box_thr``.
+        conf_type (str): ``'avg'``, ``'max'``, ``'box_and_model_avg'`` or
+            ``'absent_model_aware_avg'``.
+        allows_overflow (bool): let ``'avg'`` scores exceed 1.
+
+    Returns:
+        tuple: ``boxes [K, 4]``, ``scores [K]``, ``labels [K]`` sorted by
+        score descending. NumPy float64 (labels too, like ensemble-boxes)
+        for NumPy/list input; torch (input float dtype, long labels, input
+        device) for tensor input.
+
+    Differences from ensemble-boxes: malformed input raises
+    :class:`ValueError` instead of printing and exiting (also for a wrong
+    number of weights, where ensemble-boxes falls back to ones); ``x2 < x1``
+    is an error instead of a silent swap; clipping and zero-area skipping
+    warn once with counts; a cluster whose boxes all have score 0 keeps its
+    first box instead of becoming NaN.
+    """
+    return weighted_boxes_fusion_batch(
+        [(boxes_list, scores_list, labels_list)],
+        weights,
+        iou_thr,
+        skip_box_thr,
+        conf_type,
+        allows_overflow,
+        _report_image=False)[0]
