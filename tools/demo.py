@@ -17,6 +17,8 @@ import os.path as osp
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 import mmens  # noqa: E402,F401
 from mmengine.registry import init_default_scope  # noqa: E402
@@ -29,7 +31,7 @@ from mmens.apis.methods import (grid_search_wbf, run_ensemble_boxes_wbf,  # noqa
                                 run_fixed, weight_grid)
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap  # noqa: E402
 from mmens.utils import run_cli  # noqa: E402
-from mmens.visualization import plot_ap_bars  # noqa: E402
+from mmens.visualization import plot_ap_bars, plot_theta  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = osp.join(ROOT, 'data', 'coco_real')
@@ -148,11 +150,13 @@ def main(argv=None) -> None:
     if not args.skip_learned:
         for name, cfg in LEARNED:
             def learned(cfg=cfg, name=name):
+                models: list = []
                 fp = runner_fit_predict(osp.join(ROOT, cfg), batch,
                                         osp.join(wd, 'runs', osp.basename(cfg)[:-3]),
-                                        args.folds, args.seed)
+                                        args.folds, args.seed, models=models)
                 res, fit = cross_validate(fp, batch.img_ids, args.folds, args.seed)
-                return dict(results=res, fit_s=fit / args.folds)
+                theta = sum(m.head.theta_table() for m in models) / len(models)
+                return dict(results=res, fit_s=fit / args.folds, theta=theta.tolist())
             methods.append((name, 'learned', spec_of(cfg), learned))
 
     log(f'[2/4] running {len(methods)} methods ({args.folds}-fold cross-validation where '
@@ -187,8 +191,18 @@ def main(argv=None) -> None:
         with open(osp.join(wd, 'fused', f'{safe}.json'), 'w', encoding='utf-8') as f:
             json.dump(e['results'], f)
     write_report(rows, wd)
+    for name, e in entries.items():
+        if 'theta' in e:
+            safe = ''.join(c if c.isalnum() else '_' for c in name).strip('_')
+            plot_theta(np.array(e['theta']), MEMBERS, osp.join(wd, f'theta_{safe}.png'),
+                       classes=batch_classes(coco, batch), title=f'Θ of {name} '
+                       f'(mean of {args.folds} fold models)')
     log(f'[4/4] wrote the table, fused results and plots to {wd} '
         f'({time.time() - t_start:.0f} s)')
+
+
+def batch_classes(coco, batch):
+    return [coco.loadCats([c])[0]['name'] for c in batch.cat_ids]
 
 
 def fmt(v, spec):

@@ -90,9 +90,12 @@ def cross_validate(fit_predict: Callable[[Sequence[int], Sequence[int]], Tuple[L
 
 
 def runner_fit_predict(config: str, batch: MemberBatch, work_root: str, num_folds: int = 5,
-                       seed: int = 0, cfg_options: Optional[dict] = None
-                       ) -> Callable[[Sequence[int], Sequence[int]], Tuple[List[dict], float]]:
-    """A ``fit_predict`` that trains ``config`` on a fold with the Runner and fuses the rest."""
+                       seed: int = 0, cfg_options: Optional[dict] = None,
+                       models: Optional[list] = None) -> Callable:
+    """A ``fit_predict`` that trains ``config`` on a fold with the Runner and fuses the rest.
+
+    Trained fold models are appended to ``models`` when it is given (e.g. to plot Θ).
+    """
     state = {'k': 0}
 
     def fit_predict(train_ids, test_ids):
@@ -103,6 +106,8 @@ def runner_fit_predict(config: str, batch: MemberBatch, work_root: str, num_fold
                           copy.deepcopy(cfg_options))
         model, seconds = train_from_cfg(cfg)
         res, _ = fuse_batch(model, subset_batch(batch, test_ids))
+        if models is not None:
+            models.append(model)
         return res, seconds
 
     return fit_predict

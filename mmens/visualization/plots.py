@@ -20,17 +20,23 @@ def plot_ap_bars(rows: List[Dict], path: str, reference: Optional[str] = None) -
     y = np.arange(len(rows))[::-1]
     ax.barh(y, ap, color=colors)
     ref_ap = next((100 * r['AP'] for r in rows if r['method'] == reference), None)
+    right = ap.max()
     for yi, r, a in zip(y, rows, ap):
+        end = a
         if ref_ap is not None and r.get('ci') is not None and r['method'] != reference:
             lo, hi = ref_ap + 100 * r['ci'][0], ref_ap + 100 * r['ci'][1]
             ax.plot([lo, hi], [yi, yi], color='black', lw=1.5)
-        ax.text(a + 0.2, yi, f'{a:.1f}', va='center', fontsize=8)
+            end = max(a, hi)
+        right = max(right, end)
+        ax.text(end + 0.4, yi, f'{a:.1f}', va='center', fontsize=8)
     if ref_ap is not None:
         ax.axvline(ref_ap, color='gray', ls='--', lw=1)
     ax.set_yticks(y, names, fontsize=8)
-    ax.set_xlabel('COCO AP (out-of-fold on val, %)' + (
-        f'; black: 95% paired-bootstrap interval vs {reference}' if ref_ap else ''))
-    ax.set_xlim(0, max(ap) * 1.15)
+    ax.set_xlabel('COCO AP, % (out of fold on val)')
+    if ref_ap is not None:
+        ax.set_title(f'black: 95% paired-bootstrap interval of the difference to\n'
+                     f'"{reference}" (dashed), placed around its AP', fontsize=8)
+    ax.set_xlim(0, right * 1.12)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

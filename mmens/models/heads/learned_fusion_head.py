@@ -83,6 +83,12 @@ class LearnedFusionHead(BaseModule):
         """The global Θ, ``Tensor[N]``."""
         return theta_from_phi(self.phi, self.theta_param)
 
+    def theta_table(self) -> Tensor:
+        """Θ for reports: ``[K, N]`` per class, else the global ``[N]`` (detached)."""
+        if self.theta_mode == 'per_class':
+            return theta_from_phi(self.phi_class, self.theta_param).detach()
+        return self.theta().detach()
+
     def matching_weights(self) -> Tensor:
         """Member weights for the matching (detached global Θ), ``Tensor[N]``."""
         return self.theta().detach().clamp_min(1e-4)
