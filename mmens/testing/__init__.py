@@ -1,0 +1,3 @@
+from .synthetic import synthetic_batch
+
+__all__ = ['synthetic_batch']
