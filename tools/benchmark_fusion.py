@@ -1,8 +1,9 @@
 """Benchmark mmens' batched box fusion against ensemble-boxes.
 
 Generates a seeded COCO-like load (each member outputs jittered copies of a
-few "true" objects per image, some with a confused label, plus low-score
-background boxes up to ``--boxes`` per member), then in one run:
+few "true" objects per image, tight for high scores and loose for low ones,
+some with a confused label; statistics close to data/coco_real), then in one
+run:
 
 * times ensemble-boxes per image (NumPy, as it is used in practice),
 * times mmens batched over all images through the list API
@@ -90,38 +91,39 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_load(images: int, members: int, boxes: int, classes: int,
               objects: int, seed: int) -> List[Tuple[list, list, list]]:
-    """Seeded COCO-like detections: ``[(boxes_list, scores_list,
-    labels_list)]`` per image, NumPy float64 boxes/scores, int64 labels."""
+    """Seeded COCO-like detections, ``[(boxes_list, scores_list,
+    labels_list)]`` per image (NumPy float64 boxes/scores, int64 labels).
+
+    Each image has 1..``objects`` true objects; every member outputs
+    ``boxes`` jittered copies of them (its top-``boxes`` detections, like a
+    COCO detector): high-score copies are tight, low-score ones loose; the
+    label is the object's class with probability 0.6, else one of 5
+    classes it is confused with. Statistics are close to data/coco_real's
+    (about 30 vs 35 labels per image, mean (image, label) group of 17 boxes
+    in both, heavy tail up to ~350 vs 463 boxes).
+    """
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(images):
         k = int(rng.integers(1, objects + 1))
-        ctr = rng.uniform(0.1, 0.9, (k, 2))
+        ctr = rng.uniform(0.15, 0.85, (k, 2))
         wh = np.exp(rng.uniform(np.log(0.03), np.log(0.6), (k, 2)))
         cls = rng.integers(0, classes, k)
+        confuse = rng.integers(0, classes, (k, 5))
         bl, sl, ll = [], [], []
         for _m in range(members):
-            copies = rng.poisson(3.0, k) + 1  # detections per true object
-            src = np.repeat(np.arange(k), copies)[:boxes]
-            n_t = src.shape[0]
-            c = ctr[src] + rng.normal(0, 0.05, (n_t, 2)) * wh[src]
-            s = wh[src] * np.exp(rng.normal(0, 0.1, (n_t, 2)))
-            lab = np.where(
-                rng.random(n_t) < 0.8, cls[src], rng.integers(0, classes, n_t))
-            sc = np.where(lab == cls[src], rng.beta(5, 2, n_t),
-                          rng.beta(1, 5, n_t))
-            n_b = boxes - n_t  # background boxes
-            bc = rng.uniform(0, 1, (n_b, 2))
-            bs = np.exp(rng.uniform(np.log(0.02), np.log(0.5), (n_b, 2)))
-            c, s = np.concatenate([c, bc]), np.concatenate([s, bs])
+            src = rng.integers(0, k, boxes)  # object of each detection
+            sc = np.sort(rng.beta(1.2, 4.0, boxes))[::-1]
+            jit = 0.03 + 0.4 * (1 - sc[:, None])  # relative jitter
+            c = ctr[src] + rng.normal(0, 1, (boxes, 2)) * jit * wh[src]
+            s = wh[src] * np.exp(rng.normal(0, 1, (boxes, 2)) * jit)
             b = np.concatenate([c - s / 2, c + s / 2], 1).clip(0, 1)
-            sc = np.concatenate([sc, rng.uniform(0.001, 0.2, n_b)])
-            lab = np.concatenate([lab, rng.integers(0, classes, n_b)])
+            lab = np.where(rng.random(boxes) < 0.6, cls[src],
+                           confuse[src, rng.integers(0, 5, boxes)])
             keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-            order = np.argsort(-sc[keep], kind='stable')
-            bl.append(b[keep][order])
-            sl.append(sc[keep][order])
-            ll.append(lab[keep][order].astype(np.int64))
+            bl.append(b[keep])
+            sl.append(sc[keep].copy())
+            ll.append(lab[keep].astype(np.int64))
         out.append((bl, sl, ll))
     return out
 

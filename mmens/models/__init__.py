@@ -1,6 +1,6 @@
 from .data_preprocessors import EnsembleDataPreprocessor
 from .detectors import EnsembleDetector, FusionDetector
-from .heads import LearnedFusionHead
+from .heads import LearnedFusionHead, LearnedWeightsHead
 
 __all__ = ['EnsembleDataPreprocessor', 'EnsembleDetector', 'FusionDetector',
-           'LearnedFusionHead']
+           'LearnedFusionHead', 'LearnedWeightsHead']

@@ -10,13 +10,15 @@ cluster index, like ``np.argmax``) or opens a new cluster. A step costs
 ``O(active_groups * j)``; there is no per-box Python loop.
 
 Cluster ``k`` of group ``g`` lives in slot ``start[g] + k`` (a group never has
-more clusters than boxes), so all state is flat ``[F, K]`` (coordinate-major:
-one ``gather``/``index_copy_`` moves every field of a step). Unused slots
-hold a sentinel box ``(inf, inf, -inf, -inf)`` of infinite area whose IoU
-with any box is exactly 0, so no validity mask is needed (this is why
-``iou_thr`` must be ``>= 0``). Per-cluster counts, weight sums, max scores
-and leaders are order-free or index-ordered reductions computed after the
-loop (``index_add_`` adds in index order, i.e. in the reference's order).
+more clusters than boxes), so all state is flat ``[K, F]`` (slot-major: one
+``index_select``/``index_copy_`` along dim 0, the fastest gathers on CPU,
+moves every field of a step). Unused slots hold a sentinel box ``(inf, inf,
+-inf, -inf)`` of infinite area whose IoU with any box is exactly 0, so no
+validity mask is needed (this is why ``iou_thr`` must be ``>= 0``).
+Per-cluster counts, weight sums, max scores and leaders are order-free or
+index-ordered reductions computed after the loop (``index_add_`` adds in
+index order, i.e. in the reference's order). The IoU is inlined with
+:func:`~mmens.ops.boxes.box_iou_aligned`'s operation order.
 
 Fused mode reproduces ensemble-boxes' arithmetic bit for bit in float64: its
 ``get_weighted_box`` accumulates ``score * box`` in a float32 array (each
@@ -30,7 +32,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .boxes import box_iou_aligned
 from .layout import GroupLayout
 
 __all__ = ['GreedyResult', 'greedy_cluster']
@@ -92,17 +93,20 @@ def greedy_cluster(layout: GroupLayout,
     k_all, dev = boxes.shape[0], boxes.device
     start = layout.start
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [K]
-    rows = [boxes.t(), area[None]]  # box (4), area (1)
+    cols = [boxes, area[:, None]]  # box (4), area (1)
     if fused:  # score * box (4), score (1): added to sum (4), conf (1)
-        rows += [(wscores[:, None] * boxes).t(), wscores[None]]
-    data = torch.cat(rows)  # [F, K]
-    state = torch.zeros_like(data)  # [F, K] ref (4), area (1), sum, conf
-    state[:2], state[2:5] = float('inf'), float('-inf')
-    state[4] = float('inf')
-    first = data.index_select(1, start)  # [F, G] step 0: every group opens
-    if fused:  # cluster 0 with its first box
-        first[5:9] = first[5:9].float()
-    state.index_copy_(1, start, first)
+        cols += [wscores[:, None] * boxes, wscores[:, None]]
+    data = torch.cat(cols, 1)  # [K, F]
+    geo = torch.empty(k_all, 5, dtype=boxes.dtype, device=dev)  # ref, area
+    geo[:, :2], geo[:, 2:] = float('inf'), float('-inf')  # sentinel box
+    geo[:, 4] = float('inf')
+    geo.index_copy_(0, start, data.index_select(0, start)[:, :5])  # step 0:
+    if fused:  # every group opens cluster 0 with its first box
+        acc = torch.zeros(k_all, 5, dtype=boxes.dtype, device=dev)
+        first = data.index_select(0, start)[:, 5:]  # [G, 5]
+        first[:, :4] = first[:, :4].float()
+        acc.index_copy_(0, start, first)  # [K, 5] float32 sums (4), conf
+        zeros = bool((wscores == 0).any())
     kk = torch.zeros(k_all, dtype=torch.long, device=dev)  # [K] cluster idx
     ncl = torch.ones_like(start)  # [G] clusters per group
     steps = torch.arange(len(layout.active), device=dev)  # [L]
@@ -111,14 +115,13 @@ def greedy_cluster(layout: GroupLayout,
         sa = start[:a]  # [A]
         width = int(ncl[:a].max()) if a * j > _SYNC_WORK else j
         bi = sa + j  # [A] layout position of the new box
-        nb = data.index_select(1, bi)  # [F, A]
+        nb = data.index_select(0, bi)  # [A, F]
         ix = (sa[:, None] + steps[:width]).view(-1)  # [A * W] slots
-        cand = state[:5].gather(1, ix.expand(5, -1)).view(5, a, width)
-        lo = torch.maximum(cand[:2], nb[:2, :, None])  # [2, A, W]
-        hi = torch.minimum(cand[2:4], nb[2:4, :, None])  # [2, A, W]
-        wh = (hi - lo).clamp_(min=0)  # [2, A, W]
-        inter = wh[0] * wh[1]  # [A, W]
-        iou = inter / (cand[4] + nb[4, :, None] - inter)  # [A, W]
+        cand = geo.index_select(0, ix).view(a, width, 5)  # [A, W, 5]
+        lo = torch.maximum(cand[..., :2], nb[:, None, :2])  # [A, W, 2]
+        hi = torch.minimum(cand[..., 2:4], nb[:, None, 2:4])  # [A, W, 2]
+        inter = (hi - lo).clamp_(min=0).prod(-1)  # [A, W] w * h
+        iou = inter / (cand[..., 4] + nb[:, 4:5] - inter)  # [A, W]
         best_iou, best = iou.max(1)  # [A], first max like np.argmax
         join = best_iou > iou_thr  # [A]
         k = torch.where(join, best, ncl[:a])  # [A]
@@ -126,18 +129,20 @@ def greedy_cluster(layout: GroupLayout,
         kk.index_copy_(0, bi, k)
         sl = sa + k  # [A] slot of the box's cluster
         if not fused:  # new clusters get the box as leader
-            old = state.index_select(1, sl)  # [5, A]
-            state.index_copy_(1, sl, torch.where(join, old, nb))
+            geo.index_copy_(
+                0, sl,
+                torch.where(join[:, None], geo.index_select(0, sl), nb))
             continue
-        old = state.index_select(1, sl)  # [10, A]
-        acc = old[5:] + nb[5:]  # [5, A] sum (float32-rounded below), conf
-        acc[:4] = acc[:4].float()
-        fb = (acc[:4] / acc[4]).float()  # [4, A] fused box as float32
-        # all-zero-score clusters keep their first box (reference: NaN)
-        ref = torch.where(join & (acc[4] > 0), fb,
-                          torch.where(join, old[:4], nb[:4]))  # [4, A]
-        ref_area = (ref[2] - ref[0]) * (ref[3] - ref[1])  # [A]
-        state.index_copy_(1, sl, torch.cat([ref, ref_area[None], acc]))
+        new = acc.index_select(0, sl) + nb[:, 5:]  # [A, 5] sum, conf
+        new[:, :4] = new[:, :4].float()  # ensemble-boxes' float32 sums
+        fb = (new[:, :4] / new[:, 4:]).float()  # [A, 4] stored as float32
+        ref = torch.where(join[:, None], fb, nb[:, :4])  # [A, 4]
+        if zeros:  # all-zero-score clusters keep their first box (ref: NaN)
+            keep = (join & (new[:, 4] == 0))[:, None]
+            ref = torch.where(keep, geo.index_select(0, sl)[:, :4], ref)
+        ref_area = (ref[:, 2:] - ref[:, :2]).prod(1, keepdim=True)  # [A, 1]
+        geo.index_copy_(0, sl, torch.cat([ref, ref_area], 1))
+        acc.index_copy_(0, sl, new)
     slot = torch.repeat_interleave(start, layout.size) + kk  # [K]
     pos = torch.arange(k_all, device=dev)  # [K]
     leader = torch.full_like(kk, k_all).scatter_reduce_(0, slot, pos, 'amin')
@@ -145,6 +150,6 @@ def greedy_cluster(layout: GroupLayout,
     wsum = torch.zeros_like(wscores).index_add_(0, slot, bweights)  # [K]
     smax = torch.zeros_like(wscores).scatter_reduce_(0, slot, wscores,
                                                      'amax')  # [K]
-    conf = state[9] if fused else wsum
-    return GreedyResult(slot, ncl, state[:4].t(), leader, conf, wsum, count,
+    conf = acc[:, 4] if fused else wsum
+    return GreedyResult(slot, ncl, geo[:, :4], leader, conf, wsum, count,
                         smax)

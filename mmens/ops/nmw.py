@@ -7,8 +7,8 @@ from torch import Tensor
 
 from .boxes import box_iou_aligned
 from .greedy import greedy_cluster
-from .layout import (build_layout, cluster_slots, concat_order,
-                     sort_desc_ties_last_first, take)
+from .layout import (build_layout, concat_order, sort_desc_ties_last_first,
+                     take)
 from .listapi import pack_images, unpack_images
 from .prepare import group_key, prepare_packed
 
@@ -66,15 +66,16 @@ def non_maximum_weighted_packed(
     b = take(prep.boxes, idx)  # [K, 4]
     s = take(ws, lay.order)  # [K]
     res = greedy_cluster(lay, b, s, s, iou_thr, fused=False)
-    cslot = cluster_slots(lay, res.num_clusters)  # [C]
-    c = cslot.shape[0]
+    leader = take(res.leader, res.slot)  # [K] layout position of the leader
+    lead = torch.nonzero(leader == torch.arange(
+        b.shape[0], device=b.device))[:, 0]  # [C] leaders, creation order
+    c = lead.shape[0]
     cl = take(
-        torch.full_like(lay.rank, -1).index_copy_(
-            0, cslot, torch.arange(c, device=b.device)), res.slot)  # [K]
-    wt = s * box_iou_aligned(b, take(b, take(res.leader, res.slot)))  # [K]
+        torch.full_like(leader, -1).index_copy_(
+            0, lead, torch.arange(c, device=b.device)), leader)  # [K]
+    wt = s * box_iou_aligned(b, take(b, leader))  # [K] score * IoU(leader)
     num = b.new_zeros(c, 4).index_add_(0, cl, wt[:, None] * b)  # [C, 4]
     conf = s.new_zeros(c).index_add_(0, cl, wt)  # [C]
-    lead = take(res.leader, cslot)  # [C] layout position of the first box
     fused = torch.where(conf[:, None] > 0,
                         num / conf.clamp(min=1e-300)[:, None],
                         take(b, lead)).float().double()  # [C, 4]
@@ -82,7 +83,7 @@ def non_maximum_weighted_packed(
     cidx = take(idx, lead)  # [C]
     cimg = take(prep.images, cidx)  # [C]
     perm = sort_desc_ties_last_first(score, cimg,
-                                     concat_order(lay, cslot))  # [C]
+                                     concat_order(lay, lead))  # [C]
     return (take(fused, perm).to(prep.dtype), take(score, perm).to(prep.dtype),
             take(prep.labels, take(cidx, perm)), take(cimg, perm))
 

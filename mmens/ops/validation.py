@@ -138,6 +138,25 @@ def check_packed(boxes: Tensor,
     if m == 0:
         return
     lab = labels if labels.is_floating_point() else None
+    # fast path: one host sync; aminmax propagates NaN, so NaN fails too
+    stats = [
+        boxes.aminmax(), scores.aminmax(),
+        members.aminmax(), images.aminmax()
+    ]
+    vals = torch.stack([v.double() for mm in stats for v in mm]
+                       + [(boxes[:, 2:] >= boxes[:, :2]).all().double()])
+    if lab is not None:
+        vals = torch.cat([
+            vals, torch.stack([v.double() for v in lab.aminmax()]),
+            (lab == lab.trunc()).all().double()[None]
+        ])
+    v = vals.tolist()
+    inf = float('inf')
+    if (-inf < v[0] and v[1] < inf and 0 <= v[2] and v[3] <= 1
+            and 0 <= v[4] and v[5] < num_members and 0 <= v[6]
+            and v[7] < num_images and v[8] == 1
+            and (lab is None or (-inf < v[9] and v[10] < inf and v[11]))):
+        return
     checks = [
         ('members', (members < 0) | (members >= num_members),
          f'must be in [0, {num_members})'),
@@ -192,11 +211,15 @@ def repair_boxes(boxes: Tensor,
     """
     if boxes.numel() == 0:
         return boxes, torch.ones(0, dtype=torch.bool, device=boxes.device)
-    outside = ((boxes < 0) | (boxes > 1)).any(1)  # [M]
-    clipped = boxes.clamp(0, 1)  # [M, 4]
-    area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    keep = area != 0  # [M]
-    n_out, n_zero = torch.stack((outside.sum(), (~keep).sum())).tolist()
+    lo, hi = boxes.aminmax()
+    clip = bool(lo < 0) or bool(hi > 1)
+    clipped = boxes.clamp(0, 1) if clip else boxes  # [M, 4]
+    keep = (clipped[:, 2:] - clipped[:, :2]).prod(1) != 0  # [M] area != 0
+    if clip:
+        outside = ((boxes < 0) | (boxes > 1)).any(1)  # [M]
+        n_out, n_zero = torch.stack((outside.sum(), (~keep).sum())).tolist()
+    else:
+        n_out, n_zero = 0, int((~keep).sum())
 
     def per_member(mask: Tensor) -> str:
         if members is None:

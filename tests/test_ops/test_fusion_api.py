@@ -178,6 +178,8 @@ def test_bad_lengths_and_weights():
         mo.non_maximum_weighted(b, s, lab, weights=[1, 0])
     with pytest.raises(ValueError, match='method'):
         mo.soft_nms(b, s, lab, method=4)
+    with pytest.raises(ValueError, match='iou_thr'):
+        mo.weighted_boxes_fusion(b, s, lab, iou_thr=-0.1)
     with pytest.raises(ValueError, match="box 1: field 'members'"):
         mo.match_boxes(
             torch.rand(2, 4).sort(1).values, torch.rand(2),

@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT
 
 LEARNED = osp.join(ROOT, 'configs', 'learned', 'learned_theta-global_6members_coco-real-val.py')
+DEFAULT = sorted(glob.glob(osp.join(ROOT, 'configs', 'learned', '*.py')))[0]
 WBF = osp.join(ROOT, 'configs', 'wbf', 'wbf_6members_coco-real-val.py')
 TINY_TEST = ['val_dataloader.dataset.indices=8', 'test_dataloader.dataset.indices=8',
              'default_hooks.logger.interval=1']
@@ -63,3 +64,32 @@ def test_dist_test_matches_single_process(tmp_path):
     assert 'Distributed training: True' in out and '[rank1]' not in out, out[-3000:]
     assert metric(out) == pytest.approx(single, abs=1e-4)
     assert single > 0.1
+
+
+def test_default_learned_config_trains_full_batch_and_fuse_results_uses_it(tmp_path):
+    """The first learned config (the recommended default) trains with nothing but
+    --work-dir; its checkpoint alone drives tools/fuse_results.py, files in any order."""
+    work = str(tmp_path / 'default')
+    out = run([sys.executable, 'tools/train.py', DEFAULT, '--work-dir', work,
+               '--cfg-options', *TINY])
+    ckpt = osp.join(work, 'epoch_1.pth')
+    assert osp.isfile(ckpt), os.listdir(work)
+    assert 0.0 <= metric(out) <= 1.0
+    preds = sorted(glob.glob(osp.join(ROOT, 'data', 'coco_real', 'predictions', 'val',
+                                      '*.json')), reverse=True)
+    metrics = tmp_path / 'm.json'
+    out = run([sys.executable, 'tools/fuse_results.py', '--ann',
+               osp.join(ROOT, 'data', 'coco_real', 'annotations', 'val.json'), '--preds',
+               *preds, '--method', 'learned', '--checkpoint', ckpt, '--metrics-out',
+               str(metrics)])
+    import json
+    m = json.loads(metrics.read_text())
+    assert set(m['members']) == {osp.basename(p)[:-5] for p in preds}
+    assert m['fusion']['method'] == 'learned' and m['fusion']['AP'] > 0.2
+    # a missing member is a clear error, not a traceback
+    proc = subprocess.run([sys.executable, 'tools/fuse_results.py', '--ann',
+                           osp.join(ROOT, 'data', 'coco_real', 'annotations', 'val.json'),
+                           '--preds', *preds[:-1], '--method', 'learned', '--checkpoint',
+                           ckpt], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and 'missing prediction files' in proc.stderr
+    assert 'Traceback' not in proc.stderr

@@ -93,6 +93,11 @@ class EnsembleDetector(BaseDetector):
         return self.fuse(batch_inputs)
 
     def loss(self, batch_inputs: dict, batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        return self.head.loss_by_feat(*self.loss_inputs(batch_inputs, batch_data_samples))
+
+    @torch.no_grad()
+    def loss_inputs(self, batch_inputs: dict, batch_data_samples: SampleList) -> tuple:
+        """The clusters of a batch and their targets: what ``head.loss_by_feat`` takes."""
         clusters = self.extract_feat(batch_inputs)
         gt_boxes, gt_labels, gt_images, gt_ignore = pack_gt(batch_data_samples,
                                                             batch_inputs['image_sizes'])
@@ -100,7 +105,7 @@ class EnsembleDetector(BaseDetector):
                                  clusters.labels, clusters.image_index, gt_boxes, gt_labels,
                                  gt_images, iou_thr=self.train_cfg['iou_thr'],
                                  gt_ignore=gt_ignore)
-        return self.head.loss_by_feat(clusters, targets)
+        return clusters, targets
 
     def predict(self, batch_inputs: dict, batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:

@@ -1,3 +1,4 @@
 from .learned_fusion_head import LearnedFusionHead
+from .learned_weights_head import LearnedWeightsHead
 
-__all__ = ['LearnedFusionHead']
+__all__ = ['LearnedFusionHead', 'LearnedWeightsHead']
