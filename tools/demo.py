@@ -42,8 +42,10 @@ LEARNED = [
     ('Θ global (seed J)', 'configs/learned/learned_theta-global_6members_coco-real-val.py'),
     ('Θ per-class (seed J)',
      'configs/learned/learned_theta-per-class_6members_coco-real-val.py'),
-    ('learned fusion (default)',
+    ('conditional Θ + rescoring net',
      'configs/learned/learned_conditional_6members_coco-real-val.py'),
+    ('learned WBF weights (default)',
+     'configs/learned/learned-weights_6members_coco-real-val.py'),
 ]
 
 

@@ -15,3 +15,7 @@ model = dict(
               loss_reg=1.0, loss_cons=1.0, loss_cls=1.0),
     train_cfg=dict(iou_thr=0.5),
     test_cfg=dict(max_per_img=100))
+# Full-batch training on the whole split (clusters matched once): 300 Adam steps.
+train_cfg = dict(_delete_=True, type='FullBatchTrainLoop', steps=300, val_interval=1)
+optim_wrapper = dict(_delete_=True, type='OptimWrapper', optimizer=dict(type='Adam', lr=0.02))
+param_scheduler = [dict(type='CosineAnnealingLR', T_max=300, by_epoch=False, eta_min=2e-4)]

@@ -108,15 +108,24 @@ class LearnedFusionHead(BaseModule):
             return self.theta().expand(c, -1), None  # [C, N]
         if self.theta_mode == 'per_class':
             return theta_from_phi(self.phi_class, self.theta_param)[clusters.labels], None
-        feats = cluster_features(clusters.y_hat, clusters.mask, clusters.labels,
-                                 clusters.image_index, clusters.fused_boxes,
-                                 clusters.fused_scores, clusters.counts,
-                                 self.num_members)  # [C, F]
+        feats = self._features(clusters)  # [C, F]
         if c == 0:
             return clusters.y_hat.new_zeros(0, self.num_members), clusters.y_hat.new_zeros(0)
         out = self.net(self.feat_norm(feats) if c > 1 or not self.training else feats)
         theta = nn.functional.softplus(out[:, :self.num_members]) + 1e-4  # [C, N]
         return theta, out[:, self.num_members]  # [C, N], [C]
+
+    def _features(self, clusters) -> Tensor:
+        """Cluster features, computed once per clusters object (full-batch training
+        evaluates the loss on the same clusters many times)."""
+        cached = getattr(self, '_feat_cache', None)
+        if cached is not None and cached[0] is clusters.y_hat:
+            return cached[1]
+        feats = cluster_features(clusters.y_hat, clusters.mask, clusters.labels,
+                                 clusters.image_index, clusters.fused_boxes,
+                                 clusters.fused_scores, clusters.counts, self.num_members)
+        self._feat_cache = (clusters.y_hat, feats)
+        return feats
 
     def loss_by_feat(self, clusters, targets: TargetAssignment) -> Dict[str, Tensor]:
         """J terms averaged over clusters (``loss_reg`` over matched clusters only)."""
