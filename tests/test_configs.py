@@ -14,13 +14,15 @@ CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), r
 def test_import_registers_modules():
     import mmens  # noqa: F401
     from mmdet.registry import DATASETS, METRICS, MODELS, TRANSFORMS
-    from mmengine.registry import MODEL_WRAPPERS
+    from mmengine.registry import LOOPS, MODEL_WRAPPERS
     for registry, names in [
-        (MODELS, ['FusionDetector', 'EnsembleDataPreprocessor']),
+        (MODELS, ['FusionDetector', 'EnsembleDetector', 'EnsembleDataPreprocessor',
+                  'LearnedFusionHead', 'LearnedWeightsHead']),
         (DATASETS, ['CocoEnsembleDataset']),
         (TRANSFORMS, ['LoadMemberPredictions', 'PackEnsembleInputs']),
         (METRICS, ['SubsetCocoMetric']),
         (MODEL_WRAPPERS, ['EnsembleDistributedWrapper']),
+        (LOOPS, ['FullBatchTrainLoop']),
     ]:
         for name in names:
             assert registry.get(name) is not None, name

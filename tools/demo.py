@@ -31,13 +31,14 @@ from mmens.apis.methods import (grid_search_wbf, run_ensemble_boxes_wbf,  # noqa
                                 run_fixed, weight_grid)
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap  # noqa: E402
 from mmens.utils import run_cli  # noqa: E402
-from mmens.visualization import plot_ap_bars, plot_theta  # noqa: E402
+from mmens.visualization import draw_examples, plot_ap_bars, plot_theta  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 MEMBERS = ['centernet-512', 'centernet-512-hflip', 'nanodet-416', 'nanodet-416-hflip',
            'yolofastestv2-352', 'yolofastestv2-352-hflip']
 REFERENCE = 'WBF, grid-searched weights'
+EXAMPLE_IMAGES = [5001, 25603]
 LEARNED = [
     ('Θ global (seed J)', 'configs/learned/learned_theta-global_6members_coco-real-val.py'),
     ('Θ per-class (seed J)',
@@ -199,6 +200,10 @@ def main(argv=None) -> None:
             plot_theta(np.array(e['theta']), MEMBERS, osp.join(wd, f'theta_{safe}.png'),
                        classes=batch_classes(coco, batch), title=f'Θ of {name} '
                        f'(mean of {args.folds} fold models)')
+    shown = {k: entries[k]['results'] for k in ('centernet-512', 'yolofastestv2-352',
+                                                 'WBF (mmens)', LEARNED[-1][0]) if k in entries}
+    draw_examples(coco, osp.join(DATA, 'images', 'val'), shown, EXAMPLE_IMAGES, wd,
+                  batch_classes(coco, batch))
     log(f'[4/4] wrote the table, fused results and plots to {wd} '
         f'({time.time() - t_start:.0f} s)')
 

@@ -3,17 +3,18 @@
 Fixed fusion rules (WBF, NMS, ...) have no weights: the checkpoint is optional.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 import mmens  # noqa: E402,F401  (registers the mmens modules)
-from mmens.utils import init_cpu_distributed  # noqa: E402
+from mmens.utils import init_cpu_distributed, run_cli  # noqa: E402
+from mmens.utils.runner_args import (add_runner_args, load_runner_cfg,  # noqa: E402
+                                     parse_runner_args)
 
 
 def parse_args() -> argparse.Namespace:
@@ -28,27 +29,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--show-dir', help='directory (under work_dir/timestamp) where '
                         'painted images are saved')
     parser.add_argument('--wait-time', type=float, default=2, help='interval of show (s)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (mmengine DictAction)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_args(parser)
+    return parse_runner_args(parser)
 
 
 def build_test_cfg(args: argparse.Namespace) -> Config:
     """Load the config and apply the command line (work dir: CLI > config > file name)."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_runner_cfg(args)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook
@@ -70,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -90,7 +90,7 @@ class CocoEnsembleDataset(CocoDataset):
             path = osp.join(self.pred_prefix, f'{spec}.json')
         if self.data_root and not osp.isabs(path):
             path = osp.join(self.data_root, path)
-        return path
+        return osp.normpath(path)
 
     def _member_seconds(self) -> List[float]:
         if self.members_meta is None:

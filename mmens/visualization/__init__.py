@@ -1,3 +1,5 @@
+from .draw import draw_examples
 from .plots import plot_ap_bars, plot_budget_curve, plot_selection_frequency, plot_theta
 
-__all__ = ['plot_ap_bars', 'plot_budget_curve', 'plot_selection_frequency', 'plot_theta']
+__all__ = ['draw_examples', 'plot_ap_bars', 'plot_budget_curve', 'plot_selection_frequency',
+           'plot_theta']
