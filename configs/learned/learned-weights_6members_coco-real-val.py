@@ -5,17 +5,12 @@
 #   python tools/train.py configs/learned/learned-weights_6members_coco-real-val.py \
 #       --work-dir work_dirs/learned-weights
 _base_ = [
-    '../_base_/datasets/coco_real_cached.py', '../_base_/schedules/ensemble_30e.py',
+    '../_base_/models/ensemble_coco-real.py', '../_base_/schedules/ensemble_30e.py',
     '../_base_/default_runtime.py'
 ]
 
 model = dict(
-    type='EnsembleDetector',
-    members={{_base_.members}},
-    matching=dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
-    head=dict(type='LearnedWeightsHead', weight_groups=None, power=1.0),
-    train_cfg=dict(iou_thr=0.5),
-    test_cfg=dict(max_per_img=100))
+    head=dict(_delete_=True, type='LearnedWeightsHead', weight_groups=None, power=1.0))
 # A convex fit: full-batch L-BFGS on the whole training split (under a second).
 train_cfg = dict(_delete_=True, type='FullBatchTrainLoop', steps=1, val_interval=1)
 optim_wrapper = dict(

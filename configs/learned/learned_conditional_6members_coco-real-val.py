@@ -4,18 +4,13 @@
 #   python tools/train.py configs/learned/learned_conditional_6members_coco-real-val.py \
 #       --work-dir work_dirs/learned
 _base_ = [
-    '../_base_/datasets/coco_real_cached.py', '../_base_/schedules/ensemble_30e.py',
+    '../_base_/models/ensemble_coco-real.py', '../_base_/schedules/ensemble_30e.py',
     '../_base_/default_runtime.py'
 ]
 
 model = dict(
-    type='EnsembleDetector',
-    members={{_base_.members}},
-    matching=dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
-    head=dict(type='LearnedFusionHead', num_classes=80, theta_mode='conditional',
-              hidden=32, loss_reg=1.0, loss_cons=1.0, loss_cls=1.0),
-    train_cfg=dict(iou_thr=0.5),
-    test_cfg=dict(max_per_img=100))
+    head=dict(_delete_=True, type='LearnedFusionHead', num_classes=80, theta_mode='conditional',
+        hidden=32, loss_reg=1.0, loss_cons=1.0, loss_cls=1.0))
 # Full-batch training on the whole split (clusters matched once): 300 Adam steps.
 train_cfg = dict(_delete_=True, type='FullBatchTrainLoop', steps=300, val_interval=1)
 optim_wrapper = dict(_delete_=True, type='OptimWrapper', optimizer=dict(type='Adam', lr=0.02))

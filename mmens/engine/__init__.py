@@ -1,4 +1,5 @@
 from .full_batch_loop import FullBatchTrainLoop
 from .model_wrapper import EnsembleDistributedWrapper
+from .theta_plot_hook import ThetaPlotHook
 
-__all__ = ['EnsembleDistributedWrapper', 'FullBatchTrainLoop']
+__all__ = ['EnsembleDistributedWrapper', 'FullBatchTrainLoop', 'ThetaPlotHook']

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .validation import check_member_lists
 
-__all__ = ['PackedLists', 'pack_images', 'unpack_images']
+__all__ = ['PackedLists', 'pack_images', 'run_packed', 'unpack_images']
 
 
 class PackedLists(NamedTuple):
@@ -191,3 +191,15 @@ def unpack_images(packed: PackedLists,
         out.append(
             tuple(x[i].astype(d, copy=False) for x, d in zip(split, dts)))
     return out
+
+
+def run_packed(packed_fn, images: Sequence[Tuple[Sequence, Sequence, Sequence]],
+               report_image: bool = True, **kwargs) -> Tuple[PackedLists, Tuple]:
+    """Pack per-image member lists, call a ``*_packed`` method on them all at once.
+
+    Returns the packing (for :func:`unpack_images`) and the method's outputs.
+    """
+    p = pack_images(images, report_image)
+    out = packed_fn(p.boxes, p.scores, p.labels, p.members, p.images, p.num_members,
+                    p.num_images, _report_image=report_image, **kwargs)
+    return p, out

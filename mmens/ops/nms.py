@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .greedy import greedy_cluster
 from .layout import argsort_stable, build_layout, take
-from .listapi import PackedLists, pack_images, unpack_images
+from .listapi import PackedLists, run_packed, unpack_images
 from .prepare import Prepared, group_key, prepare_packed
 
 __all__ = ['nms', 'nms_batch', 'nms_packed']
@@ -133,18 +133,8 @@ def nms_batch(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
     Returns:
         list[tuple]: ``(boxes, scores, labels)`` per image.
     """
-    p = pack_images(images, _report_image)
-    out = nms_packed(p.boxes,
-                     p.scores,
-                     p.labels,
-                     p.members,
-                     p.images,
-                     p.num_members,
-                     p.num_images,
-                     weights,
-                     iou_thr,
-                     _packed_order=False,
-                     _report_image=_report_image)
+    p, out = run_packed(nms_packed, images, _report_image, weights=weights,
+                        iou_thr=iou_thr, _packed_order=False)
     return unpack_nms(p, out, weights is not None)
 
 

@@ -9,7 +9,7 @@ from .boxes import box_iou_aligned
 from .greedy import greedy_cluster
 from .layout import (build_layout, concat_order, sort_desc_ties_last_first,
                      take)
-from .listapi import pack_images, unpack_images
+from .listapi import run_packed, unpack_images
 from .prepare import group_key, prepare_packed
 
 __all__ = [
@@ -104,18 +104,8 @@ def non_maximum_weighted_batch(images: Sequence[Tuple[Sequence, Sequence,
     Returns:
         list[tuple]: ``(boxes, scores, labels)`` per image.
     """
-    p = pack_images(images, _report_image)
-    out = non_maximum_weighted_packed(p.boxes,
-                                      p.scores,
-                                      p.labels,
-                                      p.members,
-                                      p.images,
-                                      p.num_members,
-                                      p.num_images,
-                                      weights,
-                                      iou_thr,
-                                      skip_box_thr,
-                                      _report_image=_report_image)
+    p, out = run_packed(non_maximum_weighted_packed, images, _report_image,
+                        weights=weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
     return unpack_images(p, *out, np_dtypes=(np.float32, ) * 3)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .boxes import box_iou_aligned
 from .layout import build_layout, take
-from .listapi import pack_images
+from .listapi import run_packed
 from .nms import finish, nms_scores, unpack_nms
 from .prepare import Prepared, group_key, prepare_packed
 
@@ -181,22 +181,9 @@ def soft_nms_batch(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
     Returns:
         list[tuple]: ``(boxes, scores, labels)`` per image.
     """
-    p = pack_images(images, _report_image)
-    out = soft_nms_packed(p.boxes,
-                          p.scores,
-                          p.labels,
-                          p.members,
-                          p.images,
-                          p.num_members,
-                          p.num_images,
-                          weights,
-                          method,
-                          iou_thr,
-                          sigma,
-                          thresh,
-                          return_decayed_scores=return_decayed_scores,
-                          _packed_order=False,
-                          _report_image=_report_image)
+    p, out = run_packed(soft_nms_packed, images, _report_image, weights=weights,
+                        method=method, iou_thr=iou_thr, sigma=sigma, thresh=thresh,
+                        return_decayed_scores=return_decayed_scores, _packed_order=False)
     return unpack_nms(p, out, weights is not None)
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .clustering import wbf_clusters
-from .listapi import pack_images, unpack_images
+from .listapi import run_packed, unpack_images
 from .prepare import prepare_packed
 
 __all__ = [
@@ -85,20 +85,9 @@ def weighted_boxes_fusion_batch(images: Sequence[Tuple[Sequence, Sequence,
     Returns:
         list[tuple]: ``(boxes, scores, labels)`` per image.
     """
-    p = pack_images(images, _report_image)
-    out = weighted_boxes_fusion_packed(p.boxes,
-                                       p.scores,
-                                       p.labels,
-                                       p.members,
-                                       p.images,
-                                       p.num_members,
-                                       p.num_images,
-                                       weights,
-                                       iou_thr,
-                                       skip_box_thr,
-                                       conf_type,
-                                       allows_overflow,
-                                       _report_image=_report_image)
+    p, out = run_packed(weighted_boxes_fusion_packed, images, _report_image,
+                        weights=weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr,
+                        conf_type=conf_type, allows_overflow=allows_overflow)
     return unpack_images(p, *out, np_dtypes=(np.float64, ) * 3)
 
 

@@ -93,3 +93,14 @@ def test_default_learned_config_trains_full_batch_and_fuse_results_uses_it(tmp_p
                            ckpt], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and 'missing prediction files' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_dist_train_two_cpu_processes(tmp_path):
+    """tools/dist_train.sh: 2 processes, gloo DDP through EnsembleDistributedWrapper."""
+    work = str(tmp_path / 'dist')
+    out = run(['bash', 'tools/dist_train.sh', LEARNED, '2', '--work-dir', work,
+               '--cfg-options', *TINY, 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1'],
+              env_extra=dict(PYTHON=sys.executable, PORT='29514'))
+    assert 'Distributed training: True' in out
+    assert osp.isfile(osp.join(work, 'epoch_1.pth'))
+    assert 0.0 <= metric(out) <= 1.0

@@ -6,3 +6,4 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='Adam', lr=0.01))
 param_scheduler = [dict(type='CosineAnnealingLR', T_max=30, by_epoch=True, eta_min=1e-4)]
+custom_hooks = [dict(type='ThetaPlotHook')]  # theta.png in the work dir, ΣΘ in the log
