@@ -43,6 +43,8 @@ def fold_config(config: str, work_dir: str, fold: Optional[dict],
         cfg.merge_from_dict(cfg_options)
     cfg.work_dir = work_dir
     cfg.launcher = 'none'
+    # a unique logger per run (runs in the same second would share the timestamp name)
+    cfg.experiment_name = f'{osp.basename(osp.normpath(work_dir))}_{time.time_ns()}'
     if fold is not None:
         cfg.train_dataloader.dataset.fold = dict(fold, split='train')
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
@@ -57,8 +59,10 @@ def train_from_cfg(cfg: Config) -> Tuple[torch.nn.Module, float]:
     runner.train()
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     seconds = time.perf_counter() - t0
-    for handler in MMLogger.get_current_instance().handlers:
+    logger = MMLogger.get_current_instance()
+    for handler in list(logger.handlers):  # release the run's log file
         if isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
             handler.close()
     return model.eval(), seconds
 
