@@ -10,7 +10,9 @@ from .boxes import (box_area, box_iou, box_iou_aligned, denormalize_boxes,
                     normalize_boxes, xywh_to_xyxy, xyxy_to_xywh)
 from .clustering import CONF_TYPES, Clusters, match_boxes
 from .fusion import FUSION_METHODS
+from .knapsack import PerturbedSelector, knapsack, topk_mask
 from .nms import nms, nms_batch, nms_packed
+from .perturbed import perturbed_select
 from .nmw import (non_maximum_weighted, non_maximum_weighted_batch,
                   non_maximum_weighted_packed)
 from .soft_nms import soft_nms, soft_nms_batch, soft_nms_packed
@@ -22,7 +24,8 @@ from .wbf import (weighted_boxes_fusion, weighted_boxes_fusion_batch,
 __all__ = [
     'box_area', 'box_iou', 'box_iou_aligned', 'denormalize_boxes',
     'normalize_boxes', 'xywh_to_xyxy', 'xyxy_to_xywh', 'CONF_TYPES',
-    'Clusters', 'match_boxes', 'FUSION_METHODS', 'nms', 'nms_batch',
+    'Clusters', 'match_boxes', 'FUSION_METHODS', 'PerturbedSelector', 'knapsack',
+    'topk_mask', 'perturbed_select', 'nms', 'nms_batch',
     'nms_packed', 'non_maximum_weighted', 'non_maximum_weighted_batch',
     'non_maximum_weighted_packed', 'soft_nms', 'soft_nms_batch',
     'soft_nms_packed', 'check_member_lists', 'check_packed', 'check_weights',
