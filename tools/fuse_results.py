@@ -5,7 +5,7 @@ Examples::
     python tools/fuse_results.py --ann data/coco_real/annotations/val.json \\
         --preds data/coco_real/predictions/val/*.json --method wbf --out fused.json
     python tools/fuse_results.py --ann GT.json --preds A.json B.json \\
-        --method learned --checkpoint work_dirs/learned/epoch_30.pth
+        --method learned --checkpoint work_dirs/learned/epoch_1.pth
 
 Files are any framework's COCO-results JSON (``image_id``, ``category_id``,
 ``bbox: [x, y, w, h]`` pixels, ``score``); members are named by file stem or ``--names``.
