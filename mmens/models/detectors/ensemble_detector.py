@@ -7,6 +7,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from torch import Tensor
 
+from mmens.ops.clustering import match_boxes
 from mmens.ops.targets import assign_targets
 from ..utils import normalized_member_boxes, split_results
 
@@ -74,7 +75,6 @@ class EnsembleDetector(BaseDetector):
 
     def extract_feat(self, batch_inputs: dict):
         """Match the members' boxes of a packed batch into clusters (no gradient)."""
-        from mmens.ops.clustering import match_boxes  # TODO(top-level once ops land)
         with torch.no_grad():
             return match_boxes(normalized_member_boxes(batch_inputs), batch_inputs['scores'],
                                batch_inputs['labels'], batch_inputs['members'],

@@ -7,6 +7,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from torch import Tensor
 
+from mmens.ops import FUSION_METHODS
 from ..utils import normalized_member_boxes, split_results
 
 
@@ -37,7 +38,6 @@ class FusionDetector(BaseDetector):
         super().__init__(
             data_preprocessor=data_preprocessor or dict(type='EnsembleDataPreprocessor'),
             init_cfg=init_cfg)
-        from mmens.ops import FUSION_METHODS
         if method not in FUSION_METHODS:
             raise ValueError(f'FusionDetector: unknown method {method!r}; choose one of '
                              f'{sorted(FUSION_METHODS)}')
@@ -63,7 +63,6 @@ class FusionDetector(BaseDetector):
     def fuse(self, batch_inputs: dict) -> Sequence[Tensor]:
         """Fuse a packed batch: returns ``boxes [K, 4]`` (normalised), ``scores [K]``,
         ``labels [K]``, ``images [K]``."""
-        from mmens.ops import FUSION_METHODS
         fn = FUSION_METHODS[self.method]
         return fn(normalized_member_boxes(batch_inputs), batch_inputs['scores'],
                   batch_inputs['labels'], batch_inputs['members'], batch_inputs['images'],
