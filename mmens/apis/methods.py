@@ -5,14 +5,13 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 
 from mmens.evaluation.coco_eval import CocoEvaluation
 from .cross_val import subset_batch
 from .inference import build_fixed_ensemble, fuse_batch
 from .member_files import MemberBatch, results_to_coco
-
-import torch
 
 
 def run_fixed(batch: MemberBatch, method: str, **fusion_cfg) -> Tuple[List[dict], float]:
