@@ -10,7 +10,8 @@ import torch
 from pycocotools.coco import COCO
 from torch import Tensor
 
-from mmens.datasets.coco_results import MemberPredictions, load_member_predictions
+from mmens.datasets.coco_results import (MemberPredictions, index_in,
+                                         load_member_predictions)
 
 
 def load_coco(ann_file: str) -> COCO:
@@ -67,8 +68,6 @@ def load_member_batch(coco: COCO, files: Sequence[str], names: Optional[Sequence
     imgs = coco.loadImgs(img_ids)
     sizes = {im['id']: (im['width'], im['height']) for im in imgs}
     cat_ids = list(cat_ids) if cat_ids is not None else sorted(coco.getCatIds())
-    img_index = {i: k for k, i in enumerate(img_ids)}
-    cat_index = {c: k for k, c in enumerate(cat_ids)}
     members, parts = [], []
     for m, (f, name) in enumerate(zip(files, names)):
         preds = load_member_predictions(f, sizes, cat_ids, name=name, repair=repair)
@@ -76,11 +75,9 @@ def load_member_batch(coco: COCO, files: Sequence[str], names: Optional[Sequence
         parts.append(dict(
             bboxes=torch.from_numpy(preds.bboxes),
             scores=torch.from_numpy(preds.scores),
-            labels=torch.tensor([cat_index[int(c)] for c in preds.category_ids],
-                                dtype=torch.long),
+            labels=torch.from_numpy(index_in(preds.category_ids, cat_ids)),
             members=torch.full((len(preds),), m, dtype=torch.long),
-            images=torch.tensor([img_index[int(i)] for i in preds.image_ids],
-                                dtype=torch.long)))
+            images=torch.from_numpy(index_in(preds.image_ids, img_ids))))
     packed = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     packed['image_sizes'] = torch.tensor([sizes[i] for i in img_ids], dtype=torch.float32)
     return MemberBatch(names, img_ids, cat_ids, packed, members)

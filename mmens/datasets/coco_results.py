@@ -214,6 +214,14 @@ def load_member_predictions(path: str, image_sizes: Mapping[int, Tuple[int, int]
                                  repair=repair)
 
 
+def index_in(ids: np.ndarray, known: Sequence[int]) -> np.ndarray:
+    """Position of each of ``ids`` in ``known`` (vectorised; every id must be known,
+    which :func:`validate_coco_results` guarantees). Returns ``[M]`` int64."""
+    known = np.asarray(known, dtype=np.int64)
+    order = np.argsort(known, kind='stable')
+    return order[np.searchsorted(known[order], np.asarray(ids, dtype=np.int64))]
+
+
 def member_name(spec: Union[str, dict]) -> str:
     """Name of a member given as a file path, a name, or ``dict(name=..., file=...)``."""
     if isinstance(spec, dict):

@@ -8,7 +8,7 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 from mmengine.logging import print_log
 
-from .coco_results import load_member_predictions, member_name
+from .coco_results import index_in, load_member_predictions, member_name
 
 
 def fold_image_ids(img_ids: Sequence[int], num_folds: int, index: int, split: str,
@@ -109,7 +109,6 @@ class CocoEnsembleDataset(CocoDataset):
         """Load the annotations, then every member's predictions, packed per image."""
         data_list = super().load_data_list()
         sizes = {d['img_id']: (d['width'], d['height']) for d in data_list}
-        cat2label = self.cat2label
         per_image: dict = {d['img_id']: [] for d in data_list}
         for m, spec in enumerate(self.member_specs):
             preds = load_member_predictions(self._member_file(spec), sizes, self.cat_ids,
@@ -118,8 +117,7 @@ class CocoEnsembleDataset(CocoDataset):
                 print_log(f"member '{preds.name}': repaired {preds.report}",
                           logger='current')
             self.member_reports[preds.name] = preds.report
-            labels = np.vectorize(cat2label.__getitem__, otypes=[np.int64])(
-                preds.category_ids)
+            labels = index_in(preds.category_ids, self.cat_ids)  # cat2label order
             order = np.argsort(preds.image_ids, kind='stable')
             ids, starts = np.unique(preds.image_ids[order], return_index=True)
             bounds = np.append(starts, len(order))

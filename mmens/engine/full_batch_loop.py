@@ -6,12 +6,7 @@ import torch.distributed as dist
 from mmengine.registry import LOOPS
 from mmengine.runner import EpochBasedTrainLoop
 
-
-def _item(x, i: int):
-    """Sample ``i`` of a pseudo-collated structure (dicts of lists)."""
-    if isinstance(x, dict):
-        return {k: _item(v, i) for k, v in x.items()}
-    return x[i]
+from mmens.models.data_preprocessors.ensemble_preprocessor import uncollate
 
 
 def _merge(batches: list) -> dict:
@@ -19,7 +14,7 @@ def _merge(batches: list) -> dict:
     merged: Dict[str, list] = {'inputs': [], 'data_samples': []}
     for b in batches:
         n = len(b['data_samples'])
-        merged['inputs'] += [_item(b['inputs'], i) for i in range(n)]
+        merged['inputs'] += [uncollate(b['inputs'], i) for i in range(n)]
         merged['data_samples'] += list(b['data_samples'])
     return merged
 

@@ -1,5 +1,5 @@
 """Batching of cached member predictions into flat (packed) tensors."""
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from mmdet.registry import MODELS
@@ -9,12 +9,11 @@ from torch import Tensor
 MEMBER_KEYS = ('bboxes', 'scores', 'labels', 'members')
 
 
-def _per_sample(members) -> List[dict]:
-    """Accept both a list of per-sample dicts and pseudo_collate's dict of lists."""
-    if isinstance(members, dict):
-        n = len(members['bboxes'])
-        return [{k: members[k][i] for k in MEMBER_KEYS} for i in range(n)]
-    return list(members)
+def uncollate(x, i: int):
+    """Sample ``i`` of a pseudo-collated structure (dicts of per-sample lists)."""
+    if isinstance(x, dict):
+        return {k: uncollate(v, i) for k, v in x.items()}
+    return x[i]
 
 
 def pack_members(samples: Sequence[dict], image_sizes: Tensor) -> dict:
@@ -78,7 +77,9 @@ class EnsembleDataPreprocessor(BaseDataPreprocessor):
                              dtype=torch.float32, device=self.device).reshape(-1, 2)
         out: dict = {'image_sizes': sizes}
         if members is not None:
-            out = pack_members(_per_sample(members), sizes)
+            if isinstance(members, dict):  # pseudo_collate: a dict of per-sample lists
+                members = [uncollate(members, i) for i in range(len(samples))]
+            out = pack_members(list(members), sizes)
         if imgs is not None:
             if self.image_preprocessor is not None:
                 img_data = self.image_preprocessor(
