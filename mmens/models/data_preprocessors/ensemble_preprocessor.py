@@ -52,7 +52,8 @@ class EnsembleDataPreprocessor(BaseDataPreprocessor):
     into flat tensors (see :func:`pack_members`); the packed dict becomes ``inputs``.
     When the samples carry images (``inputs['img']``), they are passed through
     ``image_preprocessor`` (e.g. mmdet's ``DetDataPreprocessor``) and returned as
-    ``inputs['img']``.
+    ``inputs['img']``; the raw images stay in ``inputs['img_raw']`` (live members apply
+    their own preprocessing to them).
 
     Args:
         image_preprocessor (dict, optional): config of an image data preprocessor.
@@ -81,6 +82,7 @@ class EnsembleDataPreprocessor(BaseDataPreprocessor):
                 members = [uncollate(members, i) for i in range(len(samples))]
             out = pack_members(list(members), sizes)
         if imgs is not None:
+            out['img_raw'] = list(imgs)  # what live members run on
             if self.image_preprocessor is not None:
                 img_data = self.image_preprocessor(
                     dict(inputs=list(imgs), data_samples=samples), training)

@@ -1,5 +1,5 @@
 """Learned ensemble of cached member predictions: matching → learned fusion head."""
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from mmdet.models.detectors import BaseDetector
@@ -9,6 +9,7 @@ from torch import Tensor
 
 from mmens.ops.clustering import match_boxes
 from mmens.ops.targets import assign_targets
+from ..live_members import parse_members, with_member_predictions
 from ..utils import normalized_member_boxes, split_results
 
 
@@ -46,7 +47,9 @@ class EnsembleDetector(BaseDetector):
     with the head's learned member weights.
 
     Args:
-        members (Sequence[str]): member names in the dataset's order (N = their number).
+        members (Sequence[str | dict]): member names in the dataset's order (N = their
+            number), or live members ``dict(config=..., checkpoint=...)`` run on the raw
+            images (see :class:`mmens.models.LiveMembers`).
         head (dict): head config (e.g. ``LearnedFusionHead``); ``num_members`` is filled in.
         matching (dict): ``match_boxes`` options (``iou_thr``, ``skip_box_thr``,
             ``conf_type``, ``member_reduce``, ``class_agnostic``).
@@ -55,7 +58,7 @@ class EnsembleDetector(BaseDetector):
     """
 
     def __init__(self,
-                 members: Sequence[str],
+                 members: Sequence[Union[str, dict]],
                  head: dict,
                  matching: Optional[dict] = None,
                  train_cfg: Optional[dict] = None,
@@ -65,7 +68,7 @@ class EnsembleDetector(BaseDetector):
         super().__init__(
             data_preprocessor=data_preprocessor or dict(type='EnsembleDataPreprocessor'),
             init_cfg=init_cfg)
-        self.members = tuple(members)
+        self.members, self.live_members = parse_members(members)
         self.num_members = len(self.members)
         self.head = MODELS.build(dict(head, num_members=self.num_members))
         self.matching = dict(dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
@@ -75,6 +78,7 @@ class EnsembleDetector(BaseDetector):
 
     def extract_feat(self, batch_inputs: dict):
         """Match the members' boxes of a packed batch into clusters (no gradient)."""
+        batch_inputs = with_member_predictions(self.live_members, batch_inputs)
         with torch.no_grad():
             return match_boxes(normalized_member_boxes(batch_inputs), batch_inputs['scores'],
                                batch_inputs['labels'], batch_inputs['members'],

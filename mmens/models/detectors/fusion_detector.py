@@ -1,5 +1,5 @@
 """Fixed (not learned) fusion of cached member predictions: WBF, NMS, soft-NMS, NMW."""
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 from mmdet.models.detectors import BaseDetector
@@ -8,6 +8,7 @@ from mmdet.structures import SampleList
 from torch import Tensor
 
 from mmens.ops import FUSION_METHODS
+from ..live_members import parse_members, with_member_predictions
 from ..utils import normalized_member_boxes, split_results
 
 
@@ -20,7 +21,9 @@ class FusionDetector(BaseDetector):
     ensemble-boxes semantics.
 
     Args:
-        members (Sequence[str]): member names, in the dataset's order (N = their number).
+        members (Sequence[str | dict]): member names, in the dataset's order (N = their
+            number), or live members ``dict(config=..., checkpoint=...)`` run on the raw
+            images (see :class:`mmens.models.LiveMembers`).
         method (str): ``'wbf'``, ``'nms'``, ``'soft_nms'`` or ``'nmw'``.
         fusion_cfg (dict): keyword arguments of the method, as in ensemble-boxes
             (``iou_thr``, ``skip_box_thr``, ``conf_type``, ``weights`` ([N]), ``sigma``, ...).
@@ -29,7 +32,7 @@ class FusionDetector(BaseDetector):
     """
 
     def __init__(self,
-                 members: Sequence[str],
+                 members: Sequence[Union[str, dict]],
                  method: str = 'wbf',
                  fusion_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
@@ -41,13 +44,14 @@ class FusionDetector(BaseDetector):
         if method not in FUSION_METHODS:
             raise ValueError(f'FusionDetector: unknown method {method!r}; choose one of '
                              f'{sorted(FUSION_METHODS)}')
-        num_members = len(members)
+        names, self.live_members = parse_members(members)
+        num_members = len(names)
         fusion_cfg = dict(fusion_cfg or {})
         weights = fusion_cfg.pop('weights', None)
         if weights is not None and len(weights) != num_members:
             raise ValueError(f'FusionDetector: fusion_cfg.weights has {len(weights)} values '
                              f'for {num_members} members')
-        self.members = tuple(members)
+        self.members = names
         self.num_members = num_members
         self.method = method
         self.fusion_cfg = fusion_cfg
@@ -64,6 +68,7 @@ class FusionDetector(BaseDetector):
         """Fuse a packed batch: returns ``boxes [K, 4]`` (normalised), ``scores [K]``,
         ``labels [K]``, ``images [K]``."""
         fn = FUSION_METHODS[self.method]
+        batch_inputs = with_member_predictions(self.live_members, batch_inputs)
         return fn(normalized_member_boxes(batch_inputs), batch_inputs['scores'],
                   batch_inputs['labels'], batch_inputs['members'], batch_inputs['images'],
                   num_members=self.num_members,
