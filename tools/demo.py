@@ -24,6 +24,7 @@ import mmens  # noqa: E402,F401
 from mmengine.registry import init_default_scope  # noqa: E402
 
 from mmens.apis import load_coco, load_member_batch, member_results  # noqa: E402
+from mmens.apis.cel_budget import budget_report, write_budget_outputs  # noqa: E402
 from mmens.apis.cross_val import (cross_validate, runner_fit_predict,  # noqa: E402
                                   subset_batch)
 from mmens.apis.inference import build_fixed_ensemble, fuse_batch  # noqa: E402
@@ -38,6 +39,9 @@ DATA = osp.join(ROOT, 'data', 'coco_real')
 MEMBERS = ['centernet-512', 'centernet-512-hflip', 'nanodet-416', 'nanodet-416-hflip',
            'yolofastestv2-352', 'yolofastestv2-352-hflip']
 REFERENCE = 'WBF, grid-searched weights'
+CEL_CONFIG = 'configs/cel/cel_budget-0.4s_6members_coco-real-val.py'
+CEL_SETTINGS = [dict(k=k) for k in range(1, 6)] + [dict(budget=0.2), dict(budget=0.4)]
+CEL_ROWS = ['0.2 s', '0.4 s']
 EXAMPLE_IMAGES = [5001, 25603]
 LEARNED = [
     ('Θ global (seed J)', 'configs/learned/learned_theta-global_6members_coco-real-val.py'),
@@ -162,6 +166,14 @@ def main(argv=None) -> None:
                 return dict(results=res, fit_s=fit / args.folds, theta=theta.tolist())
             methods.append((name, 'learned', spec_of(cfg), learned))
 
+    budget = None
+    if not args.skip_learned:
+        budget = run_budget_report(batch, coco, seconds, cache, wd, args)
+        for setting in CEL_ROWS:
+            e = budget['cel_results'][setting]
+            methods.append((f'e2e-CEL, {setting} member budget', 'learned', 'budget-report',
+                            lambda e=e: dict(e)))
+
     log(f'[2/4] running {len(methods)} methods ({args.folds}-fold cross-validation where '
         'anything is fitted)')
     entries = {}
@@ -172,8 +184,11 @@ def main(argv=None) -> None:
         if entry is None:
             entry = fn()
             entry.setdefault('member_s', all_s)
-            cache.put(name, spec, entry)
             how = f'{time.time() - t0:.1f} s'
+            if spec != 'budget-report':  # those are cached with the report
+                cache.put(name, spec, entry)
+            else:
+                how = 'from the budget report above'
         entry['kind'] = kind
         entries[name] = entry
         log(f'  [{i:2d}/{len(methods)}] {name:32s} {how}')
@@ -206,6 +221,29 @@ def main(argv=None) -> None:
                   batch_classes(coco, batch))
     log(f'[4/4] wrote the table, fused results and plots to {wd} '
         f'({time.time() - t_start:.0f} s)')
+
+
+def run_budget_report(batch, coco, seconds: dict, cache, wd: str, args) -> dict:
+    """e2e-CEL against the best fixed subset, a random subset and all members, at
+    k = 1..N-1 and the time budgets (tools/cel_budget.py); cached as a whole."""
+    spec = spec_of(CEL_CONFIG) + f'|{CEL_SETTINGS}|{args.folds}|{args.seed}'
+    report = cache.get('budget report', spec)
+    if report is None:
+        t0 = time.time()
+        log(f'  e2e-CEL budget report: {len(CEL_SETTINGS)} budgets x {args.folds} folds')
+        report = budget_report(batch, coco, [seconds[m] for m in batch.names], CEL_SETTINGS,
+                               osp.join(ROOT, CEL_CONFIG), osp.join(wd, 'runs', 'cel'),
+                               args.folds, args.seed,
+                               progress=lambda msg: log(f'    {msg}'))
+        cache.put('budget report', spec, report)
+        log(f'  e2e-CEL budget report: {time.time() - t0:.1f} s')
+    else:
+        log('  e2e-CEL budget report: cached (reused; --no-cache recomputes)')
+    table = write_budget_outputs(report, wd)
+    log('AP against member compute per image (out of fold; budget.md, ap_vs_budget.png, '
+        'selection_frequency.png):')
+    log(table)
+    return report
 
 
 def batch_classes(coco, batch):

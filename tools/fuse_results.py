@@ -18,7 +18,8 @@ import sys
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 import mmens  # noqa: E402,F401
 from mmens.apis import (build_fixed_ensemble, fuse_batch, load_coco,  # noqa: E402
-                        load_ensemble_checkpoint, load_member_batch, member_results)
+                        load_ensemble_checkpoint, load_member_batch, member_results,
+                        order_members)
 from mmens.evaluation.coco_eval import coco_metrics  # noqa: E402
 from mmens.utils import run_cli  # noqa: E402
 
@@ -39,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--sigma', type=float, help='soft-NMS sigma')
     p.add_argument('--thresh', type=float, help='soft-NMS score threshold')
     p.add_argument('--checkpoint', help='trained ensemble (learned, cel)')
+    p.add_argument('--k', type=int, help='cel: members per image')
+    p.add_argument('--budget-seconds', type=float,
+                   help='cel: member compute per image, in seconds (members.json costs)')
     p.add_argument('--config', help='override the config stored in the checkpoint')
     p.add_argument('--out', help='write the fused COCO-results JSON here')
     p.add_argument('--metrics-out', help='write the metrics as JSON here')
@@ -69,6 +73,14 @@ def main(argv=None) -> None:
         if not args.checkpoint:
             raise ValueError(f'--method {args.method} needs --checkpoint')
         model = load_ensemble_checkpoint(args.checkpoint, args.config, args.device)
+        is_cel = hasattr(model, 'set_budget')
+        if (args.method == 'cel') != is_cel:
+            raise ValueError(f'--method {args.method} does not match the checkpoint '
+                             f'({type(model).__name__})')
+        if args.k is not None or args.budget_seconds is not None:
+            if not is_cel:
+                raise ValueError('--k / --budget-seconds are for --method cel')
+            model.set_budget(k=args.k, budget=args.budget_seconds)
         classes = (model.dataset_meta or {}).get('classes')
         by_name = {c['name']: c['id'] for c in coco.loadCats(coco.getCatIds())}
         unknown = [c for c in classes or [] if c not in by_name]
@@ -81,9 +93,24 @@ def main(argv=None) -> None:
     for m in batch.members:
         if m.report:
             print(f"member '{m.name}': repaired {m.report}")
-    fused, seconds = fuse_batch(model, batch, chunk=args.chunk, device=args.device)
+    selections = []
+    fused, seconds = fuse_batch(model, batch, chunk=args.chunk, device=args.device,
+                                selections=selections)
     ms = 1000.0 * seconds / max(1, len(batch.img_ids))
     metrics = dict(members={}, fusion=dict(method=args.method, ms_per_image=ms))
+    if selections:  # e2e-CEL: the member compute actually used
+        import torch
+        sel = torch.cat(selections)  # [I, N] batch member order
+        perm = torch.tensor(order_members(model.members, batch.names))
+        remap = torch.empty_like(perm)
+        remap[perm] = torch.arange(len(perm))  # batch member -> model member
+        cost = model.member_seconds.cpu()[remap]  # [N] batch order
+        metrics['fusion'].update(
+            member_seconds_per_image=float((sel @ cost).mean()),
+            members_per_image=float(sel.sum(1).mean()),
+            selection_frequency={n: float(f) for n, f in zip(batch.names, sel.mean(0))})
+        print(f"selected {metrics['fusion']['members_per_image']:.2f} members per image, "
+              f"{metrics['fusion']['member_seconds_per_image']:.3f} s of member compute")
     if not args.no_eval:
         for m in batch.members:
             metrics['members'][m.name] = coco_metrics(coco, member_results(m))

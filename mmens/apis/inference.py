@@ -62,11 +62,14 @@ def order_members(model_members: Sequence[str], names: Sequence[str]) -> List[in
 
 @torch.no_grad()
 def fuse_batch(model: nn.Module, batch: MemberBatch, chunk: int = 256, device: str = 'cpu',
-               max_per_img: int = 100) -> Tuple[List[dict], float]:
+               max_per_img: int = 100,
+               selections: Optional[list] = None) -> Tuple[List[dict], float]:
     """Fuse every image of ``batch`` with ``model.fuse``, ``chunk`` images at a time.
 
     The batch's members are mapped to the model's members by name. Returns the fused
-    COCO-results entries and the seconds spent fusing (excluding file I/O).
+    COCO-results entries and the seconds spent fusing (excluding file I/O). For models
+    that select members per image (e2e-CEL), ``selections`` receives each chunk's
+    selection ``[B, N]`` in the batch's member order.
     """
     perm = order_members(model.members, batch.names)
     remap = torch.empty(len(perm), dtype=torch.long)
@@ -88,6 +91,8 @@ def fuse_batch(model: nn.Module, batch: MemberBatch, chunk: int = 256, device: s
         if device.startswith('cuda'):
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t0
+        if selections is not None and hasattr(model, 'last_selection'):
+            selections.append(model.last_selection[:, remap.to(device)].cpu())
         for i, r in enumerate(inst):
             ids = torch.full((len(r.scores),), start + i, dtype=torch.long)
             results += results_to_coco(r.bboxes, r.scores, r.labels, ids, batch.img_ids,

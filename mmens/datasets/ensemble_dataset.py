@@ -54,8 +54,9 @@ class CocoEnsembleDataset(CocoDataset):
         members_meta (str, optional): JSON list with ``name`` and ``seconds_per_image``
             per member (the ``members.json`` of the embedded data), relative to ``data_root``.
         repair (bool): repair bad entries instead of raising (counts are logged).
+        img_ids (Sequence[int], optional): keep only these images (before ``fold``).
         fold (dict, optional): ``dict(num_folds=5, index=0, split='train'|'val', seed=0)``:
-            keep only the images of one split of a k-fold partition.
+            keep only the images of one split of a k-fold partition (of the kept images).
         **kwargs: :class:`mmdet.datasets.CocoDataset` arguments.
     """
 
@@ -66,6 +67,7 @@ class CocoEnsembleDataset(CocoDataset):
                  members_meta: Optional[str] = None,
                  repair: bool = False,
                  fold: Optional[dict] = None,
+                 img_ids: Optional[Sequence[int]] = None,
                  **kwargs) -> None:
         if len(members) == 0:
             raise ValueError('CocoEnsembleDataset needs at least one member')
@@ -78,6 +80,7 @@ class CocoEnsembleDataset(CocoDataset):
         self.members_meta = members_meta
         self.repair = repair
         self.fold = dict(fold) if fold else None
+        self.keep_img_ids = None if img_ids is None else [int(i) for i in img_ids]
         self.member_reports: dict = {}
         super().__init__(*args, **kwargs)
 
@@ -133,8 +136,17 @@ class CocoEnsembleDataset(CocoDataset):
                 b, s = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
                 l, mem = np.zeros(0, np.int64), np.zeros(0, np.int64)
             d['member_preds'] = dict(bboxes=b, scores=s, labels=l, members=mem)
+        candidates = list(sizes)
+        if self.keep_img_ids is not None:
+            unknown = sorted(set(self.keep_img_ids) - set(candidates))
+            if unknown:
+                raise ValueError(f'CocoEnsembleDataset: img_ids {unknown[:5]} are not images '
+                                 f'of {self.ann_file}')
+            candidates = self.keep_img_ids
+            keep = set(candidates)
+            data_list = [d for d in data_list if d['img_id'] in keep]
         if self.fold is not None:
-            keep = set(fold_image_ids(list(sizes), **self.fold))
+            keep = set(fold_image_ids(candidates, **self.fold))
             data_list = [d for d in data_list if d['img_id'] in keep]
         self._metainfo.update(members=tuple(self.member_names),
                               member_seconds=tuple(self._member_seconds()))

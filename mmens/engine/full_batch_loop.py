@@ -28,7 +28,7 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
     and full-batch L-BFGS converges in a fraction of a second. The clusters and targets of
     the training set are computed once (``model.loss_inputs``; the matching weights are
     fixed while training), then the optimizer takes ``steps`` steps on
-    ``head.loss_by_feat`` — with a closure when it is L-BFGS. Hooks run as for one epoch of
+    ``head.loss_by_feat`` (or the model's own ``loss_by_feat``) — with a closure when it is L-BFGS. Hooks run as for one epoch of
     ``steps`` iterations, so logging, checkpoints and resuming work as usual. With several
     processes, each computes the loss on its shard and the gradients are averaged.
 
@@ -52,13 +52,15 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         data = model.data_preprocessor(_merge(list(self.dataloader)), True)
         cached = model.loss_inputs(data['inputs'], data['data_samples'])
+        # heads learn through head.loss_by_feat; detectors without a head (e2e-CEL) own it
+        loss_by_feat = getattr(model, 'loss_by_feat', None) or model.head.loss_by_feat
         optimizer = runner.optim_wrapper.optimizer
         params = [p for g in optimizer.param_groups for p in g['params']]
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
         def closure():
             optimizer.zero_grad()
-            loss, _ = model.parse_losses(model.head.loss_by_feat(*cached))
+            loss, _ = model.parse_losses(loss_by_feat(*cached))
             loss.backward()
             if world > 1:
                 for p in params:
@@ -75,7 +77,7 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
                 closure()
                 optimizer.step()
             with torch.no_grad():  # log the loss after the step
-                _, log_vars = model.parse_losses(model.head.loss_by_feat(*cached))
+                _, log_vars = model.parse_losses(loss_by_feat(*cached))
             runner.call_hook('after_train_iter', batch_idx=idx, data_batch=None,
                              outputs=log_vars)
             self._iter += 1

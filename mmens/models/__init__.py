@@ -1,6 +1,7 @@
 from .data_preprocessors import EnsembleDataPreprocessor
-from .detectors import EnsembleDetector, FusionDetector
-from .heads import LearnedFusionHead, LearnedWeightsHead
+from .detectors import CELDetector, EnsembleDetector, FusionDetector
+from .heads import LearnedFusionHead, LearnedWeightsHead, MemberSelectionNet
+from .live_members import LiveMembers
 
-__all__ = ['EnsembleDataPreprocessor', 'EnsembleDetector', 'FusionDetector',
-           'LearnedFusionHead', 'LearnedWeightsHead']
+__all__ = ['CELDetector', 'MemberSelectionNet', 'EnsembleDataPreprocessor', 'EnsembleDetector', 'FusionDetector',
+           'LearnedFusionHead', 'LearnedWeightsHead', 'LiveMembers']

@@ -46,6 +46,17 @@ def test_folds_partition_the_images():
     assert len(ds) == 16
 
 
+def test_img_ids_restrict_the_images_before_the_folds():
+    def img_ids(ds):
+        return sorted(ds.get_data_info(i)['img_id'] for i in range(len(ds)))
+
+    ids = img_ids(build())[:20]
+    ds = build(img_ids=ids, fold=dict(num_folds=4, index=2, split='train'))
+    assert img_ids(ds) == fold_image_ids(ids, 4, 2, 'train') and len(ds) == 15
+    with pytest.raises(ValueError, match='img_ids .* are not images'):
+        build(img_ids=[123456789])
+
+
 def test_unknown_member_file_names_the_member(tmp_path):
     with pytest.raises(ValueError, match="member 'nope'.*does not exist"):
         build(members=['centernet-512', 'nope'])

@@ -1,4 +1,5 @@
+from .cel_detector import CELDetector
 from .ensemble_detector import EnsembleDetector
 from .fusion_detector import FusionDetector
 
-__all__ = ['EnsembleDetector', 'FusionDetector']
+__all__ = ['CELDetector', 'EnsembleDetector', 'FusionDetector']

@@ -1,0 +1,203 @@
+"""AP against member-compute budget: e2e-CEL, best fixed subset, random subset, all members.
+
+Every method is scored out of fold on one split: e2e-CEL is trained on the training folds
+(the ``tools/train.py`` path) and the best fixed subset is chosen on the same training folds
+(exhaustively over subsets); both are applied to the held-out fold.
+"""
+import copy
+import csv
+import itertools
+import json
+import os.path as osp
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from mmens.datasets.ensemble_dataset import fold_image_ids
+from mmens.evaluation.coco_eval import CocoEvaluation
+from mmens.ops.knapsack import knapsack, topk_mask
+from .cross_val import fold_config, subset_batch, train_from_cfg
+from .inference import build_fixed_ensemble, fuse_batch, order_members
+from .member_files import MemberBatch
+
+
+def fuse_selected(batch: MemberBatch, selection: torch.Tensor, **fusion_cfg) -> List[dict]:
+    """WBF per image of the members ``selection [I, N]`` (0/1, batch member order) picks."""
+    p = batch.packed
+    keep = selection[p['images'], p['members']] > 0.5  # [M]
+    packed = {k: (v if k == 'image_sizes' else v[keep]) for k, v in p.items()}
+    sub = copy.copy(batch)
+    sub.packed = packed
+    model = build_fixed_ensemble(batch.names, 'wbf', **fusion_cfg)
+    return fuse_batch(model, sub)[0]
+
+
+def feasible(subset: Tuple[int, ...], setting: dict, seconds: np.ndarray) -> bool:
+    """A subset meets ``setting`` (``{'k': k}`` exactly k members, or ``{'budget': s}``)."""
+    if 'k' in setting:
+        return len(subset) == setting['k']
+    return float(seconds[list(subset)].sum()) <= setting['budget'] + 1e-9
+
+
+def random_selection(num_images: int, setting: dict, seconds: np.ndarray,
+                     seed: int = 0) -> torch.Tensor:
+    """A random feasible subset per image ``[I, N]``: k random members, or the knapsack of
+    uniform random member values (a random maximal subset under the budget)."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(num_images, len(seconds), generator=g, dtype=torch.float64)
+    if 'k' in setting:
+        return topk_mask(values, setting['k']).float()
+    return knapsack(values, torch.as_tensor(seconds), setting['budget'], 100).float()
+
+
+def setting_name(setting: dict) -> str:
+    return f"k={setting['k']}" if 'k' in setting else f"{setting['budget']:g} s"
+
+
+def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
+                  settings: Sequence[dict], config: str, work_root: str,
+                  num_folds: int = 5, seed: int = 0, fusion_cfg: Optional[dict] = None,
+                  cfg_options: Optional[dict] = None,
+                  progress: Optional[Callable[[str], None]] = None) -> Dict:
+    """Out-of-fold AP and mean member compute per image, per budget setting and method.
+
+    Args:
+        batch (MemberBatch): all members on the split's images.
+        seconds (Sequence[float]): seconds per image of each member (batch order).
+        settings (Sequence[dict]): ``{'k': k}`` or ``{'budget': seconds}`` each.
+        config (str): the e2e-CEL config; its selector is set per setting, and its selection
+            net starts at the best fixed subset of the training folds.
+        cfg_options (dict, optional): overrides of that config.
+
+    Returns:
+        dict with ``rows`` (setting, method, AP, seconds, members per image) and
+        ``frequency`` (setting → how often each member was selected by e2e-CEL) and
+        ``cel_results`` (setting → e2e-CEL's out-of-fold COCO results, fit seconds per
+        fold, mean member seconds per image).
+    """
+    fusion_cfg = dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg', **(fusion_cfg or {}))
+    say = progress or (lambda s: None)
+    sec = np.asarray(seconds, dtype=np.float64)
+    n, img_ids = len(batch.names), batch.img_ids
+    pos = {i: k for k, i in enumerate(img_ids)}
+    folds = []  # (train positions, held-out positions) per fold
+    for f in range(num_folds):
+        folds.append(tuple(np.array([pos[i] for i in fold_image_ids(img_ids, num_folds, f,
+                                                                   split, seed)])
+                           for split in ('train', 'val')))
+    subsets = [s for r in range(1, n + 1) for s in itertools.combinations(range(n), r)]
+    say(f'scoring all {len(subsets)} fixed subsets')
+    evals = {}
+    for s in subsets:
+        sel = torch.zeros(len(img_ids), n)
+        sel[:, list(s)] = 1.0
+        evals[s] = CocoEvaluation(coco, fuse_selected(batch, sel, **fusion_cfg), img_ids)
+    all_members = tuple(range(n))
+    rows, frequency, cel_results = [], {}, {}
+    for setting in settings:
+        name = setting_name(setting)
+        ok = [s for s in subsets if feasible(s, setting, sec)]
+        if not ok:
+            raise ValueError(f'budget {name}: no subset of members fits')
+        # best fixed subset, chosen per training fold, applied to its held-out fold
+        chosen = np.zeros((len(img_ids), n))
+        for train, test in folds:
+            best = max(ok, key=lambda s: evals[s].ap(train))
+            chosen[np.ix_(test, list(best))] = 1.0
+        fixed = fuse_selected(batch, torch.as_tensor(chosen, dtype=torch.float32),
+                              **fusion_cfg)
+        rand = random_selection(len(img_ids), setting, sec, seed)
+        random_res = fuse_selected(batch, rand, **fusion_cfg)
+        say(f'{name}: training e2e-CEL, {num_folds} folds')
+        cel_res, cel_sel, fit_s = cel_out_of_fold(batch, config, setting, sec, folds, ok, evals,
+                                           osp.join(work_root, name.replace(' ', '')),
+                                           num_folds, seed, fusion_cfg, cfg_options)
+        for method, res, sel in [('e2e-CEL', cel_res, cel_sel),
+                                 ('best fixed subset', fixed, chosen),
+                                 ('random subset', random_res, rand.numpy())]:
+            ap = CocoEvaluation(coco, res, img_ids).metrics()['AP']
+            sel = np.asarray(sel)
+            rows.append(dict(setting=name, method=method, AP=ap,
+                             seconds=float((sel @ sec).mean()),
+                             members=float(sel.sum(1).mean())))
+        frequency[name] = cel_sel.mean(0).tolist()
+        cel_results[name] = dict(results=cel_res, fit_s=fit_s / num_folds,
+                                 member_s=float((cel_sel @ sec).mean()))
+    rows.append(dict(setting='all', method='all-member fusion',
+                     AP=evals[all_members].metrics()['AP'], seconds=float(sec.sum()),
+                     members=float(n)))
+    return dict(rows=rows, frequency=frequency, members=list(batch.names),
+                cel_results=cel_results)
+
+
+def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, sec: np.ndarray,
+                    folds: list, feasible_subsets: list, evals: dict, work_root: str,
+                    num_folds: int, seed: int, fusion_cfg: dict,
+                    cfg_options: Optional[dict] = None
+                    ) -> Tuple[List[dict], np.ndarray, float]:
+    """Train e2e-CEL per fold (Runner) and select + fuse the held-out images; returns the
+    results, the selection ``[I, N]`` and the total fit seconds."""
+    n = len(batch.names)
+    if list(batch.img_ids) != sorted(batch.img_ids):
+        raise ValueError('cel_out_of_fold: the batch images must be sorted by id')
+    results, selection, fit_s = [], np.zeros((len(batch.img_ids), n)), 0.0
+    selector = (dict(k=setting['k']) if 'k' in setting else
+                dict(budget=setting['budget']))
+    for k, (train, test) in enumerate(folds):
+        best = max(feasible_subsets, key=lambda s: evals[s].ap(train))
+        init = [1.0 + 0.2 * (i in best) for i in range(n)]
+        cfg = fold_config(config, osp.join(work_root, f'fold{k}'),
+                          dict(num_folds=num_folds, index=k, seed=seed),
+                          copy.deepcopy(cfg_options))
+        sel_cfg = {key: v for key, v in cfg.model.selector.items()
+                   if key not in ('k', 'budget', 'costs')}
+        cfg.model.selector = dict(sel_cfg, **selector)
+        cfg.model.selection_net.init_scores = init
+        cfg.train_dataloader.dataset.img_ids = list(batch.img_ids)  # folds of these images
+        model, seconds = train_from_cfg(cfg)
+        fit_s += seconds
+        perm = order_members(model.members, batch.names)
+        test_batch = subset_batch(batch, [batch.img_ids[i] for i in test])
+        with torch.no_grad():
+            packed = dict(test_batch.packed)
+            remap = torch.empty(len(perm), dtype=torch.long)
+            remap[torch.tensor(perm)] = torch.arange(len(perm))
+            packed['members'] = remap[packed['members']]
+            x, _ = model.select(packed)  # [I_test, N], model member order
+        x = x[:, remap].cpu().numpy()  # batch member order; rows: sorted test images
+        selection[np.sort(test)] = x
+        results += fuse_selected(test_batch, torch.as_tensor(x, dtype=torch.float32),
+                                 **fusion_cfg)
+    return results, selection, fit_s
+
+
+def write_budget_outputs(report: dict, work_dir: str) -> str:
+    """Markdown and CSV tables, JSON, and the two plots; returns the Markdown table."""
+    from mmens.visualization.plots import plot_budget_curve, plot_selection_frequency
+    rows = report['rows']
+    lines = ['| budget | method | AP | member s / image | members / image |',
+             '|---|---|---|---|---|']
+    lines += [f"| {r['setting']} | {r['method']} | {100 * r['AP']:.1f} | "
+              f"{r['seconds']:.3f} | {r['members']:.2f} |" for r in rows]
+    table = '\n'.join(lines)
+    with open(osp.join(work_dir, 'budget.md'), 'w', encoding='utf-8') as f:
+        f.write(table + '\n')
+    with open(osp.join(work_dir, 'budget.csv'), 'w', newline='', encoding='utf-8') as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(osp.join(work_dir, 'budget.json'), 'w', encoding='utf-8') as f:
+        json.dump({k: v for k, v in report.items() if k != 'cel_results'}, f, indent=1)
+    curves = {}
+    for r in rows:
+        if r['method'] == 'all-member fusion':
+            continue
+        curves.setdefault(r['method'], []).append((r['seconds'], r['AP']))
+    every = [r for r in rows if r['method'] == 'all-member fusion'][0]
+    curves['all-member fusion'] = [(every['seconds'], every['AP'])]
+    plot_budget_curve(curves, osp.join(work_dir, 'ap_vs_budget.png'))
+    plot_selection_frequency(report['frequency'], report['members'],
+                             osp.join(work_dir, 'selection_frequency.png'))
+    return table

@@ -1,0 +1,231 @@
+"""e2e-CEL: per-image member selection through a perturbed knapsack, then WBF of the chosen."""
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from mmdet.models.detectors import BaseDetector
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from torch import Tensor
+
+from mmens.ops import FUSION_METHODS
+from mmens.ops.clustering import Clusters, match_boxes
+from mmens.ops.knapsack import PerturbedSelector
+from mmens.ops.selection_features import selection_features
+from mmens.ops.targets import assign_targets
+from ..live_members import parse_members, with_member_predictions
+from ..utils import normalized_member_boxes, split_results
+from .ensemble_detector import pack_gt
+
+
+def selected_fusion(clusters: Clusters, select: Tensor, weights: Tensor,
+                    eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """WBF's fused boxes and scores of the clusters, using only the selected members.
+
+    Differentiable in ``select`` (hard 0/1 or soft): with ``S_ci`` member i's summed score
+    in cluster c and ``x = select[image of c]``, the score is ``Σ x_i w_i S_ci / Σ x_i w_i``
+    (WBF's ``avg`` confidence over the selected members) and the box is the
+    ``x_i w_i S_ci``-weighted mean of the members' boxes.
+
+    Args:
+        clusters (Clusters): ``C`` clusters of all members (``y_hat [C, N, 5]``).
+        select (Tensor): ``[B, N]`` selection per image.
+        weights (Tensor): ``[N]`` member weights.
+
+    Returns:
+        boxes ``[C, 4]`` and scores ``[C]`` (0 where no selected member has a box).
+    """
+    x = select[clusters.image_index] * weights  # [C, N]
+    summed = clusters.y_hat[..., 4] * clusters.counts.to(x.dtype)  # [C, N]
+    mass = x * summed  # [C, N]
+    scores = mass.sum(1) / x.sum(1).clamp_min(eps)  # [C]
+    boxes = (mass[..., None] * clusters.y_hat[..., :4]).sum(1) / mass.sum(1, keepdim=True
+                                                                         ).clamp_min(eps)
+    return boxes, scores.clamp(0.0, 1.0)
+
+
+@MODELS.register_module()
+class CELDetector(BaseDetector):
+    """e2e-CEL ensemble: a selection net picks members per image, WBF fuses the chosen ones.
+
+    Training (members frozen; their predictions cached or run live): boxes of all members
+    are matched once into clusters; the selection net scores the members of each image
+    (ĉ), the perturbed selector turns ĉ into a selection x (``hard=False``: the Monte
+    Carlo expectation ``K_σ(ĉ)``, recommended; ``hard=True``: the exact solution; both with
+    the Monte Carlo gradient of theory.md §5.3), x multiplies the member mask, and the loss
+    is theory.md §4's on the fused output of the selected members: BCE of the fused score
+    against match/no-match with the ground truth, plus L1 of matched fused boxes.
+    Inference: hard selection, then WBF of the selected members' boxes only (in live mode
+    with an image-only net, unselected members are not run).
+
+    Args:
+        members (Sequence[str | dict]): member names (cached predictions) or live members.
+        selection_net (dict): e.g. ``MemberSelectionNet``; ``num_members`` is filled in.
+        selector (dict): ``PerturbedSelector`` arguments: ``k`` (unit costs), or
+            ``budget`` (seconds per image) with ``member_seconds`` as costs;
+            ``num_samples``, ``sigma``, ``noise``, ``hard``, ``seed``.
+        member_seconds (Sequence[float], optional): each member's measured seconds per
+            image (``members.json``), the knapsack costs and the reported compute.
+        fusion_cfg (dict): WBF ``iou_thr``, ``skip_box_thr``, ``conf_type``, ``weights``.
+        train_cfg (dict): ``iou_thr`` (0.5) of the targets, ``loss_box`` weight (1.0).
+        test_cfg (dict): ``max_per_img`` (100), ``score_thr`` (0).
+    """
+
+    def __init__(self, members: Sequence[Union[str, dict]], selection_net: dict,
+                 selector: dict, member_seconds: Optional[Sequence[float]] = None,
+                 fusion_cfg: Optional[dict] = None, train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(
+            data_preprocessor=data_preprocessor or dict(type='EnsembleDataPreprocessor'),
+            init_cfg=init_cfg)
+        self.members, self.live_members = parse_members(members)
+        n = self.num_members = len(self.members)
+        self.selection_net = MODELS.build(dict(selection_net, num_members=n))
+        selector = dict(selector)
+        if member_seconds is not None and len(member_seconds) != n:
+            raise ValueError(f'CELDetector: member_seconds has {len(member_seconds)} values '
+                             f'for {n} members')
+        if 'budget' in selector:
+            if member_seconds is None:
+                raise ValueError('CELDetector: a time budget needs member_seconds')
+            selector.setdefault('costs', list(member_seconds))
+        self.selector = PerturbedSelector(**selector)
+        self.register_buffer('member_seconds', torch.as_tensor(
+            member_seconds if member_seconds is not None else [1.0] * n,
+            dtype=torch.float32), persistent=False)
+        fusion_cfg = dict(dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
+                          **(fusion_cfg or {}))
+        weights = fusion_cfg.pop('weights', None)
+        if weights is not None and len(weights) != n:
+            raise ValueError(f'CELDetector: fusion_cfg.weights has {len(weights)} values '
+                             f'for {n} members')
+        self.fusion_cfg = fusion_cfg
+        self.register_buffer('weights', torch.ones(n) if weights is None else
+                             torch.as_tensor(weights, dtype=torch.float32), persistent=False)
+        self.train_cfg = dict(dict(iou_thr=0.5, loss_box=1.0), **(train_cfg or {}))
+        self.test_cfg = dict(dict(max_per_img=100, score_thr=0.0), **(test_cfg or {}))
+
+    def set_budget(self, k: Optional[int] = None, budget: Optional[float] = None) -> None:
+        """Select ``k`` members per image, or members costing at most ``budget`` seconds
+        per image (``member_seconds``), from now on (e.g. one trained model at several
+        budgets)."""
+        if (k is None) == (budget is None):
+            raise ValueError('CELDetector.set_budget: give exactly one of k or budget')
+        s = self.selector
+        common = dict(num_samples=s.num_samples, sigma=s.sigma, noise=s.noise, hard=s.hard,
+                      l2_normalize=s.l2_normalize, num_bins=s.num_bins, seed=s.seed)
+        if k is not None:
+            self.selector = PerturbedSelector(k=k, **common)
+        else:
+            self.selector = PerturbedSelector(costs=self.member_seconds.cpu(), budget=budget,
+                                              **common)
+        self.selector.to(self.member_seconds.device)
+
+    # -- features and selection --------------------------------------------------------
+    def extract_feat(self, batch_inputs: dict) -> Clusters:
+        """Clusters of all members' boxes (no gradient)."""
+        with torch.no_grad():
+            return match_boxes(normalized_member_boxes(batch_inputs), batch_inputs['scores'],
+                               batch_inputs['labels'], batch_inputs['members'],
+                               batch_inputs['images'], num_members=self.num_members,
+                               num_images=batch_inputs['image_sizes'].shape[0],
+                               weights=self.weights, **self.fusion_cfg)
+
+    def member_scores(self, batch_inputs: dict,
+                      clusters: Optional[Clusters] = None) -> Tensor:
+        """ĉ ``[B, N]`` of the selection net (``clusters`` are needed for meta-features)."""
+        meta = None
+        if self.selection_net.use_meta:
+            meta = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
+                                      clusters.image_index,
+                                      batch_inputs['image_sizes'].shape[0])
+        img = batch_inputs.get('img') if self.selection_net.backbone is not None else None
+        if isinstance(img, (list, tuple)):
+            img = torch.stack([i.float() for i in img])
+        return self.selection_net(meta, img)
+
+    def select(self, batch_inputs: dict) -> Tuple[Tensor, dict]:
+        """Hard selection ``[B, N]`` (0/1) of each image's members (inference), and the batch
+        with the member predictions (live members: only the selected ones are run when the
+        selection net reads images only)."""
+        if self.selection_net.image_only:
+            x = self.selector.solve(self._normalize(self.member_scores(batch_inputs)))
+            return x, with_member_predictions(self.live_members, batch_inputs, selection=x)
+        batch_inputs = with_member_predictions(self.live_members, batch_inputs)
+        clusters = self.extract_feat(batch_inputs)
+        x = self.selector.solve(self._normalize(self.member_scores(batch_inputs, clusters)))
+        return x, batch_inputs
+
+    def _normalize(self, scores: Tensor) -> Tensor:
+        if self.selector.l2_normalize:
+            return torch.nn.functional.normalize(scores, p=2.0, dim=-1)
+        return scores
+
+    # -- BaseDetector API --------------------------------------------------------------
+    def loss(self, batch_inputs: dict, batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        return self.loss_by_feat(*self.loss_inputs(batch_inputs, batch_data_samples))
+
+    @torch.no_grad()
+    def loss_inputs(self, batch_inputs: dict, batch_data_samples: SampleList) -> tuple:
+        """What :meth:`loss_by_feat` takes: the clusters of all members, their targets, the
+        meta-features ``[B, F]`` (or None) and the images (or None). None of it depends on
+        the selection, so a full-batch loop computes it once."""
+        batch_inputs = with_member_predictions(self.live_members, batch_inputs)
+        clusters = self.extract_feat(batch_inputs)
+        gt_boxes, gt_labels, gt_images, gt_ignore = pack_gt(batch_data_samples,
+                                                            batch_inputs['image_sizes'])
+        targets = assign_targets(clusters.fused_boxes, clusters.fused_scores, clusters.labels,
+                                 clusters.image_index, gt_boxes, gt_labels, gt_images,
+                                 iou_thr=self.train_cfg['iou_thr'], gt_ignore=gt_ignore)
+        meta = None
+        if self.selection_net.use_meta:
+            meta = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
+                                      clusters.image_index,
+                                      batch_inputs['image_sizes'].shape[0])
+        img = batch_inputs.get('img') if self.selection_net.backbone is not None else None
+        if isinstance(img, (list, tuple)):
+            img = torch.stack([i.float() for i in img])
+        return clusters, targets, meta, img
+
+    def loss_by_feat(self, clusters: Clusters, targets, meta: Optional[Tensor],
+                     img: Optional[Tensor]) -> Dict[str, Tensor]:
+        """theory.md §4's objective on the fused output of the selected members."""
+        x = self.selector(self.selection_net(meta, img))  # [B, N]
+        boxes, scores = selected_fusion(clusters, x, self.weights)
+        keep = (~targets.ignored).to(scores.dtype)  # [C]
+        bce = torch.nn.functional.binary_cross_entropy(
+            scores.clamp(1e-6, 1 - 1e-6), targets.y_cls, weight=keep, reduction='sum')
+        pos = targets.y_cls * keep  # [C]
+        l1 = ((boxes - targets.y_box).abs().sum(1) * pos).sum()
+        return {'loss_cls': bce / keep.sum().clamp_min(1.0),
+                'loss_box': self.train_cfg['loss_box'] * l1 / pos.sum().clamp_min(1.0),
+                'members_selected': x.detach().sum(1).mean(),
+                'member_seconds': (x.detach() @ self.member_seconds).mean()}
+
+    def fuse(self, batch_inputs: dict) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Select per image, then WBF of the selected members' boxes only: ``boxes [K, 4]``
+        (normalised), ``scores [K]``, ``labels [K]``, ``images [K]``."""
+        x, batch_inputs = self.select(batch_inputs)  # [B, N]
+        self.last_selection = x.detach()
+        keep = x[batch_inputs['images'], batch_inputs['members']] > 0.5  # [M]
+        sub = {k: batch_inputs[k][keep] for k in ('bboxes', 'scores', 'labels', 'members',
+                                                   'images')}
+        sub['image_sizes'] = batch_inputs['image_sizes']
+        return FUSION_METHODS['wbf'](
+            normalized_member_boxes(sub), sub['scores'], sub['labels'], sub['members'],
+            sub['images'], num_members=self.num_members,
+            num_images=sub['image_sizes'].shape[0], weights=self.weights, **self.fusion_cfg)
+
+    def _forward(self, batch_inputs: dict, batch_data_samples: SampleList = None):
+        return self.fuse(batch_inputs)
+
+    def predict(self, batch_inputs: dict, batch_data_samples: SampleList,
+                rescale: bool = True) -> SampleList:
+        boxes, scores, labels, images = self.fuse(batch_inputs)
+        results = split_results(boxes, scores, labels, images, batch_inputs['image_sizes'],
+                                **self.test_cfg)
+        samples = self.add_pred_to_datasample(batch_data_samples, results)
+        cost = (self.last_selection @ self.member_seconds).tolist()  # [B]
+        for sample, x, c in zip(samples, self.last_selection.bool().tolist(), cost):
+            sample.set_metainfo(dict(selected_members=x, member_seconds=c))
+        return samples

@@ -1,0 +1,87 @@
+"""e2e-CEL selection net: scores ĉ ∈ R^N of the members, per image (theory.md §5.1)."""
+from typing import Optional, Sequence
+
+import torch
+from mmdet.registry import MODELS
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from mmens.ops.selection_features import selection_feature_names
+
+
+@MODELS.register_module()
+class MemberSelectionNet(BaseModule):
+    """``ĉ = b + g_φ(z)``: per-image member scores from meta-features and/or the image.
+
+    ``z`` is (a) the meta-features of the members' predictions
+    (:func:`mmens.ops.selection_features`: box counts, score statistics, agreement) and/or
+    (b) globally pooled features of a small mmdet backbone on the image. With (b) alone
+    the selection is made before any member runs, so live members that are not selected
+    are never run.
+
+    The output layer starts at zero, so ``ĉ`` starts at ``b`` (``init_scores``, e.g. the
+    best fixed subset of the training images), and training learns per-image deviations.
+
+    Args:
+        num_members (int): N.
+        use_meta (bool): use the meta-features.
+        image_backbone (dict, optional): an mmdet backbone config (e.g. a narrow ResNet);
+            its last feature map is average-pooled.
+        image_channels (int, optional): channels of that last map (required with a backbone).
+        hidden (int): width of the hidden layer.
+        init_scores (Sequence[float], optional): ``b`` ([N]); default all equal.
+    """
+
+    def __init__(self, num_members: int, use_meta: bool = True,
+                 image_backbone: Optional[dict] = None, image_channels: Optional[int] = None,
+                 hidden: int = 32, init_scores: Optional[Sequence[float]] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if not use_meta and image_backbone is None:
+            raise ValueError('MemberSelectionNet: use the meta-features, an image backbone, '
+                             'or both')
+        if image_backbone is not None and not image_channels:
+            raise ValueError('MemberSelectionNet: image_backbone needs image_channels')
+        self.num_members, self.use_meta = num_members, use_meta
+        self.num_meta = len(selection_feature_names(num_members)) if use_meta else 0
+        self.backbone = MODELS.build(image_backbone) if image_backbone is not None else None
+        in_features = self.num_meta + (int(image_channels) if self.backbone is not None else 0)
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_members))
+        nn.init.zeros_(self.mlp[2].weight)
+        b = torch.ones(num_members) if init_scores is None else torch.as_tensor(
+            init_scores, dtype=torch.float32)
+        if b.shape != (num_members,):
+            raise ValueError(f'MemberSelectionNet: init_scores has {b.numel()} values for '
+                             f'{num_members} members')
+        with torch.no_grad():
+            self.mlp[2].bias.copy_(b)
+
+    @property
+    def image_only(self) -> bool:
+        """True when the selection needs no member prediction (live members can be skipped)."""
+        return self.backbone is not None and not self.use_meta
+
+    def forward(self, meta: Optional[Tensor] = None, img: Optional[Tensor] = None) -> Tensor:
+        """Member scores.
+
+        Args:
+            meta (Tensor, optional): ``[B, 4N + 2]`` meta-features.
+            img (Tensor, optional): ``[B, 3, H, W]`` preprocessed images.
+
+        Returns:
+            Tensor[B, N]: ĉ.
+        """
+        parts = []
+        if self.use_meta:
+            if meta is None:
+                raise ValueError('MemberSelectionNet: meta-features are required')
+            parts.append(meta)
+        if self.backbone is not None:
+            if img is None:
+                raise ValueError('MemberSelectionNet: this net reads images; load them in the '
+                                 'pipeline (LoadImageFromFile) and set the data preprocessor')
+            feats = self.backbone(img)
+            feats = feats[-1] if isinstance(feats, (tuple, list)) else feats
+            parts.append(feats.mean(dim=(2, 3)))  # [B, C]
+        return self.mlp(torch.cat(parts, dim=1))  # [B, N]

@@ -1,0 +1,151 @@
+"""e2e-CEL detector: selection features, selected fusion, learning per-image selection."""
+import json
+import os.path as osp
+
+import pytest
+import torch
+
+from conftest import DATA
+from mmens.ops.clustering import Clusters
+from mmens.ops.selection_features import selection_feature_names, selection_features
+from mmens.ops.targets import TargetAssignment
+
+MEMBERS = ['centernet-512', 'centernet-512-hflip', 'nanodet-416', 'nanodet-416-hflip',
+           'yolofastestv2-352', 'yolofastestv2-352-hflip']
+
+
+def build(selector, members=MEMBERS, **kw):
+    from mmdet.registry import MODELS
+    seconds = [m['seconds_per_image'] for m in json.load(open(osp.join(DATA, 'members.json')))]
+    return MODELS.build(dict(type='CELDetector', members=members,
+                             member_seconds=seconds[:len(members)],
+                             selection_net=dict(type='MemberSelectionNet'),
+                             selector=dict(dict(hard=False), num_samples=200, seed=0, **selector),
+                             **kw))
+
+
+def specialised_clusters(num_images=80, per_image=30, seed=0):
+    """3 members: on each image one of members 0/1 is informative and the other is noise
+    with high scores; member 2 is mediocre everywhere. Returns clusters, targets and which
+    member is good per image."""
+    g = torch.Generator().manual_seed(seed)
+    good = torch.randint(0, 2, (num_images,), generator=g)  # [B]
+    img = torch.arange(num_images).repeat_interleave(per_image)  # [C]
+    c = img.numel()
+    y = (torch.rand(c, generator=g) < 0.4).float()
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(c, generator=g)  # noqa: E731
+    informative = torch.where(y > 0, u(0.7, 0.9), u(0.05, 0.25))
+    noise = u(0.4, 1.0)
+    mediocre = torch.where(y > 0, u(0.45, 0.7), u(0.2, 0.5))
+    is0 = (good[img] == 0)
+    scores = torch.stack([torch.where(is0, informative, noise),
+                          torch.where(is0, noise, informative), mediocre], 1)  # [C, 3]
+    y_hat = torch.zeros(c, 3, 5)
+    y_hat[..., 2:4] = 0.5
+    y_hat[..., 4] = scores
+    mask = torch.ones(c, 3, dtype=torch.bool)
+    clusters = Clusters(y_hat, mask, torch.zeros(c, dtype=torch.long), img,
+                        y_hat[:, 0, :4], scores.mean(1), torch.ones(c, 3, dtype=torch.long),
+                        torch.arange(c))
+    targets = TargetAssignment(y, torch.full((c, 4), 0.5), torch.zeros(c, dtype=torch.long),
+                               y, y, torch.zeros(c, dtype=torch.bool))
+    return clusters, targets, good
+
+
+def test_selection_features_shapes_and_values():
+    clusters, _, _ = specialised_clusters(num_images=4, per_image=5)
+    f = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
+                           clusters.image_index, 4)
+    assert f.shape == (4, len(selection_feature_names(3))) == (4, 14)
+    assert torch.allclose(f[:, :3], torch.log1p(torch.tensor(5.0)).expand(4, 3))
+    assert torch.allclose(f[:, 9:12], torch.ones(4, 3))  # everyone agrees with everyone
+    assert torch.isfinite(f).all()
+
+
+def test_cel_learns_per_image_selection_and_beats_every_fixed_member():
+    clusters, targets, good = specialised_clusters()
+    model = build(dict(k=1), members=['a', 'b', 'c'])
+    opt = torch.optim.Adam(model.selection_net.parameters(), lr=0.02)
+    meta = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
+                              clusters.image_index, 80)
+    model.train()
+    for _ in range(150):
+        opt.zero_grad()
+        losses = model.loss_by_feat(clusters, targets, meta, None)
+        (losses['loss_cls'] + losses['loss_box']).backward()
+        opt.step()
+    model.eval()
+    from mmens.models.detectors.cel_detector import selected_fusion
+
+    def bce(sel):
+        _, scores = selected_fusion(clusters, sel, model.weights)
+        return torch.nn.functional.binary_cross_entropy(scores.clamp(1e-6, 1 - 1e-6),
+                                                        targets.y_cls)
+
+    with torch.no_grad():
+        x = model.selector.solve(model._normalize(model.selection_net(meta)))  # hard
+        picked = x.argmax(1)
+        cel = bce(x)
+        fixed = [bce(torch.nn.functional.one_hot(torch.full((80,), m), 3).float())
+                 for m in range(3)]
+    assert (picked == good).float().mean() > 0.9
+    assert cel < min(fixed) - 0.05
+
+
+def test_selected_fusion_of_all_members_is_wbf_and_budget_is_respected():
+    from mmens.apis import load_coco, load_member_batch
+    from mmens.apis.cross_val import subset_batch
+    from mmens.models.detectors.cel_detector import selected_fusion
+    coco = load_coco(osp.join(DATA, 'annotations', 'val.json'))
+    batch = load_member_batch(coco, [osp.join(DATA, 'predictions', 'val', f'{m}.json')
+                                     for m in MEMBERS], MEMBERS)
+    batch = subset_batch(batch, batch.img_ids[:6])
+    packed = dict(batch.packed)
+    model = build(dict(budget=0.2))
+    clusters = model.extract_feat(packed)
+    boxes, scores = selected_fusion(clusters, torch.ones(6, 6), model.weights)
+    single = (clusters.counts <= 1).all(1)  # WBF's box and score when no member repeats
+    assert single.sum() > 50
+    assert torch.allclose(scores[single], clusters.fused_scores[single].float(), atol=1e-5)
+    assert torch.allclose(boxes[single], clusters.fused_boxes[single].float(), atol=1e-5)
+    x, _ = model.select(packed)
+    assert ((x @ model.member_seconds) <= 0.2 + 1e-6).all()
+    model.set_budget(k=6)
+    from mmdet.registry import MODELS
+    wbf = MODELS.build(dict(type='FusionDetector', members=MEMBERS, method='wbf'))
+    for a, b in zip(model.fuse(packed), wbf.fuse(packed)):
+        assert torch.equal(a, b)
+    model.set_budget(k=2)
+    boxes, scores, labels, images = model.fuse(packed)
+    x = model.last_selection
+    assert (x.sum(1) == 2).all()
+    # only the selected members' boxes were fused: fusing them alone gives the same
+    keep = x[packed['images'], packed['members']] > 0.5
+    sub = {k: (v if k == 'image_sizes' else v[keep]) for k, v in packed.items()}
+    for a, b in zip(model.fuse(packed), wbf.fuse(sub)):
+        assert torch.equal(a, b)
+
+
+def test_cel_gradient_reaches_the_selection_net():
+    clusters, targets, _ = specialised_clusters(num_images=8)
+    model = build(dict(k=2), members=['a', 'b', 'c'])
+    meta = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
+                              clusters.image_index, 8)
+    losses = model.loss_by_feat(clusters, targets, meta, None)
+    (losses['loss_cls'] + losses['loss_box']).backward()
+    grads = [p.grad for p in model.selection_net.parameters()]
+    assert all(g is not None for g in grads)
+    assert grads[-1].abs().sum() > 0  # the output bias moves
+
+
+def test_bad_cel_configs():
+    with pytest.raises(ValueError, match='member_seconds'):
+        from mmdet.registry import MODELS
+        MODELS.build(dict(type='CELDetector', members=MEMBERS,
+                          selection_net=dict(type='MemberSelectionNet'),
+                          selector=dict(budget=0.2)))
+    with pytest.raises(ValueError, match='exactly one'):
+        build(dict(k=2)).set_budget()
+    with pytest.raises(ValueError, match='meta-features, an image backbone'):
+        from mmens.models.heads import MemberSelectionNet
+        MemberSelectionNet(3, use_meta=False)
