@@ -17,7 +17,8 @@ def test_import_registers_modules():
     from mmengine.registry import LOOPS, MODEL_WRAPPERS
     for registry, names in [
         (MODELS, ['FusionDetector', 'EnsembleDetector', 'EnsembleDataPreprocessor',
-                  'LearnedFusionHead', 'LearnedWeightsHead']),
+                  'LearnedFusionHead', 'LearnedWeightsHead', 'CELDetector',
+                  'MemberSelectionNet']),
         (DATASETS, ['CocoEnsembleDataset']),
         (TRANSFORMS, ['LoadMemberPredictions', 'PackEnsembleInputs']),
         (METRICS, ['SubsetCocoMetric']),
@@ -32,11 +33,31 @@ def test_there_are_configs():
     assert len(CONFIGS) >= 4
 
 
+def test_member_seconds_of_the_base_config_are_members_json():
+    import json
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'datasets',
+                                   'coco_real_cached.py'))
+    meta = json.load(open(osp.join(ROOT, 'data', 'coco_real', 'members.json')))
+    assert cfg.members == [m['name'] for m in meta]
+    assert cfg.member_seconds == [m['seconds_per_image'] for m in meta]
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.relpath(p, ROOT))
 def test_config_loads_and_model_builds(path):
     from mmdet.registry import MODELS
     cfg = Config.fromfile(path)
     assert 'mmens' in cfg.custom_imports['imports']
     assert cfg.default_scope == 'mmdet'
-    model = MODELS.build(cfg.model)
-    assert model is not None
+    model_cfg = cfg.model
+    if isinstance(model_cfg.members[0], dict):
+        # live members from the model zoo (downloaded on use): check their configs resolve,
+        # build the ensemble around the tiny test members instead
+        from mmengine.hub import get_config
+        for m in model_cfg.members:
+            assert get_config(m['config']).model.type
+            assert m['checkpoint'].startswith('https://download.openmmlab.com/')
+        tiny = osp.join(ROOT, 'tests', 'data', 'members', 'tiny_retinanet.py')
+        model_cfg.members = [dict(name=m['name'], config=tiny, checkpoint=None,
+                                  flip=m.get('flip', False)) for m in model_cfg.members]
+    model = MODELS.build(model_cfg)
+    assert model is not None and len(model.members) == len(cfg.model.members)

@@ -30,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--theta-mode', default='conditional')
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--memory-gb', type=float, default=24.0,
+                   help='report the largest batch whose training step fits in this memory')
     p.add_argument('--one', type=int, help=argparse.SUPPRESS)  # worker: one N, JSON out
     return p.parse_args(argv)
 
@@ -102,15 +104,18 @@ def main(argv=None) -> None:
     if args.one is not None:
         print(json.dumps(measure(args.one, args)))
         return
-    rows = []
-    for n in args.members:
+    def worker(n: int, batch: int) -> dict:
         cmd = [sys.executable, __file__, '--one', str(n), '--boxes', str(args.boxes),
-               '--batch', str(args.batch), '--iters', str(args.iters), '--theta-mode',
+               '--batch', str(batch), '--iters', str(args.iters), '--theta-mode',
                args.theta_mode, '--device', args.device, '--threads', str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-2000:])
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    rows = []
+    for n in args.members:
+        rows.append(worker(n, args.batch))
         r = rows[-1]
         print(f"N={n:3d}: {r['boxes_per_image']:5d} boxes/img | matching "
               f"{r['match_img_s']:8.1f} img/s | WBF {r['wbf_img_s']:8.1f} img/s | "
@@ -119,6 +124,21 @@ def main(argv=None) -> None:
               flush=True)
     print(f'device {args.device}, {args.threads} threads, batch {args.batch} images, '
           f'{args.boxes} boxes per member, theta_mode {args.theta_mode}')
+    # memory against batch size at the largest N: measured at two batch sizes, then the
+    # largest batch within --memory-gb by linear extrapolation (stated as such)
+    n = max(args.members)
+    big = worker(n, 4 * args.batch)
+    small = [r for r in rows if r['members'] == n][0]
+    slope = (big['peak_mem_mb'] - small['peak_mem_mb']) / (3 * args.batch)  # MB per image
+    base = small['peak_mem_mb'] - slope * args.batch
+    print(f"N={n}: peak memory {small['peak_mem_mb']:.0f} MB at batch {args.batch}, "
+          f"{big['peak_mem_mb']:.0f} MB at batch {4 * args.batch} -> {slope:.1f} MB per "
+          f'image ({n * args.boxes} boxes) + {base:.0f} MB')
+    if slope > 0:
+        fit = int((args.memory_gb * 1024 - base) / slope)
+        print(f'largest training batch within {args.memory_gb:g} GB (linear extrapolation, '
+              f'not measured at that size): about {fit} images of {n * args.boxes} boxes, '
+              f'{fit * n * args.boxes / 1e6:.1f} M boxes per step')
 
 
 if __name__ == '__main__':

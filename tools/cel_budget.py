@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--folds', type=int, default=5)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--max-images', type=int, help='use the first images only (smoke runs)')
+    p.add_argument('--warm-start-gap', type=float, default=1.0,
+                   help='e2e-CEL starts with this score lead for the best fixed subset')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override settings of the e2e-CEL config (key=value)')
     return p.parse_args(argv)
@@ -59,7 +61,7 @@ def main(argv=None) -> None:
     os.makedirs(args.work_dir, exist_ok=True)
     report = budget_report(batch, coco, [m['seconds_per_image'] for m in meta], settings,
                            args.config, args.work_dir, args.folds, args.seed,
-                           cfg_options=args.cfg_options,
+                           cfg_options=args.cfg_options, warm_start_gap=args.warm_start_gap,
                            progress=lambda s: print(f'[cel_budget] {s}', flush=True))
     print(write_budget_outputs(report, args.work_dir))
     print(f'COCO val2017 images of data/coco_real ({len(batch.img_ids)}), out of fold '

@@ -16,7 +16,10 @@ model = dict(
     selector=dict(budget=0.4, num_samples=1000, sigma=0.1, noise='normal', hard=False,
                   num_bins=100, seed=0),
     fusion_cfg=dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
-    train_cfg=dict(iou_thr=0.5, loss_box=1.0),
+    # loss on the selected members' fused output: a per-class pairwise ranking surrogate
+    # of AP ('rank'; BCE, dominated by negatives, favours members that score everything
+    # low) plus L1 of matched fused boxes
+    train_cfg=dict(iou_thr=0.5, loss_cls='rank', rank_tau=0.05, loss_box=1.0),
     test_cfg=dict(max_per_img=100))
 # Clusters and targets do not depend on the selection: they are computed once over the
 # training split, then 200 Adam steps on the Monte Carlo gradient.

@@ -16,7 +16,7 @@ import torch
 from pycocotools.coco import COCO
 
 from mmens.datasets.ensemble_dataset import fold_image_ids
-from mmens.evaluation.coco_eval import CocoEvaluation
+from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
 from mmens.ops.knapsack import knapsack, topk_mask
 from .cross_val import fold_config, subset_batch, train_from_cfg
 from .inference import build_fixed_ensemble, fuse_batch, order_members
@@ -59,7 +59,7 @@ def setting_name(setting: dict) -> str:
 def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
                   settings: Sequence[dict], config: str, work_root: str,
                   num_folds: int = 5, seed: int = 0, fusion_cfg: Optional[dict] = None,
-                  cfg_options: Optional[dict] = None,
+                  cfg_options: Optional[dict] = None, warm_start_gap: float = 1.0,
                   progress: Optional[Callable[[str], None]] = None) -> Dict:
     """Out-of-fold AP and mean member compute per image, per budget setting and method.
 
@@ -70,6 +70,8 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         config (str): the e2e-CEL config; its selector is set per setting, and its selection
             net starts at the best fixed subset of the training folds.
         cfg_options (dict, optional): overrides of that config.
+        warm_start_gap (float): e2e-CEL starts from ``ĉ = 1 + gap`` for the members of the
+            best fixed subset of its training folds and ``ĉ = 1`` for the others.
 
     Returns:
         dict with ``rows`` (setting, method, AP, seconds, members per image) and
@@ -113,15 +115,19 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         say(f'{name}: training e2e-CEL, {num_folds} folds')
         cel_res, cel_sel, fit_s = cel_out_of_fold(batch, config, setting, sec, folds, ok, evals,
                                            osp.join(work_root, name.replace(' ', '')),
-                                           num_folds, seed, fusion_cfg, cfg_options)
+                                           num_folds, seed, fusion_cfg, cfg_options,
+                                           warm_start_gap)
+        ev = {}
         for method, res, sel in [('e2e-CEL', cel_res, cel_sel),
                                  ('best fixed subset', fixed, chosen),
                                  ('random subset', random_res, rand.numpy())]:
-            ap = CocoEvaluation(coco, res, img_ids).metrics()['AP']
+            ev[method] = CocoEvaluation(coco, res, img_ids)
             sel = np.asarray(sel)
-            rows.append(dict(setting=name, method=method, AP=ap,
+            rows.append(dict(setting=name, method=method, AP=ev[method].metrics()['AP'],
                              seconds=float((sel @ sec).mean()),
                              members=float(sel.sum(1).mean())))
+        b = paired_bootstrap(ev['e2e-CEL'], ev['best fixed subset'], 500, seed)
+        rows[-3].update(delta_vs_fixed=b['diff'], ci_lo=b['lo'], ci_hi=b['hi'])
         frequency[name] = cel_sel.mean(0).tolist()
         cel_results[name] = dict(results=cel_res, fit_s=fit_s / num_folds,
                                  member_s=float((cel_sel @ sec).mean()))
@@ -135,7 +141,7 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
 def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, sec: np.ndarray,
                     folds: list, feasible_subsets: list, evals: dict, work_root: str,
                     num_folds: int, seed: int, fusion_cfg: dict,
-                    cfg_options: Optional[dict] = None
+                    cfg_options: Optional[dict] = None, warm_start_gap: float = 1.0
                     ) -> Tuple[List[dict], np.ndarray, float]:
     """Train e2e-CEL per fold (Runner) and select + fuse the held-out images; returns the
     results, the selection ``[I, N]`` and the total fit seconds."""
@@ -147,7 +153,7 @@ def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, sec: np.ndar
                 dict(budget=setting['budget']))
     for k, (train, test) in enumerate(folds):
         best = max(feasible_subsets, key=lambda s: evals[s].ap(train))
-        init = [1.0 + 0.2 * (i in best) for i in range(n)]
+        init = [1.0 + warm_start_gap * (i in best) for i in range(n)]
         cfg = fold_config(config, osp.join(work_root, f'fold{k}'),
                           dict(num_folds=num_folds, index=k, seed=seed),
                           copy.deepcopy(cfg_options))
@@ -177,15 +183,18 @@ def write_budget_outputs(report: dict, work_dir: str) -> str:
     """Markdown and CSV tables, JSON, and the two plots; returns the Markdown table."""
     from mmens.visualization.plots import plot_budget_curve, plot_selection_frequency
     rows = report['rows']
-    lines = ['| budget | method | AP | member s / image | members / image |',
-             '|---|---|---|---|---|']
-    lines += [f"| {r['setting']} | {r['method']} | {100 * r['AP']:.1f} | "
-              f"{r['seconds']:.3f} | {r['members']:.2f} |" for r in rows]
+    lines = ['| budget | method | AP | ΔAP vs best fixed subset [95% CI] | member s / image '
+             '| members / image |', '|---|---|---|---|---|---|']
+    for r in rows:
+        delta = (f"{100 * r['delta_vs_fixed']:+.1f} [{100 * r['ci_lo']:+.1f}, "
+                 f"{100 * r['ci_hi']:+.1f}]" if 'delta_vs_fixed' in r else '')
+        lines.append(f"| {r['setting']} | {r['method']} | {100 * r['AP']:.1f} | {delta} | "
+                     f"{r['seconds']:.3f} | {r['members']:.2f} |")
     table = '\n'.join(lines)
     with open(osp.join(work_dir, 'budget.md'), 'w', encoding='utf-8') as f:
         f.write(table + '\n')
     with open(osp.join(work_dir, 'budget.csv'), 'w', newline='', encoding='utf-8') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
     with open(osp.join(work_dir, 'budget.json'), 'w', encoding='utf-8') as f:

@@ -28,9 +28,10 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
     and full-batch L-BFGS converges in a fraction of a second. The clusters and targets of
     the training set are computed once (``model.loss_inputs``; the matching weights are
     fixed while training), then the optimizer takes ``steps`` steps on
-    ``head.loss_by_feat`` (or the model's own ``loss_by_feat``) — with a closure when it is L-BFGS. Hooks run as for one epoch of
-    ``steps`` iterations, so logging, checkpoints and resuming work as usual. With several
-    processes, each computes the loss on its shard and the gradients are averaged.
+    ``head.loss_by_feat`` (or the model's own ``loss_by_feat``, e.g. e2e-CEL) — with a
+    closure when it is L-BFGS. Hooks run as for one epoch of ``steps`` iterations, so
+    logging, checkpoints and resuming work as usual. With several processes, each computes
+    the loss on its shard and the gradients are averaged.
 
     Args:
         runner, dataloader: as for mmengine loops.

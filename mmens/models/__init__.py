@@ -3,5 +3,6 @@ from .detectors import CELDetector, EnsembleDetector, FusionDetector
 from .heads import LearnedFusionHead, LearnedWeightsHead, MemberSelectionNet
 from .live_members import LiveMembers
 
-__all__ = ['CELDetector', 'MemberSelectionNet', 'EnsembleDataPreprocessor', 'EnsembleDetector', 'FusionDetector',
-           'LearnedFusionHead', 'LearnedWeightsHead', 'LiveMembers']
+__all__ = ['CELDetector', 'MemberSelectionNet', 'EnsembleDataPreprocessor',
+           'EnsembleDetector', 'FusionDetector', 'LearnedFusionHead', 'LearnedWeightsHead',
+           'LiveMembers']

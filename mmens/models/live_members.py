@@ -108,7 +108,8 @@ class LiveMembers:
 
     Args:
         members (Sequence[dict]): per member ``config`` (path, or ``'mmdet::<path>'``
-            for mmdet's own configs), ``checkpoint`` (path, URL, or None), optional ``name`` (default: config stem, ``-hflip`` added when flipped),
+            for mmdet's own configs), ``checkpoint`` (path, URL, or None), optional
+            ``name`` (default: config stem, ``-hflip`` added when flipped),
             ``flip`` (default False), ``score_thr`` (default 0.001), ``max_per_img``
             (default 100).
     """

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .knapsack_enum import MAX_ITEMS, feasible_subsets, knapsack_exhaustive
 from .perturbed import NOISE_TYPES, perturbed_select
 
 #: Tolerance, in bins, absorbed before rounding a cost up (float error, e.g. 0.3 / 0.1).
@@ -160,6 +161,8 @@ class PerturbedSelector(nn.Module):
         l2_normalize: normalise ĉ to unit L2 norm over the last dim before selecting.
         num_bins: knapsack budget resolution (see :func:`knapsack`).
         seed: if given, a per-device ``torch.Generator`` seeded with it drives the noise.
+        solver: knapsack solver, ``'auto'`` (enumeration of the feasible subsets when
+            N ≤ 12: exact on the real costs and fast; else the DP), ``'enum'`` or ``'dp'``.
     """
 
     def __init__(self,
@@ -172,7 +175,8 @@ class PerturbedSelector(nn.Module):
                  hard: bool = True,
                  l2_normalize: bool = True,
                  num_bins: int = 100,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None,
+                 solver: str = 'auto') -> None:
         super().__init__()
         if (k is None) == (costs is None):
             raise ValueError('give exactly one of k (top-k) or costs + budget (knapsack)')
@@ -204,10 +208,18 @@ class PerturbedSelector(nn.Module):
         self.num_bins = int(num_bins)
         self.seed = seed
         self._generators: dict = {}
+        if solver not in ('auto', 'enum', 'dp'):
+            raise ValueError(f"solver must be 'auto', 'enum' or 'dp', got {solver!r}")
+        use_enum = costs is not None and (
+            solver == 'enum' or (solver == 'auto' and costs.numel() <= MAX_ITEMS))
+        self.solver = 'enum' if use_enum else ('dp' if costs is not None else 'topk')
+        self.register_buffer('subsets', feasible_subsets(costs, float(budget)).float()
+                             if use_enum else None, persistent=False)  # [S, N]
 
     def extra_repr(self) -> str:
         mode = f'k={self.k}' if self.k is not None else \
-            f'N={self.costs.numel()}, budget={self.budget}, num_bins={self.num_bins}'
+            f'N={self.costs.numel()}, budget={self.budget}, solver={self.solver}, ' \
+            f'num_bins={self.num_bins}'
         return (f'{mode}, num_samples={self.num_samples}, sigma={self.sigma}, '
                 f'noise={self.noise!r}, hard={self.hard}, l2_normalize={self.l2_normalize}')
 
@@ -222,6 +234,8 @@ class PerturbedSelector(nn.Module):
         self._check_num_members(scores.shape[-1])
         if self.k is not None:
             return topk_mask(scores, self.k)
+        if self.subsets is not None:
+            return knapsack_exhaustive(scores, self.subsets)
         return knapsack(scores, self.costs, self.budget, self.num_bins, validate=False)
 
     def _generator(self, device: torch.device) -> Optional[torch.Generator]:

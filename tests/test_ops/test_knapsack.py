@@ -110,7 +110,8 @@ def test_bad_arguments():
 
 
 # ----------------------------------------------------------------------------- perturbed layer
-@pytest.mark.parametrize('kw', [dict(k=3), dict(costs=[1., 2., 0.5, 1., 3., 1.], budget=3.)])
+@pytest.mark.parametrize('kw', [dict(k=3), dict(costs=[1., 2., 0.5, 1., 3., 1.], budget=3.),
+                                dict(costs=[1., 2., 0.5, 1., 3., 1.], budget=3., solver='dp')])
 def test_hard_forward_equals_exact(kw):
     scores = torch.randn(4, 6, generator=_gen(4), requires_grad=True)  # [4, 6]
     sel = PerturbedSelector(**kw, num_samples=16, seed=0)
@@ -118,9 +119,13 @@ def test_hard_forward_equals_exact(kw):
     assert torch.equal(sel(scores), expected)
     with torch.no_grad():
         assert torch.equal(sel(scores), expected)
-    if 'costs' in kw:
-        assert torch.equal(expected, knapsack(F.normalize(scores.detach(), dim=-1),
-                                              torch.tensor(kw['costs']), 3.0))
+    normed = F.normalize(scores.detach(), dim=-1).double()
+    if kw.get('solver') == 'dp':  # the DP on costs rounded up to B/100
+        assert torch.equal(expected, knapsack(normed.float(), torch.tensor(kw['costs']), 3.0))
+    elif 'costs' in kw:  # enumeration: optimal on the real costs
+        costs = torch.tensor(kw['costs'], dtype=torch.float64)
+        assert torch.allclose((expected.double() * normed).sum(-1), _brute_force(
+            normed, costs.expand(4, 6), torch.full((4,), 3.0, dtype=torch.float64)))
 
 
 def test_gumbel_top1_mean_is_softmax():
@@ -233,3 +238,29 @@ def test_cuda_no_sync():
     finally:
         torch.cuda.set_sync_debug_mode('default')
     assert x.device.type == 'cuda' and scores.grad.device.type == 'cuda'
+
+
+def test_exhaustive_knapsack_is_exact_on_real_costs_and_agrees_with_the_dp():
+    from mmens.ops.knapsack_enum import feasible_subsets, knapsack_exhaustive
+    g = _gen(7)
+    n = 6
+    costs = torch.rand(n, generator=g, dtype=torch.float64) * 0.3  # real costs
+    scores = torch.randn(200, n, generator=g, dtype=torch.float64)
+    for budget in (0.0, 0.2, 0.45, 2.0):
+        subsets = feasible_subsets(costs, budget)
+        x = knapsack_exhaustive(scores, subsets)
+        assert torch.all((x * costs).sum(-1) <= budget + 1e-9)
+        assert torch.allclose((x * scores).sum(-1),
+                              _brute_force(scores, costs.expand(200, n),
+                                           torch.full((200,), budget, dtype=torch.float64)))
+        assert torch.all(x[scores <= 0] == 0)
+    # integer costs: the DP is exact too, and both give the same optimum value
+    icosts = torch.tensor([1., 2., 1., 3., 2., 1.], dtype=torch.float64)
+    enum = PerturbedSelector(costs=icosts, budget=4.0, l2_normalize=False, solver='enum')
+    dp = PerturbedSelector(costs=icosts, budget=4.0, l2_normalize=False, num_bins=4,
+                           solver='dp')
+    assert enum.solver == 'enum' and dp.solver == 'dp'
+    assert torch.allclose((enum.solve(scores) * scores).sum(-1),
+                          (dp.solve(scores) * scores).sum(-1))
+    with pytest.raises(ValueError, match='too many to enumerate'):
+        feasible_subsets(torch.ones(13), 1.0)

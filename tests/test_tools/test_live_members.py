@@ -186,3 +186,38 @@ def test_dump_tool_errors(setup, tmp_path):
         import re
         assert re.search(message, proc.stderr), proc.stderr[-2000:]
         assert 'Traceback' not in proc.stderr
+
+
+def test_cel_with_image_only_selection_runs_only_the_selected_live_members(setup):
+    """e2e-CEL whose selection net reads only the image: members it does not select are
+    never run (LiveMembers.runs counts the (member, image) forwards)."""
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmens.apis.dump import load_image
+    _, ann_file, ckpts = setup
+    model = MODELS.build(dict(
+        type='CELDetector', members=live_specs(ckpts),
+        selection_net=dict(type='MemberSelectionNet', use_meta=False, image_channels=128,
+                           image_backbone=dict(type='ResNet', depth=18, base_channels=16,
+                                               out_indices=(3,), norm_eval=False)),
+        selector=dict(k=1, num_samples=10),
+        data_preprocessor=dict(type='EnsembleDataPreprocessor', image_preprocessor=dict(
+            type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_size_divisor=32))))
+    model.eval()
+    ann = json.load(open(ann_file))
+    imgs, samples = [], []
+    for info in ann['images']:
+        img = load_image(osp.join(IMG_DIR, info['file_name']))
+        imgs.append(dict(img=torch.from_numpy(img).permute(2, 0, 1).contiguous()))
+        samples.append(DetDataSample(metainfo=dict(img_shape=img.shape[:2],
+                                                   ori_shape=img.shape[:2],
+                                                   img_id=info['id'])))
+    data = model.data_preprocessor(dict(inputs=imgs, data_samples=samples), False)
+    assert data['inputs']['img'].dim() == 4 and len(data['inputs']['img_raw']) == NUM_IMAGES
+    out = model.predict(data['inputs'], data['data_samples'])
+    runs = model.live_members.runs
+    assert sum(runs) == NUM_IMAGES  # one member per image, not 4
+    for sample in out:
+        assert sum(sample.selected_members) == 1
+        assert len(sample.pred_instances.scores) > 0

@@ -10,6 +10,7 @@ from torch import Tensor
 from mmens.ops import FUSION_METHODS
 from mmens.ops.clustering import Clusters, match_boxes
 from mmens.ops.knapsack import PerturbedSelector
+from mmens.ops.ranking import pairwise_rank_loss
 from mmens.ops.selection_features import selection_features
 from mmens.ops.targets import assign_targets
 from ..live_members import parse_members, with_member_predictions
@@ -102,7 +103,11 @@ class CELDetector(BaseDetector):
         self.fusion_cfg = fusion_cfg
         self.register_buffer('weights', torch.ones(n) if weights is None else
                              torch.as_tensor(weights, dtype=torch.float32), persistent=False)
-        self.train_cfg = dict(dict(iou_thr=0.5, loss_box=1.0), **(train_cfg or {}))
+        self.train_cfg = dict(dict(iou_thr=0.5, loss_box=1.0, loss_cls='bce', rank_tau=0.05),
+                              **(train_cfg or {}))
+        if self.train_cfg['loss_cls'] not in ('bce', 'balanced_bce', 'rank'):
+            raise ValueError("CELDetector: train_cfg.loss_cls must be 'bce', 'balanced_bce' "
+                             f"or 'rank', got {self.train_cfg['loss_cls']!r}")
         self.test_cfg = dict(dict(max_per_img=100, score_thr=0.0), **(test_cfg or {}))
 
     def set_budget(self, k: Optional[int] = None, budget: Optional[float] = None) -> None:
@@ -113,7 +118,8 @@ class CELDetector(BaseDetector):
             raise ValueError('CELDetector.set_budget: give exactly one of k or budget')
         s = self.selector
         common = dict(num_samples=s.num_samples, sigma=s.sigma, noise=s.noise, hard=s.hard,
-                      l2_normalize=s.l2_normalize, num_bins=s.num_bins, seed=s.seed)
+                      l2_normalize=s.l2_normalize, num_bins=s.num_bins, seed=s.seed,
+                      solver=s.solver if s.solver in ('enum', 'dp') else 'auto')
         if k is not None:
             self.selector = PerturbedSelector(k=k, **common)
         else:
@@ -193,11 +199,21 @@ class CELDetector(BaseDetector):
         x = self.selector(self.selection_net(meta, img))  # [B, N]
         boxes, scores = selected_fusion(clusters, x, self.weights)
         keep = (~targets.ignored).to(scores.dtype)  # [C]
-        bce = torch.nn.functional.binary_cross_entropy(
-            scores.clamp(1e-6, 1 - 1e-6), targets.y_cls, weight=keep, reduction='sum')
         pos = targets.y_cls * keep  # [C]
+        neg = keep - pos  # [C]
+        bce = torch.nn.functional.binary_cross_entropy(
+            scores.clamp(1e-6, 1 - 1e-6), targets.y_cls, reduction='none')  # [C]
+        mode = self.train_cfg['loss_cls']
+        if mode == 'rank':  # AP's ranking of matched above unmatched, per class
+            loss_cls = pairwise_rank_loss(scores, targets.y_cls, clusters.labels, keep > 0,
+                                          tau=self.train_cfg['rank_tau'])
+        elif mode == 'balanced_bce':  # positives and negatives weigh the same
+            loss_cls = 0.5 * ((bce * pos).sum() / pos.sum().clamp_min(1.0)
+                              + (bce * neg).sum() / neg.sum().clamp_min(1.0))
+        else:
+            loss_cls = (bce * keep).sum() / keep.sum().clamp_min(1.0)
         l1 = ((boxes - targets.y_box).abs().sum(1) * pos).sum()
-        return {'loss_cls': bce / keep.sum().clamp_min(1.0),
+        return {'loss_cls': loss_cls,
                 'loss_box': self.train_cfg['loss_box'] * l1 / pos.sum().clamp_min(1.0),
                 'members_selected': x.detach().sum(1).mean(),
                 'member_seconds': (x.detach() @ self.member_seconds).mean()}
