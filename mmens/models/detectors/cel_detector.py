@@ -137,18 +137,25 @@ class CELDetector(BaseDetector):
                                num_images=batch_inputs['image_sizes'].shape[0],
                                weights=self.weights, **self.fusion_cfg)
 
-    def member_scores(self, batch_inputs: dict,
-                      clusters: Optional[Clusters] = None) -> Tensor:
-        """ĉ ``[B, N]`` of the selection net (``clusters`` are needed for meta-features)."""
-        meta = None
+    def selection_inputs(self, batch_inputs: dict, clusters: Optional[Clusters] = None
+                         ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """What the selection net reads: meta-features ``[B, 4N + 2]`` (from ``clusters``)
+        and/or the preprocessed images ``[B, 3, H, W]``; None for what it does not use."""
+        meta = img = None
         if self.selection_net.use_meta:
             meta = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
                                       clusters.image_index,
                                       batch_inputs['image_sizes'].shape[0])
-        img = batch_inputs.get('img') if self.selection_net.backbone is not None else None
-        if isinstance(img, (list, tuple)):
-            img = torch.stack([i.float() for i in img])
-        return self.selection_net(meta, img)
+        if self.selection_net.backbone is not None:
+            img = batch_inputs.get('img')
+            if isinstance(img, (list, tuple)):
+                img = torch.stack([i.float() for i in img])
+        return meta, img
+
+    def member_scores(self, batch_inputs: dict,
+                      clusters: Optional[Clusters] = None) -> Tensor:
+        """ĉ ``[B, N]`` of the selection net (``clusters`` are needed for meta-features)."""
+        return self.selection_net(*self.selection_inputs(batch_inputs, clusters))
 
     def select(self, batch_inputs: dict) -> Tuple[Tensor, dict]:
         """Hard selection ``[B, N]`` (0/1) of each image's members (inference), and the batch
@@ -183,15 +190,7 @@ class CELDetector(BaseDetector):
         targets = assign_targets(clusters.fused_boxes, clusters.fused_scores, clusters.labels,
                                  clusters.image_index, gt_boxes, gt_labels, gt_images,
                                  iou_thr=self.train_cfg['iou_thr'], gt_ignore=gt_ignore)
-        meta = None
-        if self.selection_net.use_meta:
-            meta = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
-                                      clusters.image_index,
-                                      batch_inputs['image_sizes'].shape[0])
-        img = batch_inputs.get('img') if self.selection_net.backbone is not None else None
-        if isinstance(img, (list, tuple)):
-            img = torch.stack([i.float() for i in img])
-        return clusters, targets, meta, img
+        return (clusters, targets) + self.selection_inputs(batch_inputs, clusters)
 
     def loss_by_feat(self, clusters: Clusters, targets, meta: Optional[Tensor],
                      img: Optional[Tensor]) -> Dict[str, Tensor]:
