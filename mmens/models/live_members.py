@@ -240,6 +240,27 @@ class LiveMembers:
                     images=image_index[order])
 
 
+class FrozenMembers(nn.ModuleList):
+    """The live member models registered as submodules, for ``save_members=True``: they are
+    then saved in (and loaded from) the ensemble's checkpoints, and still never train
+    (``train()`` keeps them in eval mode; their parameters need no gradient)."""
+
+    def train(self, mode: bool = True) -> 'FrozenMembers':
+        return super().train(False)
+
+
+def register_members(detector: nn.Module, live: Optional[LiveMembers],
+                     save_members: bool) -> None:
+    """With ``save_members``, register the live members' models on ``detector`` (as
+    ``member_models``) so that checkpoints hold them; otherwise they stay outside it, like
+    the teacher of mmdet's ``kd_one_stage.py``."""
+    if save_members:
+        if live is None:
+            raise ValueError('save_members=True needs live members (dict(config=..., '
+                             'checkpoint=...))')
+        detector.member_models = FrozenMembers([m for m, _ in live.models.values()])
+
+
 def parse_members(members: Sequence) -> Tuple[tuple, Optional[LiveMembers]]:
     """Member names, and the live members when ``members`` are detector configs.
 

@@ -133,6 +133,20 @@ def test_live_members_are_frozen_and_not_saved(setup):
         assert not any(p.requires_grad for p in m.parameters())
 
 
+def test_save_members_puts_the_frozen_members_in_the_checkpoint(setup):
+    from mmdet.registry import MODELS
+    _, _, ckpts = setup
+    model = MODELS.build(dict(type='FusionDetector', members=live_specs(ckpts),
+                              save_members=True))
+    keys = model.state_dict().keys()
+    assert any(k.startswith('member_models.0.backbone') for k in keys)
+    assert any(k.startswith('member_models.1.bbox_head') for k in keys)
+    model.train()
+    assert not any(m.training for m in model.member_models.modules())
+    with pytest.raises(ValueError, match='save_members=True needs live members'):
+        MODELS.build(dict(type='FusionDetector', members=['a', 'b'], save_members=True))
+
+
 def test_live_learned_ensemble_trains_on_raw_images(setup):
     from mmdet.registry import MODELS
     from mmens.apis.dump import load_image

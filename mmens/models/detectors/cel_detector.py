@@ -13,7 +13,7 @@ from mmens.ops.knapsack import PerturbedSelector
 from mmens.ops.ranking import pairwise_rank_loss
 from mmens.ops.selection_features import selection_features
 from mmens.ops.targets import assign_targets
-from ..live_members import parse_members, with_member_predictions
+from ..live_members import parse_members, register_members, with_member_predictions
 from ..utils import normalized_member_boxes, split_results
 from .ensemble_detector import pack_gt
 
@@ -60,6 +60,8 @@ class CELDetector(BaseDetector):
 
     Args:
         members (Sequence[str | dict]): member names (cached predictions) or live members.
+        save_members (bool): live members only: keep their weights in the ensemble's
+            checkpoints (default: not saved, as mmdet's ``kd_one_stage`` teacher).
         selection_net (dict): e.g. ``MemberSelectionNet``; ``num_members`` is filled in.
         selector (dict): ``PerturbedSelector`` arguments: ``k`` (unit costs), or
             ``budget`` (seconds per image) with ``member_seconds`` as costs;
@@ -75,11 +77,12 @@ class CELDetector(BaseDetector):
                  selector: dict, member_seconds: Optional[Sequence[float]] = None,
                  fusion_cfg: Optional[dict] = None, train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 save_members: bool = False, init_cfg: Optional[dict] = None) -> None:
         super().__init__(
             data_preprocessor=data_preprocessor or dict(type='EnsembleDataPreprocessor'),
             init_cfg=init_cfg)
         self.members, self.live_members = parse_members(members)
+        register_members(self, self.live_members, save_members)
         n = self.num_members = len(self.members)
         self.selection_net = MODELS.build(dict(selection_net, num_members=n))
         selector = dict(selector)

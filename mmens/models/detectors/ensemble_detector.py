@@ -9,7 +9,7 @@ from torch import Tensor
 
 from mmens.ops.clustering import match_boxes
 from mmens.ops.targets import assign_targets
-from ..live_members import parse_members, with_member_predictions
+from ..live_members import parse_members, register_members, with_member_predictions
 from ..utils import normalized_member_boxes, split_results
 
 
@@ -50,6 +50,8 @@ class EnsembleDetector(BaseDetector):
         members (Sequence[str | dict]): member names in the dataset's order (N = their
             number), or live members ``dict(config=..., checkpoint=...)`` run on the raw
             images (see :class:`mmens.models.LiveMembers`).
+        save_members (bool): live members only: keep their weights in the ensemble's
+            checkpoints (default: not saved, as mmdet's ``kd_one_stage`` teacher).
         head (dict): head config (e.g. ``LearnedFusionHead``); ``num_members`` is filled in.
         matching (dict): ``match_boxes`` options (``iou_thr``, ``skip_box_thr``,
             ``conf_type``, ``member_reduce``, ``class_agnostic``).
@@ -64,11 +66,13 @@ class EnsembleDetector(BaseDetector):
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
+                 save_members: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(
             data_preprocessor=data_preprocessor or dict(type='EnsembleDataPreprocessor'),
             init_cfg=init_cfg)
         self.members, self.live_members = parse_members(members)
+        register_members(self, self.live_members, save_members)
         self.num_members = len(self.members)
         self.head = MODELS.build(dict(head, num_members=self.num_members))
         self.matching = dict(dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),

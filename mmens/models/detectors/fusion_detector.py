@@ -8,7 +8,7 @@ from mmdet.structures import SampleList
 from torch import Tensor
 
 from mmens.ops import FUSION_METHODS
-from ..live_members import parse_members, with_member_predictions
+from ..live_members import parse_members, register_members, with_member_predictions
 from ..utils import normalized_member_boxes, split_results
 
 
@@ -24,6 +24,8 @@ class FusionDetector(BaseDetector):
         members (Sequence[str | dict]): member names, in the dataset's order (N = their
             number), or live members ``dict(config=..., checkpoint=...)`` run on the raw
             images (see :class:`mmens.models.LiveMembers`).
+        save_members (bool): live members only: keep their weights in the ensemble's
+            checkpoints (default: not saved, as mmdet's ``kd_one_stage`` teacher).
         method (str): ``'wbf'``, ``'nms'``, ``'soft_nms'`` or ``'nmw'``.
         fusion_cfg (dict): keyword arguments of the method, as in ensemble-boxes
             (``iou_thr``, ``skip_box_thr``, ``conf_type``, ``weights`` ([N]), ``sigma``, ...).
@@ -37,6 +39,7 @@ class FusionDetector(BaseDetector):
                  fusion_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
+                 save_members: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(
             data_preprocessor=data_preprocessor or dict(type='EnsembleDataPreprocessor'),
@@ -45,6 +48,7 @@ class FusionDetector(BaseDetector):
             raise ValueError(f'FusionDetector: unknown method {method!r}; choose one of '
                              f'{sorted(FUSION_METHODS)}')
         names, self.live_members = parse_members(members)
+        register_members(self, self.live_members, save_members)
         num_members = len(names)
         fusion_cfg = dict(fusion_cfg or {})
         weights = fusion_cfg.pop('weights', None)
