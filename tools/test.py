@@ -12,7 +12,8 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 import mmens  # noqa: E402,F401  (registers the mmens modules)
-from mmens.utils import init_cpu_distributed, run_cli  # noqa: E402
+from mmens.utils import (init_cpu_distributed, run_cli,  # noqa: E402
+                         shutdown_distributed)
 from mmens.utils.runner_args import (add_runner_args, load_runner_cfg,  # noqa: E402
                                      parse_runner_args)
 
@@ -54,6 +55,7 @@ def main() -> None:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     runner.test()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

@@ -9,7 +9,8 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 import mmens  # noqa: E402,F401  (registers the mmens modules)
-from mmens.utils import init_cpu_distributed, run_cli  # noqa: E402
+from mmens.utils import (init_cpu_distributed, run_cli,  # noqa: E402
+                         shutdown_distributed)
 from mmens.utils.runner_args import (add_runner_args, load_runner_cfg,  # noqa: E402
                                      parse_runner_args)
 
@@ -48,6 +49,7 @@ def main() -> None:
     cfg = build_train_cfg(args)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

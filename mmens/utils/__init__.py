@@ -1,5 +1,6 @@
 from .cli import run_cli
 from .setup_env import (init_cpu_distributed, safe_checkpoint_globals,
-                        setup_safe_checkpoint_loading)
+                        setup_safe_checkpoint_loading, shutdown_distributed)
 
-__all__ = ['run_cli', 'init_cpu_distributed', 'safe_checkpoint_globals', 'setup_safe_checkpoint_loading']
+__all__ = ['run_cli', 'init_cpu_distributed', 'safe_checkpoint_globals',
+           'setup_safe_checkpoint_loading', 'shutdown_distributed']

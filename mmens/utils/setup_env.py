@@ -60,3 +60,14 @@ def init_cpu_distributed(launcher: str) -> None:
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
                                 world_size=int(os.environ['WORLD_SIZE']))
+
+
+def shutdown_distributed() -> None:
+    """Wait for every process, then destroy the process group (if one was started).
+
+    Without it, a gloo group torn down at interpreter exit can abort a process ("terminate
+    called without an active exception") after its work is done, failing the launcher.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
