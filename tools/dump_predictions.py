@@ -22,7 +22,7 @@ import sys
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 import mmens  # noqa: E402,F401
-from mmens.apis.dump import dump_members  # noqa: E402
+from mmens.apis.dump import dump_members, flip_member  # noqa: E402
 from mmens.apis.member_files import load_coco  # noqa: E402
 from mmens.datasets.coco_results import validate_coco_results  # noqa: E402
 from mmens.models.live_members import LiveMembers  # noqa: E402
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
         specs.append(dict(base, name=name))
         outs.append(out)
         if args.tta_flip:
-            specs.append(dict(base, name=name + '-hflip', flip=True))
+            specs.append(flip_member(specs[-1]))
             outs.append(osp.splitext(out)[0] + '-hflip.json')
     live = LiveMembers(specs)
     results = dump_members(live, coco, args.img_dir, batch_size=args.batch_size,

@@ -18,8 +18,8 @@ import sys
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 import mmens  # noqa: E402,F401
 from mmens.apis import (build_fixed_ensemble, fuse_batch, load_coco,  # noqa: E402
-                        load_ensemble_checkpoint, load_member_batch, member_results,
-                        order_members)
+                        load_ensemble_checkpoint, load_member_batch, member_remap,
+                        member_results)
 from mmens.evaluation.coco_eval import coco_metrics  # noqa: E402
 from mmens.utils import run_cli  # noqa: E402
 
@@ -101,9 +101,7 @@ def main(argv=None) -> None:
     if selections:  # e2e-CEL: the member compute actually used
         import torch
         sel = torch.cat(selections)  # [I, N] batch member order
-        perm = torch.tensor(order_members(model.members, batch.names))
-        remap = torch.empty_like(perm)
-        remap[perm] = torch.arange(len(perm))  # batch member -> model member
+        remap = member_remap(model.members, batch.names)  # batch member -> model member
         cost = model.member_seconds.cpu()[remap]  # [N] batch order
         metrics['fusion'].update(
             member_seconds_per_image=float((sel @ cost).mean()),

@@ -19,17 +19,15 @@ from mmens.datasets.ensemble_dataset import fold_image_ids
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
 from mmens.ops.knapsack import knapsack, topk_mask
 from .cross_val import fold_config, subset_batch, train_from_cfg
-from .inference import build_fixed_ensemble, fuse_batch, order_members
+from mmens.models.utils import select_members
+from .inference import build_fixed_ensemble, fuse_batch, member_remap
 from .member_files import MemberBatch
 
 
 def fuse_selected(batch: MemberBatch, selection: torch.Tensor, **fusion_cfg) -> List[dict]:
     """WBF per image of the members ``selection [I, N]`` (0/1, batch member order) picks."""
-    p = batch.packed
-    keep = selection[p['images'], p['members']] > 0.5  # [M]
-    packed = {k: (v if k == 'image_sizes' else v[keep]) for k, v in p.items()}
     sub = copy.copy(batch)
-    sub.packed = packed
+    sub.packed = select_members(batch.packed, selection)
     model = build_fixed_ensemble(batch.names, 'wbf', **fusion_cfg)
     return fuse_batch(model, sub)[0]
 
@@ -105,18 +103,17 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
             raise ValueError(f'budget {name}: no subset of members fits')
         # best fixed subset, chosen per training fold, applied to its held-out fold
         chosen = np.zeros((len(img_ids), n))
-        for train, test in folds:
-            best = max(ok, key=lambda s: evals[s].ap(train))
-            chosen[np.ix_(test, list(best))] = 1.0
+        best = [max(ok, key=lambda s: evals[s].ap(train)) for train, _ in folds]
+        for b, (_, test) in zip(best, folds):
+            chosen[np.ix_(test, list(b))] = 1.0
         fixed = fuse_selected(batch, torch.as_tensor(chosen, dtype=torch.float32),
                               **fusion_cfg)
         rand = random_selection(len(img_ids), setting, sec, seed)
         random_res = fuse_selected(batch, rand, **fusion_cfg)
         say(f'{name}: training e2e-CEL, {num_folds} folds')
-        cel_res, cel_sel, fit_s = cel_out_of_fold(batch, config, setting, sec, folds, ok, evals,
-                                           osp.join(work_root, name.replace(' ', '')),
-                                           num_folds, seed, fusion_cfg, cfg_options,
-                                           warm_start_gap)
+        cel_res, cel_sel, fit_s = cel_out_of_fold(
+            batch, config, setting, folds, best, osp.join(work_root, name.replace(' ', '')),
+            num_folds, seed, fusion_cfg, cfg_options, warm_start_gap)
         ev = {}
         for method, res, sel in [('e2e-CEL', cel_res, cel_sel),
                                  ('best fixed subset', fixed, chosen),
@@ -138,21 +135,21 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
                 cel_results=cel_results)
 
 
-def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, sec: np.ndarray,
-                    folds: list, feasible_subsets: list, evals: dict, work_root: str,
-                    num_folds: int, seed: int, fusion_cfg: dict,
+def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
+                    best_subsets: list, work_root: str, num_folds: int, seed: int,
+                    fusion_cfg: dict,
                     cfg_options: Optional[dict] = None, warm_start_gap: float = 1.0
                     ) -> Tuple[List[dict], np.ndarray, float]:
-    """Train e2e-CEL per fold (Runner) and select + fuse the held-out images; returns the
-    results, the selection ``[I, N]`` and the total fit seconds."""
+    """Train e2e-CEL per fold (Runner), starting from that fold's best fixed subset
+    (``best_subsets[k]``), and select + fuse the held-out images; returns the results, the
+    selection ``[I, N]`` and the total fit seconds."""
     n = len(batch.names)
     if list(batch.img_ids) != sorted(batch.img_ids):
         raise ValueError('cel_out_of_fold: the batch images must be sorted by id')
     results, selection, fit_s = [], np.zeros((len(batch.img_ids), n)), 0.0
     selector = (dict(k=setting['k']) if 'k' in setting else
                 dict(budget=setting['budget']))
-    for k, (train, test) in enumerate(folds):
-        best = max(feasible_subsets, key=lambda s: evals[s].ap(train))
+    for k, ((_, test), best) in enumerate(zip(folds, best_subsets)):
         init = [1.0 + warm_start_gap * (i in best) for i in range(n)]
         cfg = fold_config(config, osp.join(work_root, f'fold{k}'),
                           dict(num_folds=num_folds, index=k, seed=seed),
@@ -164,12 +161,10 @@ def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, sec: np.ndar
         cfg.train_dataloader.dataset.img_ids = list(batch.img_ids)  # folds of these images
         model, seconds = train_from_cfg(cfg)
         fit_s += seconds
-        perm = order_members(model.members, batch.names)
+        remap = member_remap(model.members, batch.names)
         test_batch = subset_batch(batch, [batch.img_ids[i] for i in test])
         with torch.no_grad():
             packed = dict(test_batch.packed)
-            remap = torch.empty(len(perm), dtype=torch.long)
-            remap[torch.tensor(perm)] = torch.arange(len(perm))
             packed['members'] = remap[packed['members']]
             x, _ = model.select(packed)  # [I_test, N], model member order
         x = x[:, remap].cpu().numpy()  # batch member order; rows: sorted test images

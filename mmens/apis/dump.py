@@ -4,10 +4,12 @@ from typing import Dict, List, Optional, Sequence
 
 import mmcv
 import numpy as np
+import torch
 from mmengine.utils import ProgressBar
 from pycocotools.coco import COCO
 
 from mmens.models.live_members import LiveMembers
+from .member_files import results_to_coco
 
 
 def label_to_category(live: LiveMembers, index: int, coco: COCO) -> np.ndarray:
@@ -69,19 +71,15 @@ def dump_members(live: LiveMembers, coco: COCO, img_dir: str, batch_size: int = 
         infos = coco.loadImgs(ids)
         images = [load_image(osp.join(img_dir, info['file_name'])) for info in infos]
         for m, name in enumerate(live.names):
-            for img_id, out in zip(ids, live.predict_member(m, images)):
-                xyxy = out['bboxes'].cpu().numpy().astype(np.float64)  # [K, 4]
-                xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
-                labels = out['labels'].cpu().numpy()
-                if len(labels) and labels.max() >= len(cat_maps[m]):
+            for b, (img_id, out) in enumerate(zip(ids, live.predict_member(m, images))):
+                labels = out['labels']
+                if len(labels) and int(labels.max()) >= len(cat_maps[m]):
                     raise ValueError(f'member {name}, image {img_id}: label '
                                      f'{int(labels.max())} has no category '
                                      f'({len(cat_maps[m])} categories)')
-                cats = cat_maps[m][labels]
-                scores = out['scores'].cpu().numpy().astype(np.float64)
-                results[name].extend(
-                    dict(image_id=int(img_id), category_id=int(c), bbox=b.tolist(),
-                         score=float(s)) for c, b, s in zip(cats, xywh, scores))
+                results[name] += results_to_coco(
+                    out['bboxes'], out['scores'], labels,
+                    torch.full_like(labels, b), ids, cat_maps[m], rounded=False)
             for _ in ids:
                 bar.update()
     for name, entries in results.items():

@@ -6,7 +6,7 @@ import torch
 from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from torch import nn
+from torch import Tensor, nn
 
 from mmens.models.utils import split_results
 from .member_files import MemberBatch, results_to_coco, select_images
@@ -60,6 +60,16 @@ def order_members(model_members: Sequence[str], names: Sequence[str]) -> List[in
     return [list(names).index(m) for m in model_members]
 
 
+def member_remap(model_members: Sequence[str], names: Sequence[str]) -> Tensor:
+    """``Tensor[N]``: the model's member index of each of ``names`` (clear error otherwise,
+    see :func:`order_members`). ``remap[packed['members']]`` re-indexes a packed batch;
+    ``x[:, remap]`` turns a model-order ``[B, N]`` into ``names`` order."""
+    perm = torch.tensor(order_members(model_members, names), dtype=torch.long)
+    remap = torch.empty_like(perm)
+    remap[perm] = torch.arange(len(perm))
+    return remap
+
+
 @torch.no_grad()
 def fuse_batch(model: nn.Module, batch: MemberBatch, chunk: int = 256, device: str = 'cpu',
                max_per_img: int = 100,
@@ -71,9 +81,7 @@ def fuse_batch(model: nn.Module, batch: MemberBatch, chunk: int = 256, device: s
     that select members per image (e2e-CEL), ``selections`` receives each chunk's
     selection ``[B, N]`` in the batch's member order.
     """
-    perm = order_members(model.members, batch.names)
-    remap = torch.empty(len(perm), dtype=torch.long)
-    remap[torch.tensor(perm)] = torch.arange(len(perm))
+    remap = member_remap(model.members, batch.names)
     packed = dict(batch.packed)
     packed['members'] = remap[packed['members']]
     n_img = len(batch.img_ids)

@@ -93,13 +93,20 @@ def select_images(packed: Dict[str, Tensor], start: int, stop: int) -> Dict[str,
 
 
 def results_to_coco(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
-                    img_ids: Sequence[int], cat_ids: Sequence[int]) -> List[dict]:
-    """Pixel ``x1, y1, x2, y2`` detections → COCO-results entries (``bbox`` as xywh)."""
+                    img_ids: Sequence[int], cat_ids: Sequence[int],
+                    rounded: bool = True) -> List[dict]:
+    """Pixel ``x1, y1, x2, y2`` detections → COCO-results entries (``bbox`` as xywh).
+
+    ``rounded``: boxes to 1e-3 pixel and scores to 1e-6 (compact files); False keeps the
+    float32 values exactly (member dumps, compared with live members).
+    """
     b = boxes.detach().cpu().double().numpy()
-    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).round(3)
+    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
     ids = np.asarray(img_ids)[images.cpu().numpy()]
     cats = np.asarray(cat_ids)[labels.cpu().numpy()]
-    sc = scores.detach().cpu().double().numpy().round(6)
+    sc = scores.detach().cpu().double().numpy()
+    if rounded:
+        xywh, sc = xywh.round(3), sc.round(6)
     return [dict(image_id=int(i), category_id=int(c), bbox=bb.tolist(), score=float(s))
             for i, c, bb, s in zip(ids, cats, xywh, sc)]
 

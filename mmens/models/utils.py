@@ -20,6 +20,21 @@ def normalized_member_boxes(inputs: dict) -> Tensor:
     return inputs['bboxes'] / wh.repeat(1, 2)  # [M, 4]
 
 
+def select_members(packed: dict, selection: Tensor) -> dict:
+    """The boxes of a packed batch whose member is selected for their image.
+
+    Args:
+        packed (dict): ``bboxes [M, 4]``, ``scores``, ``labels``, ``members``, ``images``
+            ``[M]`` and ``image_sizes [B, 2]``.
+        selection (Tensor): ``[B, N]`` 0/1 (member n used on image b when > 0.5).
+
+    Returns:
+        dict: the same keys, boxes of unselected members left out (``image_sizes`` kept).
+    """
+    keep = selection[packed['images'], packed['members']] > 0.5  # [M]
+    return {k: (v if k == 'image_sizes' else v[keep]) for k, v in packed.items()}
+
+
 def split_results(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
                   image_sizes: Tensor, max_per_img: int = 100,
                   score_thr: float = 0.0) -> List[InstanceData]:

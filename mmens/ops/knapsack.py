@@ -238,6 +238,13 @@ class PerturbedSelector(nn.Module):
             return knapsack_exhaustive(scores, self.subsets)
         return knapsack(scores, self.costs, self.budget, self.num_bins, validate=False)
 
+    def exact(self, scores: Tensor) -> Tensor:
+        """The hard selection of raw scores ĉ (``l2_normalize`` applied, then
+        :meth:`solve`): what :meth:`forward` returns at inference, without autograd."""
+        if self.l2_normalize:
+            scores = F.normalize(scores, p=2.0, dim=-1)  # [..., N]
+        return self.solve(scores)
+
     def _generator(self, device: torch.device) -> Optional[torch.Generator]:
         if self.seed is None:
             return None

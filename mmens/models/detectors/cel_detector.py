@@ -14,7 +14,7 @@ from mmens.ops.ranking import pairwise_rank_loss
 from mmens.ops.selection_features import selection_features
 from mmens.ops.targets import assign_targets
 from ..live_members import parse_members, register_members, with_member_predictions
-from ..utils import normalized_member_boxes, split_results
+from ..utils import normalized_member_boxes, select_members, split_results
 from .ensemble_detector import pack_gt
 
 
@@ -165,17 +165,12 @@ class CELDetector(BaseDetector):
         with the member predictions (live members: only the selected ones are run when the
         selection net reads images only)."""
         if self.selection_net.image_only:
-            x = self.selector.solve(self._normalize(self.member_scores(batch_inputs)))
+            x = self.selector.exact(self.member_scores(batch_inputs))
             return x, with_member_predictions(self.live_members, batch_inputs, selection=x)
         batch_inputs = with_member_predictions(self.live_members, batch_inputs)
         clusters = self.extract_feat(batch_inputs)
-        x = self.selector.solve(self._normalize(self.member_scores(batch_inputs, clusters)))
+        x = self.selector.exact(self.member_scores(batch_inputs, clusters))
         return x, batch_inputs
-
-    def _normalize(self, scores: Tensor) -> Tensor:
-        if self.selector.l2_normalize:
-            return torch.nn.functional.normalize(scores, p=2.0, dim=-1)
-        return scores
 
     # -- BaseDetector API --------------------------------------------------------------
     def loss(self, batch_inputs: dict, batch_data_samples: SampleList) -> Dict[str, Tensor]:
@@ -202,18 +197,19 @@ class CELDetector(BaseDetector):
         boxes, scores = selected_fusion(clusters, x, self.weights)
         keep = (~targets.ignored).to(scores.dtype)  # [C]
         pos = targets.y_cls * keep  # [C]
-        neg = keep - pos  # [C]
-        bce = torch.nn.functional.binary_cross_entropy(
-            scores.clamp(1e-6, 1 - 1e-6), targets.y_cls, reduction='none')  # [C]
         mode = self.train_cfg['loss_cls']
         if mode == 'rank':  # AP's ranking of matched above unmatched, per class
             loss_cls = pairwise_rank_loss(scores, targets.y_cls, clusters.labels, keep > 0,
                                           tau=self.train_cfg['rank_tau'])
-        elif mode == 'balanced_bce':  # positives and negatives weigh the same
-            loss_cls = 0.5 * ((bce * pos).sum() / pos.sum().clamp_min(1.0)
-                              + (bce * neg).sum() / neg.sum().clamp_min(1.0))
         else:
-            loss_cls = (bce * keep).sum() / keep.sum().clamp_min(1.0)
+            bce = torch.nn.functional.binary_cross_entropy(
+                scores.clamp(1e-6, 1 - 1e-6), targets.y_cls, reduction='none')  # [C]
+            if mode == 'balanced_bce':  # positives and negatives weigh the same
+                neg = keep - pos  # [C]
+                loss_cls = 0.5 * ((bce * pos).sum() / pos.sum().clamp_min(1.0)
+                                  + (bce * neg).sum() / neg.sum().clamp_min(1.0))
+            else:
+                loss_cls = (bce * keep).sum() / keep.sum().clamp_min(1.0)
         l1 = ((boxes - targets.y_box).abs().sum(1) * pos).sum()
         return {'loss_cls': loss_cls,
                 'loss_box': self.train_cfg['loss_box'] * l1 / pos.sum().clamp_min(1.0),
@@ -225,10 +221,8 @@ class CELDetector(BaseDetector):
         (normalised), ``scores [K]``, ``labels [K]``, ``images [K]``."""
         x, batch_inputs = self.select(batch_inputs)  # [B, N]
         self.last_selection = x.detach()
-        keep = x[batch_inputs['images'], batch_inputs['members']] > 0.5  # [M]
-        sub = {k: batch_inputs[k][keep] for k in ('bboxes', 'scores', 'labels', 'members',
-                                                   'images')}
-        sub['image_sizes'] = batch_inputs['image_sizes']
+        sub = select_members({k: batch_inputs[k] for k in (
+            'bboxes', 'scores', 'labels', 'members', 'images', 'image_sizes')}, x)
         return FUSION_METHODS['wbf'](
             normalized_member_boxes(sub), sub['scores'], sub['labels'], sub['members'],
             sub['images'], num_members=self.num_members,
