@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     coco = load_coco(args.ann)
+    if args.method != 'cel' and (args.k is not None or args.budget_seconds is not None):
+        raise ValueError(f'--k / --budget-seconds are for --method cel, not {args.method}')
     if args.method in FIXED:
         if args.checkpoint:
             raise ValueError(f'--checkpoint is for learned/cel methods, not {args.method}')
@@ -78,8 +80,6 @@ def main(argv=None) -> None:
             raise ValueError(f'--method {args.method} does not match the checkpoint '
                              f'({type(model).__name__})')
         if args.k is not None or args.budget_seconds is not None:
-            if not is_cel:
-                raise ValueError('--k / --budget-seconds are for --method cel')
             model.set_budget(k=args.k, budget=args.budget_seconds)
         classes = (model.dataset_meta or {}).get('classes')
         by_name = {c['name']: c['id'] for c in coco.loadCats(coco.getCatIds())}

@@ -60,3 +60,13 @@ def test_cel_budget_report_smoke(tmp_path):
     for png in ['ap_vs_budget.png', 'selection_frequency.png']:
         assert osp.getsize(osp.join(work, png)) > 10000
     assert '| k=2 | e2e-CEL |' in out
+
+
+def test_fuse_results_budget_options_need_cel():
+    import subprocess
+    preds = sorted(glob.glob(osp.join(DATA, 'predictions', 'val', '*.json')))
+    proc = subprocess.run([sys.executable, 'tools/fuse_results.py', '--ann',
+                           osp.join(DATA, 'annotations', 'val.json'), '--preds', *preds,
+                           '--method', 'wbf', '--k', '2'], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and '--k / --budget-seconds are for --method cel' in proc.stderr
