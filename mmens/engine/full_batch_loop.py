@@ -59,9 +59,12 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
         params = [p for g in optimizer.param_groups for p in g['params']]
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
+        logged = {}
+
         def closure():
             optimizer.zero_grad()
-            loss, _ = model.parse_losses(loss_by_feat(*cached))
+            loss, log_vars = model.parse_losses(loss_by_feat(*cached))
+            logged['vars'] = log_vars
             loss.backward()
             if world > 1:
                 for p in params:
@@ -77,10 +80,9 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
             else:
                 closure()
                 optimizer.step()
-            with torch.no_grad():  # log the loss after the step
-                _, log_vars = model.parse_losses(loss_by_feat(*cached))
+            # the loss of the step's (last) evaluation, as mmengine's loops log it
             runner.call_hook('after_train_iter', batch_idx=idx, data_batch=None,
-                             outputs=log_vars)
+                             outputs=logged['vars'])
             self._iter += 1
         runner.call_hook('after_train_epoch')
         self._epoch += 1
