@@ -58,6 +58,7 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
                   settings: Sequence[dict], config: str, work_root: str,
                   num_folds: int = 5, seed: int = 0, fusion_cfg: Optional[dict] = None,
                   cfg_options: Optional[dict] = None, warm_start_gap: float = 1.0,
+                  gate_folds: int = 0,
                   progress: Optional[Callable[[str], None]] = None) -> Dict:
     """Out-of-fold AP and mean member compute per image, per budget setting and method.
 
@@ -70,12 +71,17 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         cfg_options (dict, optional): overrides of that config.
         warm_start_gap (float): e2e-CEL starts from ``ĉ = 1 + gap`` for the members of the
             best fixed subset of its training folds and ``ĉ = 1`` for the others.
+        gate_folds (int): when ``>= 2``, also report ``e2e-CEL, gated``: on each outer fold,
+            e2e-CEL is kept only if it beats the best fixed subset in a ``gate_folds``-fold
+            cross-validation inside that fold's training images (:func:`inner_gate`), and
+            the fold falls back to the best fixed subset otherwise.
 
     Returns:
-        dict with ``rows`` (setting, method, AP, seconds, members per image) and
+        dict with ``rows`` (setting, method, AP, seconds, members per image, ``differs``:
+        the fraction of images whose selection is not the best fixed subset of their fold) and
         ``frequency`` (setting → how often each member was selected by e2e-CEL) and
         ``cel_results`` (setting → e2e-CEL's out-of-fold COCO results, fit seconds per
-        fold, mean member seconds per image).
+        fold, mean member seconds per image, and with a gate the same under ``gated``).
     """
     fusion_cfg = dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg', **(fusion_cfg or {}))
     say = progress or (lambda s: None)
@@ -114,25 +120,91 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         cel_res, cel_sel, fit_s = cel_out_of_fold(
             batch, config, setting, folds, best, osp.join(work_root, name.replace(' ', '')),
             num_folds, seed, fusion_cfg, cfg_options, warm_start_gap)
+        methods = [('e2e-CEL', cel_res, cel_sel, None)]
+        if gate_folds >= 2:
+            keep = []
+            for k, (train, _) in enumerate(folds):
+                say(f'{name}: fold {k}: inner {gate_folds}-fold gate')
+                keep.append(inner_gate(
+                    batch, coco, evals, ok, train, config, setting,
+                    osp.join(work_root, name.replace(' ', ''), f'gate{k}'), gate_folds, seed,
+                    fusion_cfg, cfg_options, warm_start_gap))
+            g_res, g_sel = gated(cel_res, cel_sel, fixed, chosen, folds, keep, img_ids)
+            methods.append(('e2e-CEL, gated', g_res, g_sel,
+                            dict(kept=sum(g['keep'] for g in keep), gate=keep)))
+        methods += [('best fixed subset', fixed, chosen, None),
+                    ('random subset', random_res, rand.numpy(), None)]
         ev = {}
-        for method, res, sel in [('e2e-CEL', cel_res, cel_sel),
-                                 ('best fixed subset', fixed, chosen),
-                                 ('random subset', random_res, rand.numpy())]:
+        for method, res, sel, extra in methods:
             ev[method] = CocoEvaluation(coco, res, img_ids)
             sel = np.asarray(sel)
             rows.append(dict(setting=name, method=method, AP=ev[method].metrics()['AP'],
                              seconds=float((sel @ sec).mean()),
-                             members=float(sel.sum(1).mean())))
-        b = paired_bootstrap(ev['e2e-CEL'], ev['best fixed subset'], 500, seed)
-        rows[-3].update(delta_vs_fixed=b['diff'], ci_lo=b['lo'], ci_hi=b['hi'])
+                             members=float(sel.sum(1).mean()),
+                             differs=float((sel != chosen).any(1).mean()), **(extra or {})))
+        for r in rows[-len(methods):]:
+            if r['method'].startswith('e2e-CEL'):
+                b = paired_bootstrap(ev[r['method']], ev['best fixed subset'], 500, seed)
+                r.update(delta_vs_fixed=b['diff'], ci_lo=b['lo'], ci_hi=b['hi'])
         frequency[name] = cel_sel.mean(0).tolist()
         cel_results[name] = dict(results=cel_res, fit_s=fit_s / num_folds,
                                  member_s=float((cel_sel @ sec).mean()))
+        if gate_folds >= 2:
+            cel_results[name]['gated'] = dict(
+                results=g_res, member_s=float((g_sel @ sec).mean()),
+                fit_s=(fit_s + sum(g['fit_s'] for g in keep)) / num_folds)
     rows.append(dict(setting='all', method='all-member fusion',
                      AP=evals[all_members].metrics()['AP'], seconds=float(sec.sum()),
                      members=float(n)))
     return dict(rows=rows, frequency=frequency, members=list(batch.names),
                 cel_results=cel_results)
+
+
+def inner_gate(batch: MemberBatch, coco: COCO, evals: Dict[tuple, CocoEvaluation],
+               feasible_subsets: List[tuple], train: np.ndarray, config: str, setting: dict,
+               work_root: str, num_folds: int, seed: int, fusion_cfg: dict,
+               cfg_options: Optional[dict] = None, warm_start_gap: float = 1.0) -> dict:
+    """Does e2e-CEL beat the best fixed subset inside one outer training fold?
+
+    The outer fold's training images (``train``, positions in ``batch``) are split into
+    ``num_folds`` inner folds; on each, the best feasible fixed subset is chosen on the
+    inner training images and e2e-CEL is trained from it (as :func:`cel_out_of_fold`), and
+    both are applied to the inner held-out images. The outer held-out fold is never read.
+
+    Returns:
+        dict: inner out-of-fold ``cel_ap`` and ``fixed_ap``, ``keep`` (``cel_ap >
+        fixed_ap``: keep e2e-CEL on this outer fold) and ``fit_s`` (the inner trainings).
+    """
+    sub = subset_batch(batch, [batch.img_ids[i] for i in train])
+    full = np.array([batch.img_ids.index(i) for i in sub.img_ids])  # sub → batch position
+    pos = {i: k for k, i in enumerate(sub.img_ids)}
+    inner = [tuple(np.array([pos[i] for i in fold_image_ids(sub.img_ids, num_folds, f,
+                                                            split, seed)])
+                   for split in ('train', 'val')) for f in range(num_folds)]
+    best = [max(feasible_subsets, key=lambda s: evals[s].ap(full[tr])) for tr, _ in inner]
+    cel_res, _, fit_s = cel_out_of_fold(sub, config, setting, inner, best, work_root, num_folds,
+                                    seed, fusion_cfg, cfg_options, warm_start_gap)
+    chosen = torch.zeros(len(sub.img_ids), len(batch.names))
+    for b, (_, test) in zip(best, inner):
+        chosen[np.ix_(test, list(b))] = 1.0
+    fixed_res = fuse_selected(sub, chosen, **fusion_cfg)
+    cel_ap = CocoEvaluation(coco, cel_res, sub.img_ids).metrics()['AP']
+    fixed_ap = CocoEvaluation(coco, fixed_res, sub.img_ids).metrics()['AP']
+    return dict(cel_ap=cel_ap, fixed_ap=fixed_ap, keep=bool(cel_ap > fixed_ap), fit_s=fit_s)
+
+
+def gated(cel_res: List[dict], cel_sel: np.ndarray, fixed_res: List[dict],
+          fixed_sel: np.ndarray, folds: list, gates: List[dict], img_ids: Sequence[int]
+          ) -> Tuple[List[dict], np.ndarray]:
+    """Per outer fold, e2e-CEL's results and selection where its gate kept it, else the
+    best fixed subset's (``folds``: (train, held-out) positions in ``img_ids``)."""
+    results, selection = [], np.array(fixed_sel, dtype=np.float64)
+    for (_, test), g in zip(folds, gates):
+        ids = {img_ids[i] for i in test}
+        results += [r for r in (cel_res if g['keep'] else fixed_res) if r['image_id'] in ids]
+        if g['keep']:
+            selection[test] = cel_sel[test]
+    return results, selection
 
 
 def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
@@ -179,12 +251,16 @@ def write_budget_outputs(report: dict, work_dir: str) -> str:
     from mmens.visualization.plots import plot_budget_curve, plot_selection_frequency
     rows = report['rows']
     lines = ['| budget | method | AP | ΔAP vs best fixed subset [95% CI] | member s / image '
-             '| members / image |', '|---|---|---|---|---|---|']
+             '| members / image | images off the best fixed subset |',
+             '|---|---|---|---|---|---|---|']
     for r in rows:
         delta = (f"{100 * r['delta_vs_fixed']:+.1f} [{100 * r['ci_lo']:+.1f}, "
                  f"{100 * r['ci_hi']:+.1f}]" if 'delta_vs_fixed' in r else '')
-        lines.append(f"| {r['setting']} | {r['method']} | {100 * r['AP']:.1f} | {delta} | "
-                     f"{r['seconds']:.3f} | {r['members']:.2f} |")
+        method = (f"{r['method']} (e2e-CEL kept on {r['kept']}/{len(r['gate'])} folds)"
+                  if 'gate' in r else r['method'])
+        lines.append(f"| {r['setting']} | {method} | {100 * r['AP']:.1f} | {delta} | "
+                     f"{r['seconds']:.3f} | {r['members']:.2f} | "
+                     f"{'' if r['setting'] == 'all' else format(r['differs'], '.0%')} |")
     table = '\n'.join(lines)
     with open(osp.join(work_dir, 'budget.md'), 'w', encoding='utf-8') as f:
         f.write(table + '\n')

@@ -5,6 +5,7 @@ import os
 import os.path as osp
 import sys
 
+import numpy as np
 from conftest import DATA, ROOT
 from test_train_test import TINY, metric, run
 
@@ -46,7 +47,7 @@ def test_cel_budget_report_smoke(tmp_path):
     work = str(tmp_path / 'budget')
     out = run([sys.executable, 'tools/cel_budget.py', '--work-dir', work, '--ks', '2',
                '--budgets', '0.2', '--folds', '2', '--max-images', '24',
-               '--cfg-options', *FAST])
+               '--gate-folds', '2', '--cfg-options', *FAST])
     rows = json.load(open(osp.join(work, 'budget.json')))['rows']
     methods = {(r['setting'], r['method']) for r in rows}
     assert ('k=2', 'e2e-CEL') in methods and ('0.2 s', 'best fixed subset') in methods
@@ -60,6 +61,33 @@ def test_cel_budget_report_smoke(tmp_path):
     for png in ['ap_vs_budget.png', 'selection_frequency.png']:
         assert osp.getsize(osp.join(work, png)) > 10000
     assert '| k=2 | e2e-CEL |' in out
+    by = {(r['setting'], r['method']): r for r in rows}
+    for setting in ('k=2', '0.2 s'):
+        g = by[(setting, 'e2e-CEL, gated')]
+        assert len(g['gate']) == 2 and g['kept'] == sum(x['keep'] for x in g['gate'])
+        for x in g['gate']:
+            assert x['keep'] == (x['cel_ap'] > x['fixed_ap'])
+        assert by[(setting, 'best fixed subset')]['differs'] == 0.0
+        assert 0.0 <= by[(setting, 'e2e-CEL')]['differs'] <= 1.0
+        if g['kept'] == 0:  # every fold fell back to the best fixed subset
+            assert g['AP'] == by[(setting, 'best fixed subset')]['AP']
+            assert g['differs'] == 0.0
+    assert f"| k=2 | e2e-CEL, gated (e2e-CEL kept on {by[('k=2', 'e2e-CEL, gated')]['kept']}/2" \
+        in out
+
+
+def test_gated_takes_each_fold_from_its_choice():
+    from mmens.apis.cel_budget import gated
+    img_ids = [10, 11, 12, 13]
+    folds = [(np.array([2, 3]), np.array([0, 1])), (np.array([0, 1]), np.array([2, 3]))]
+    cel = [dict(image_id=i, score=1.0) for i in img_ids]
+    fixed = [dict(image_id=i, score=0.5) for i in img_ids]
+    cel_sel, fixed_sel = np.eye(4)[:, :3], np.ones((4, 3))
+    res, sel = gated(cel, cel_sel, fixed, fixed_sel, folds,
+                     [dict(keep=True), dict(keep=False)], img_ids)
+    assert sorted((r['image_id'], r['score']) for r in res) == [
+        (10, 1.0), (11, 1.0), (12, 0.5), (13, 0.5)]
+    assert np.array_equal(sel, np.vstack([cel_sel[:2], fixed_sel[2:]]))
 
 
 def test_fuse_results_budget_options_need_cel():
