@@ -163,6 +163,9 @@ class PerturbedSelector(nn.Module):
         seed: if given, a per-device ``torch.Generator`` seeded with it drives the noise.
         solver: knapsack solver, ``'auto'`` (enumeration of the feasible subsets when
             N ≤ 12: exact on the real costs and fast; else the DP), ``'enum'`` or ``'dp'``.
+        control_variate: subtract the unperturbed solution in the Monte Carlo gradient
+            (unbiased, lower variance; see :mod:`mmens.ops.perturbed`). False: the plain
+            estimator.
     """
 
     def __init__(self,
@@ -176,7 +179,8 @@ class PerturbedSelector(nn.Module):
                  l2_normalize: bool = True,
                  num_bins: int = 100,
                  seed: Optional[int] = None,
-                 solver: str = 'auto') -> None:
+                 solver: str = 'auto',
+                 control_variate: bool = True) -> None:
         super().__init__()
         if (k is None) == (costs is None):
             raise ValueError('give exactly one of k (top-k) or costs + budget (knapsack)')
@@ -207,6 +211,7 @@ class PerturbedSelector(nn.Module):
         self.l2_normalize = bool(l2_normalize)
         self.num_bins = int(num_bins)
         self.seed = seed
+        self.control_variate = bool(control_variate)
         self._generators: dict = {}
         if solver not in ('auto', 'enum', 'dp'):
             raise ValueError(f"solver must be 'auto', 'enum' or 'dp', got {solver!r}")
@@ -221,7 +226,8 @@ class PerturbedSelector(nn.Module):
             f'N={self.costs.numel()}, budget={self.budget}, solver={self.solver}, ' \
             f'num_bins={self.num_bins}'
         return (f'{mode}, num_samples={self.num_samples}, sigma={self.sigma}, '
-                f'noise={self.noise!r}, hard={self.hard}, l2_normalize={self.l2_normalize}')
+                f'noise={self.noise!r}, hard={self.hard}, l2_normalize={self.l2_normalize}, '
+                f'control_variate={self.control_variate}')
 
     def _check_num_members(self, n: int) -> None:
         if self.k is not None and self.k > n:
@@ -272,4 +278,4 @@ class PerturbedSelector(nn.Module):
         self._check_num_members(scores.shape[-1])
         gen = generator if generator is not None else self._generator(scores.device)
         return perturbed_select(scores, self.solve, self.num_samples, self.sigma, self.noise,
-                                self.hard, gen)
+                                self.hard, gen, self.control_variate)

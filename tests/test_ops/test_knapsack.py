@@ -154,11 +154,12 @@ def test_gumbel_top1_gradient_is_softmax_jacobian():
     assert expected.abs().max() > 5 * tol  # the test can see a sign error
 
 
+@pytest.mark.parametrize('control_variate', [True, False])
 @pytest.mark.parametrize('solver', [
     lambda s: topk_mask(s, 2),
     lambda s: knapsack(s, torch.tensor([1., 2., 1., 3., 2.]), 4.0, num_bins=4, validate=False),
 ])
-def test_normal_gradient_matches_finite_difference(solver):
+def test_normal_gradient_matches_finite_difference(solver, control_variate):
     """Estimator VJP vs central finite differences of K_σ with common random numbers."""
     sigma, m, h, n = 0.5, 100000, 0.05, 5
     c = torch.tensor([0.3, -0.2, 0.5, 0.1, 0.4], dtype=torch.float64)  # [N]
@@ -169,10 +170,30 @@ def test_normal_gradient_matches_finite_difference(solver):
     k_minus = solver(c - shifts + sigma * z).mean(0)  # [N, N]
     fd = ((k_plus - k_minus) @ v) / (2 * h)  # [N] d(vᵀK_σ)/dc_j
     cg = c.clone().requires_grad_()
-    y = perturbed_select(cg, solver, m, sigma, 'normal', hard=True, generator=_gen(11))
+    y = perturbed_select(cg, solver, m, sigma, 'normal', hard=True, generator=_gen(11),
+                         control_variate=control_variate)
     (grad, ) = torch.autograd.grad((y * v).sum(), cg)  # [N]
     assert torch.allclose(grad, fd, atol=0.05), (grad, fd)
     assert fd.abs().max() > 0.2
+
+
+@pytest.mark.parametrize('noise', ['normal', 'gumbel'])
+@pytest.mark.parametrize('hard', [True, False])
+def test_control_variate_is_zero_where_no_perturbation_changes_the_solution(noise, hard):
+    """Scores far apart relative to σ: every perturbed solution is K(c), so K_σ is flat and
+    the control-variate estimate is exactly 0, while the plain one is noise of size
+    |gᵀK(c)| / (σ√M)."""
+    c = torch.tensor([[3.0, 2.0, 1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    v = torch.tensor([[1.0, 0.5, -0.3, 0.2]], dtype=torch.float64)
+    solver = lambda s: topk_mask(s, 2)  # noqa: E731
+    grads = {}
+    for cv in (True, False):
+        y = perturbed_select(c, solver, 200, 0.01, noise, hard=hard, generator=_gen(13),
+                             control_variate=cv)
+        assert torch.equal(y.detach(), solver(c.detach()).double())
+        grads[cv] = torch.autograd.grad((y * v).sum(), c)[0]
+    assert torch.equal(grads[True], torch.zeros_like(c))
+    assert grads[False].abs().max() > 1.0  # 1.5 * |mean ∇h| / 0.01 for 200 samples
 
 
 def test_gradients_flow_batched_and_seeded():

@@ -122,7 +122,8 @@ class CELDetector(BaseDetector):
         s = self.selector
         common = dict(num_samples=s.num_samples, sigma=s.sigma, noise=s.noise, hard=s.hard,
                       l2_normalize=s.l2_normalize, num_bins=s.num_bins, seed=s.seed,
-                      solver=s.solver if s.solver in ('enum', 'dp') else 'auto')
+                      solver=s.solver if s.solver in ('enum', 'dp') else 'auto',
+                      control_variate=s.control_variate)
         if k is not None:
             self.selector = PerturbedSelector(k=k, **common)
         else:
