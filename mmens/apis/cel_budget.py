@@ -182,8 +182,9 @@ def inner_gate(batch: MemberBatch, coco: COCO, evals: Dict[tuple, CocoEvaluation
                                                             split, seed)])
                    for split in ('train', 'val')) for f in range(num_folds)]
     best = [max(feasible_subsets, key=lambda s: evals[s].ap(full[tr])) for tr, _ in inner]
-    cel_res, _, fit_s = cel_out_of_fold(sub, config, setting, inner, best, work_root, num_folds,
-                                    seed, fusion_cfg, cfg_options, warm_start_gap)
+    cel_res, _, fit_s = cel_out_of_fold(sub, config, setting, inner, best, work_root,
+                                        num_folds, seed, fusion_cfg, cfg_options,
+                                        warm_start_gap)
     chosen = torch.zeros(len(sub.img_ids), len(batch.names))
     for b, (_, test) in zip(best, inner):
         chosen[np.ix_(test, list(b))] = 1.0
