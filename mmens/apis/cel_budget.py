@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from mmens.datasets.ensemble_dataset import fold_image_ids
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
 from mmens.ops.knapsack import knapsack, topk_mask
-from .cross_val import fold_config, subset_batch, train_from_cfg
+from .cross_val import fold_config, fold_positions, subset_batch, train_from_cfg
 from mmens.models.utils import select_members
 from .inference import build_fixed_ensemble, fuse_batch, member_remap
 from .member_files import MemberBatch
@@ -87,12 +86,7 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
     say = progress or (lambda s: None)
     sec = np.asarray(seconds, dtype=np.float64)
     n, img_ids = len(batch.names), batch.img_ids
-    pos = {i: k for k, i in enumerate(img_ids)}
-    folds = []  # (train positions, held-out positions) per fold
-    for f in range(num_folds):
-        folds.append(tuple(np.array([pos[i] for i in fold_image_ids(img_ids, num_folds, f,
-                                                                   split, seed)])
-                           for split in ('train', 'val')))
+    folds = fold_positions(img_ids, num_folds, seed)
     subsets = [s for r in range(1, n + 1) for s in itertools.combinations(range(n), r)]
     say(f'scoring all {len(subsets)} fixed subsets')
     evals = {}
@@ -108,10 +102,8 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         if not ok:
             raise ValueError(f'budget {name}: no subset of members fits')
         # best fixed subset, chosen per training fold, applied to its held-out fold
-        chosen = np.zeros((len(img_ids), n))
-        best = [max(ok, key=lambda s: evals[s].ap(train)) for train, _ in folds]
-        for b, (_, test) in zip(best, folds):
-            chosen[np.ix_(test, list(b))] = 1.0
+        best = [best_subset(ok, evals, train) for train, _ in folds]
+        chosen = fixed_selection(best, folds, len(img_ids), n)  # [I, N]
         fixed = fuse_selected(batch, torch.as_tensor(chosen, dtype=torch.float32),
                               **fusion_cfg)
         rand = random_selection(len(img_ids), setting, sec, seed)
@@ -160,6 +152,21 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
                 cel_results=cel_results)
 
 
+def best_subset(feasible_subsets: List[tuple], evals: Dict[tuple, CocoEvaluation],
+                positions: np.ndarray) -> tuple:
+    """The feasible fixed subset with the highest AP on ``positions`` (ties: the first)."""
+    return max(feasible_subsets, key=lambda s: evals[s].ap(positions))
+
+
+def fixed_selection(best: List[tuple], folds: list, num_images: int, num_members: int
+                    ) -> np.ndarray:
+    """``[I, N]`` 0/1: on each fold's held-out images, that fold's subset ``best[k]``."""
+    chosen = np.zeros((num_images, num_members))
+    for b, (_, test) in zip(best, folds):
+        chosen[np.ix_(test, list(b))] = 1.0
+    return chosen
+
+
 def inner_gate(batch: MemberBatch, coco: COCO, evals: Dict[tuple, CocoEvaluation],
                feasible_subsets: List[tuple], train: np.ndarray, config: str, setting: dict,
                work_root: str, num_folds: int, seed: int, fusion_cfg: dict,
@@ -175,20 +182,16 @@ def inner_gate(batch: MemberBatch, coco: COCO, evals: Dict[tuple, CocoEvaluation
         dict: inner out-of-fold ``cel_ap`` and ``fixed_ap``, ``keep`` (``cel_ap >
         fixed_ap``: keep e2e-CEL on this outer fold) and ``fit_s`` (the inner trainings).
     """
+    train = np.sort(train)  # sub-batch position k is batch position train[k]
     sub = subset_batch(batch, [batch.img_ids[i] for i in train])
-    full = np.array([batch.img_ids.index(i) for i in sub.img_ids])  # sub → batch position
-    pos = {i: k for k, i in enumerate(sub.img_ids)}
-    inner = [tuple(np.array([pos[i] for i in fold_image_ids(sub.img_ids, num_folds, f,
-                                                            split, seed)])
-                   for split in ('train', 'val')) for f in range(num_folds)]
-    best = [max(feasible_subsets, key=lambda s: evals[s].ap(full[tr])) for tr, _ in inner]
+    inner = fold_positions(sub.img_ids, num_folds, seed)
+    best = [best_subset(feasible_subsets, evals, train[tr]) for tr, _ in inner]
     cel_res, _, fit_s = cel_out_of_fold(sub, config, setting, inner, best, work_root,
                                         num_folds, seed, fusion_cfg, cfg_options,
                                         warm_start_gap)
-    chosen = torch.zeros(len(sub.img_ids), len(batch.names))
-    for b, (_, test) in zip(best, inner):
-        chosen[np.ix_(test, list(b))] = 1.0
-    fixed_res = fuse_selected(sub, chosen, **fusion_cfg)
+    chosen = fixed_selection(best, inner, len(sub.img_ids), len(batch.names))
+    fixed_res = fuse_selected(sub, torch.as_tensor(chosen, dtype=torch.float32),
+                              **fusion_cfg)
     cel_ap = CocoEvaluation(coco, cel_res, sub.img_ids).metrics()['AP']
     fixed_ap = CocoEvaluation(coco, fixed_res, sub.img_ids).metrics()['AP']
     return dict(cel_ap=cel_ap, fixed_ap=fixed_ap, keep=bool(cel_ap > fixed_ap), fit_s=fit_s)

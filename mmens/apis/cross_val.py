@@ -11,6 +11,7 @@ import os.path as osp
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
@@ -33,6 +34,16 @@ def subset_batch(batch: MemberBatch, img_ids: Sequence[int]) -> MemberBatch:
     packed['images'] = remap[packed['images']]
     packed['image_sizes'] = p['image_sizes'][pos]
     return MemberBatch(batch.names, keep_ids, batch.cat_ids, packed, batch.members)
+
+
+def fold_positions(img_ids: Sequence[int], num_folds: int, seed: int
+                   ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``(train, held-out)`` positions in ``img_ids`` of each fold of the seeded k-fold
+    partition (the dataset's ``fold``)."""
+    pos = {i: k for k, i in enumerate(img_ids)}
+    return [tuple(np.array([pos[i] for i in fold_image_ids(img_ids, num_folds, f, split,
+                                                           seed)], dtype=np.int64)
+                  for split in ('train', 'val')) for f in range(num_folds)]
 
 
 def fold_config(config: str, work_dir: str, fold: Optional[dict],
