@@ -29,6 +29,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import benchmark_fusion as bf  # noqa: E402
 import mmens.ops as mo  # noqa: E402
 from mmens.ops import clustering, greedy  # noqa: E402
+from mmens.utils import run_cli  # noqa: E402
 
 
 def segment_cummax_before(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
@@ -61,7 +62,8 @@ def split_groups(boxes: torch.Tensor, group: torch.Tensor, iou_thr: float) -> to
 
 
 def pair_kernel(cand: torch.Tensor, nb: torch.Tensor):
-    """IoU of ``nb [A, 5]`` (box, area) with ``cand [A, W, 5]``, then the best cluster."""
+    """IoU of ``nb [A, 5]`` (box, area) with ``cand [A, W, 5]``, then the best cluster: the
+    operations of one :func:`~mmens.ops.greedy.greedy_cluster` step, out of the loop."""
     lo = torch.maximum(cand[..., :2], nb[:, None, :2])
     hi = torch.minimum(cand[..., 2:4], nb[:, None, 2:4])
     inter = (hi - lo).clamp(min=0).prod(-1)
@@ -94,6 +96,11 @@ def main(argv=None) -> None:
                    help='also time the matching kernel under torch.compile (needs a C++ '
                    'compiler; the first call compiles)')
     args = p.parse_args(argv)
+    for name in ('images', 'members', 'boxes', 'classes', 'objects', 'threads'):
+        if getattr(args, name) < 1:
+            p.error(f'--{name} must be >= 1, got {getattr(args, name)}')
+    if not 0.0 <= args.iou_thr < 1.0:
+        p.error(f'--iou-thr must be in [0, 1), got {args.iou_thr}')
     torch.set_num_threads(args.threads)
     load = bf.make_load(args.images, args.members, args.boxes, args.classes, args.objects,
                         args.seed)
@@ -151,4 +158,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -87,6 +87,10 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
     sec = np.asarray(seconds, dtype=np.float64)
     n, img_ids = len(batch.names), batch.img_ids
     folds = fold_positions(img_ids, num_folds, seed)
+    smallest = min(len(train) for train, _ in folds)
+    if gate_folds != 0 and not 2 <= gate_folds <= smallest:
+        raise ValueError(f'gate_folds must be 0 (off) or 2..{smallest} (the images of the '
+                         f'smallest training fold), got {gate_folds}')
     subsets = [s for r in range(1, n + 1) for s in itertools.combinations(range(n), r)]
     say(f'scoring all {len(subsets)} fixed subsets')
     evals = {}

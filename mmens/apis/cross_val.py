@@ -39,7 +39,10 @@ def subset_batch(batch: MemberBatch, img_ids: Sequence[int]) -> MemberBatch:
 def fold_positions(img_ids: Sequence[int], num_folds: int, seed: int
                    ) -> List[Tuple[np.ndarray, np.ndarray]]:
     """``(train, held-out)`` positions in ``img_ids`` of each fold of the seeded k-fold
-    partition (the dataset's ``fold``)."""
+    partition (the dataset's ``fold``); every held-out fold must be non-empty."""
+    if num_folds > len(img_ids):
+        raise ValueError(f'{num_folds} folds need at least {num_folds} images, got '
+                         f'{len(img_ids)}')
     pos = {i: k for k, i in enumerate(img_ids)}
     return [tuple(np.array([pos[i] for i in fold_image_ids(img_ids, num_folds, f, split,
                                                            seed)], dtype=np.int64)
