@@ -56,3 +56,11 @@ def test_profile_tool_runs():
     out = subprocess.run([sys.executable, TOOL, '--images', '4', '--boxes', '20'],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert 'greedy loop' in out and 'exact greedy needs' in out
+
+
+def test_profile_tool_rejects_bad_arguments():
+    for args, msg in [(['--images', '0'], '--images must be >= 1'),
+                      (['--iou-thr', '-0.1'], '--iou-thr must be in [0, 1)')]:
+        proc = subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True,
+                              cwd=ROOT)
+        assert proc.returncode == 2 and msg in proc.stderr and 'Traceback' not in proc.stderr
