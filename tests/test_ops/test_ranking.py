@@ -37,3 +37,22 @@ def test_rank_loss_edge_cases():
     assert torch.isfinite(loss)
     assert pairwise_rank_loss(torch.zeros(0), torch.zeros(0), torch.zeros(0).long(),
                               torch.zeros(0, dtype=torch.bool)) == 0
+
+
+def test_class_balanced_rank_loss_weighs_each_class_the_same():
+    # class 0: 9 positives ranked right; class 1: 1 positive ranked wrong
+    labels = torch.tensor([0] * 18 + [1] * 2)
+    y = torch.tensor([1.] * 9 + [0.] * 9 + [1., 0.])
+    s = torch.tensor([0.9] * 9 + [0.1] * 9 + [0.1, 0.9])
+    keep = torch.ones(20, dtype=torch.bool)
+    per_class = torch.nn.functional.softplus(torch.tensor([-0.8, 0.8]) / 0.05)  # [2]
+    plain = pairwise_rank_loss(s, y, labels, keep)
+    balanced = pairwise_rank_loss(s, y, labels, keep, class_balanced=True)
+    # every sampled negative of a class has the same score here, so both are exact
+    assert torch.allclose(plain, (9 * per_class[0] + per_class[1]) / 10)
+    assert torch.allclose(balanced, per_class.mean())
+    # one class only: the two weightings agree
+    one = labels == 0
+    assert torch.allclose(pairwise_rank_loss(s[one], y[one], labels[one], keep[one]),
+                          pairwise_rank_loss(s[one], y[one], labels[one], keep[one],
+                                             class_balanced=True))
