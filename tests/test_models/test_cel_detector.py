@@ -138,6 +138,25 @@ def test_cel_gradient_reaches_the_selection_net():
     assert grads[-1].abs().sum() > 0  # the output bias moves
 
 
+def test_anchor_penalty_keeps_the_scores_at_their_warm_start():
+    clusters, targets, _ = specialised_clusters(num_images=8)
+    meta = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
+                              clusters.image_index, 8)
+    plain = build(dict(k=2), members=['a', 'b', 'c'])
+    assert 'loss_anchor' not in plain.loss_by_feat(clusters, targets, meta, None)
+    torch.manual_seed(0)
+    model = build(dict(k=2), members=['a', 'b', 'c'], train_cfg=dict(anchor=2.0))
+    net = model.selection_net
+    net.mlp[2].bias.data += torch.tensor([0.3, 0.0, -0.3])  # moved off init_scores
+    c_hat = net(meta)
+    loss = model.loss_by_feat(clusters, targets, meta, None)['loss_anchor']
+    assert torch.allclose(loss, 2.0 * (c_hat - net.init_scores).pow(2).mean())
+    loss.backward()
+    assert net.mlp[2].bias.grad[0] > 0 > net.mlp[2].bias.grad[2]  # pulled back
+    # the warm start is a buffer that checkpoints do not carry
+    assert 'init_scores' not in net.state_dict()
+
+
 def test_bad_cel_configs():
     with pytest.raises(ValueError, match='member_seconds'):
         from mmdet.registry import MODELS

@@ -69,7 +69,10 @@ class CELDetector(BaseDetector):
         member_seconds (Sequence[float], optional): each member's measured seconds per
             image (``members.json``), the knapsack costs and the reported compute.
         fusion_cfg (dict): WBF ``iou_thr``, ``skip_box_thr``, ``conf_type``, ``weights``.
-        train_cfg (dict): ``iou_thr`` (0.5) of the targets, ``loss_box`` weight (1.0).
+        train_cfg (dict): ``iou_thr`` (0.5) of the targets, ``loss_box`` weight (1.0),
+            ``loss_cls`` ('bce', 'balanced_bce' or 'rank'), and for 'rank' ``rank_tau``
+            (0.05) and ``rank_class_balanced`` (False: each positive weighs the same;
+            True: each class, as COCO's mean over classes).
         test_cfg (dict): ``max_per_img`` (100), ``score_thr`` (0).
     """
 
@@ -106,7 +109,8 @@ class CELDetector(BaseDetector):
         self.fusion_cfg = fusion_cfg
         self.register_buffer('weights', torch.ones(n) if weights is None else
                              torch.as_tensor(weights, dtype=torch.float32), persistent=False)
-        self.train_cfg = dict(dict(iou_thr=0.5, loss_box=1.0, loss_cls='bce', rank_tau=0.05),
+        self.train_cfg = dict(dict(iou_thr=0.5, loss_box=1.0, loss_cls='bce', rank_tau=0.05,
+                                    rank_class_balanced=False, anchor=0.0),
                               **(train_cfg or {}))
         if self.train_cfg['loss_cls'] not in ('bce', 'balanced_bce', 'rank'):
             raise ValueError("CELDetector: train_cfg.loss_cls must be 'bce', 'balanced_bce' "
@@ -194,14 +198,16 @@ class CELDetector(BaseDetector):
     def loss_by_feat(self, clusters: Clusters, targets, meta: Optional[Tensor],
                      img: Optional[Tensor]) -> Dict[str, Tensor]:
         """theory.md §4's objective on the fused output of the selected members."""
-        x = self.selector(self.selection_net(meta, img))  # [B, N]
+        c_hat = self.selection_net(meta, img)  # [B, N]
+        x = self.selector(c_hat)  # [B, N]
         boxes, scores = selected_fusion(clusters, x, self.weights)
         keep = (~targets.ignored).to(scores.dtype)  # [C]
         pos = targets.y_cls * keep  # [C]
         mode = self.train_cfg['loss_cls']
         if mode == 'rank':  # AP's ranking of matched above unmatched, per class
             loss_cls = pairwise_rank_loss(scores, targets.y_cls, clusters.labels, keep > 0,
-                                          tau=self.train_cfg['rank_tau'])
+                                          tau=self.train_cfg['rank_tau'],
+                                          class_balanced=self.train_cfg['rank_class_balanced'])
         else:
             bce = torch.nn.functional.binary_cross_entropy(
                 scores.clamp(1e-6, 1 - 1e-6), targets.y_cls, reduction='none')  # [C]
@@ -212,8 +218,12 @@ class CELDetector(BaseDetector):
             else:
                 loss_cls = (bce * keep).sum() / keep.sum().clamp_min(1.0)
         l1 = ((boxes - targets.y_box).abs().sum(1) * pos).sum()
-        return {'loss_cls': loss_cls,
-                'loss_box': self.train_cfg['loss_box'] * l1 / pos.sum().clamp_min(1.0),
+        losses = {'loss_cls': loss_cls,
+                  'loss_box': self.train_cfg['loss_box'] * l1 / pos.sum().clamp_min(1.0)}
+        if self.train_cfg['anchor'] > 0:  # keep ĉ near its warm start unless the loss pays
+            losses['loss_anchor'] = self.train_cfg['anchor'] * (
+                c_hat - self.selection_net.init_scores).pow(2).mean()
+        return {**losses,
                 'members_selected': x.detach().sum(1).mean(),
                 'member_seconds': (x.detach() @ self.member_seconds).mean()}
 

@@ -56,6 +56,8 @@ class MemberSelectionNet(BaseModule):
                              f'{num_members} members')
         with torch.no_grad():
             self.mlp[2].bias.copy_(b)
+        # the warm start, for a penalty on how far training moves ĉ (not saved)
+        self.register_buffer('init_scores', b.clone(), persistent=False)
 
     @property
     def image_only(self) -> bool:
