@@ -38,8 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--folds', type=int, default=5)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--max-images', type=int, help='use the first images only (smoke runs)')
-    p.add_argument('--warm-start-gap', type=float, default=1.0,
-                   help='e2e-CEL starts with this score lead for the best fixed subset')
+    p.add_argument('--warm-start-gap', type=float, default=0.25,
+                   help='e2e-CEL starts at +gap/2 for the members of the best fixed subset '
+                   'and -gap/2 for the others')
     p.add_argument('--gate-folds', type=int, default=0,
                    help='also report e2e-CEL gated by an inner cross-validation with this '
                    'many folds inside each training fold (>= 2; 0: off)')

@@ -56,7 +56,7 @@ def setting_name(setting: dict) -> str:
 def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
                   settings: Sequence[dict], config: str, work_root: str,
                   num_folds: int = 5, seed: int = 0, fusion_cfg: Optional[dict] = None,
-                  cfg_options: Optional[dict] = None, warm_start_gap: float = 1.0,
+                  cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25,
                   gate_folds: int = 0,
                   progress: Optional[Callable[[str], None]] = None) -> Dict:
     """Out-of-fold AP and mean member compute per image, per budget setting and method.
@@ -68,8 +68,10 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         config (str): the e2e-CEL config; its selector is set per setting, and its selection
             net starts at the best fixed subset of the training folds.
         cfg_options (dict, optional): overrides of that config.
-        warm_start_gap (float): e2e-CEL starts from ``ĉ = 1 + gap`` for the members of the
-            best fixed subset of its training folds and ``ĉ = 1`` for the others.
+        warm_start_gap (float): e2e-CEL starts from ``ĉ = +gap/2`` for the members of the
+            best fixed subset of its training folds and ``ĉ = -gap/2`` for the others, so
+            that the exact top-k or knapsack on the warm start is that subset (with positive
+            scores for all, a knapsack would also add every other member that still fits).
         gate_folds (int): when ``>= 2``, also report ``e2e-CEL, gated``: on each outer fold,
             e2e-CEL is kept only if it beats the best fixed subset in a ``gate_folds``-fold
             cross-validation inside that fold's training images (:func:`inner_gate`), and
@@ -174,7 +176,7 @@ def fixed_selection(best: List[tuple], folds: list, num_images: int, num_members
 def inner_gate(batch: MemberBatch, coco: COCO, evals: Dict[tuple, CocoEvaluation],
                feasible_subsets: List[tuple], train: np.ndarray, config: str, setting: dict,
                work_root: str, num_folds: int, seed: int, fusion_cfg: dict,
-               cfg_options: Optional[dict] = None, warm_start_gap: float = 1.0) -> dict:
+               cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25) -> dict:
     """Does e2e-CEL beat the best fixed subset inside one outer training fold?
 
     The outer fold's training images (``train``, positions in ``batch``) are split into
@@ -215,10 +217,16 @@ def gated(cel_res: List[dict], cel_sel: np.ndarray, fixed_res: List[dict],
     return results, selection
 
 
+def warm_start(subset: Sequence[int], num_members: int, gap: float = 0.25) -> List[float]:
+    """ĉ ``[N]`` whose exact top-k or knapsack solution is ``subset`` (when it is feasible):
+    ``+gap/2`` for its members, ``-gap/2`` for the others (never worth adding)."""
+    return [gap / 2 if i in subset else -gap / 2 for i in range(num_members)]
+
+
 def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
                     best_subsets: list, work_root: str, num_folds: int, seed: int,
                     fusion_cfg: dict,
-                    cfg_options: Optional[dict] = None, warm_start_gap: float = 1.0
+                    cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25
                     ) -> Tuple[List[dict], np.ndarray, float]:
     """Train e2e-CEL per fold (Runner), starting from that fold's best fixed subset
     (``best_subsets[k]``), and select + fuse the held-out images; returns the results, the
@@ -230,7 +238,7 @@ def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
     selector = (dict(k=setting['k']) if 'k' in setting else
                 dict(budget=setting['budget']))
     for k, ((_, test), best) in enumerate(zip(folds, best_subsets)):
-        init = [1.0 + warm_start_gap * (i in best) for i in range(n)]
+        init = warm_start(best, n, warm_start_gap)
         cfg = fold_config(config, osp.join(work_root, f'fold{k}'),
                           dict(num_folds=num_folds, index=k, seed=seed),
                           copy.deepcopy(cfg_options))

@@ -90,6 +90,29 @@ def test_gated_takes_each_fold_from_its_choice():
     assert np.array_equal(sel, np.vstack([cel_sel[:2], fixed_sel[2:]]))
 
 
+def test_warm_start_selects_the_best_fixed_subset_under_every_budget():
+    import itertools
+
+    import torch
+
+    from mmens.apis.cel_budget import feasible, warm_start
+    from mmens.ops.knapsack import PerturbedSelector
+    seconds = np.array([m['seconds_per_image']
+                        for m in json.load(open(osp.join(DATA, 'members.json')))])
+    n = len(seconds)
+    for setting in [dict(k=k) for k in range(1, n)] + [dict(budget=0.2), dict(budget=0.4)]:
+        selector = PerturbedSelector(**(setting if 'k' in setting else dict(
+            setting, costs=torch.as_tensor(seconds))))
+        for subset in itertools.combinations(range(n), 2 if 'k' not in setting
+                                             else setting['k']):
+            if not feasible(subset, setting, seconds):
+                continue
+            x = selector.exact(torch.tensor([warm_start(subset, n)]))[0]
+            # e.g. 0.2 s: a CenterNet and a YOLO fit with room for the other YOLO, which
+            # all-positive scores would have added
+            assert x.nonzero().flatten().tolist() == list(subset), (setting, subset)
+
+
 def test_fuse_results_budget_options_need_cel():
     import subprocess
     preds = sorted(glob.glob(osp.join(DATA, 'predictions', 'val', '*.json')))
