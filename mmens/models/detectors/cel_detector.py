@@ -197,9 +197,21 @@ class CELDetector(BaseDetector):
 
     def loss_by_feat(self, clusters: Clusters, targets, meta: Optional[Tensor],
                      img: Optional[Tensor]) -> Dict[str, Tensor]:
-        """theory.md §4's objective on the fused output of the selected members."""
+        """theory.md §4's objective on the fused output of the selected members, plus the
+        anchor of ĉ to its warm start (``train_cfg.anchor``)."""
         c_hat = self.selection_net(meta, img)  # [B, N]
         x = self.selector(c_hat)  # [B, N]
+        losses = self.selection_loss(clusters, targets, x)
+        if self.train_cfg['anchor'] > 0:  # keep ĉ near its warm start unless the loss pays
+            losses['loss_anchor'] = self.train_cfg['anchor'] * (
+                c_hat - self.selection_net.init_scores).pow(2).mean()
+        return {**losses,
+                'members_selected': x.detach().sum(1).mean(),
+                'member_seconds': (x.detach() @ self.member_seconds).mean()}
+
+    def selection_loss(self, clusters: Clusters, targets, x: Tensor) -> Dict[str, Tensor]:
+        """``loss_cls`` and ``loss_box`` of the fused output of the selection ``x [B, N]``
+        (hard or soft; differentiable in ``x``)."""
         boxes, scores = selected_fusion(clusters, x, self.weights)
         keep = (~targets.ignored).to(scores.dtype)  # [C]
         pos = targets.y_cls * keep  # [C]
@@ -218,14 +230,8 @@ class CELDetector(BaseDetector):
             else:
                 loss_cls = (bce * keep).sum() / keep.sum().clamp_min(1.0)
         l1 = ((boxes - targets.y_box).abs().sum(1) * pos).sum()
-        losses = {'loss_cls': loss_cls,
-                  'loss_box': self.train_cfg['loss_box'] * l1 / pos.sum().clamp_min(1.0)}
-        if self.train_cfg['anchor'] > 0:  # keep ĉ near its warm start unless the loss pays
-            losses['loss_anchor'] = self.train_cfg['anchor'] * (
-                c_hat - self.selection_net.init_scores).pow(2).mean()
-        return {**losses,
-                'members_selected': x.detach().sum(1).mean(),
-                'member_seconds': (x.detach() @ self.member_seconds).mean()}
+        return {'loss_cls': loss_cls,
+                'loss_box': self.train_cfg['loss_box'] * l1 / pos.sum().clamp_min(1.0)}
 
     def fuse(self, batch_inputs: dict) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Select per image, then WBF of the selected members' boxes only: ``boxes [K, 4]``
