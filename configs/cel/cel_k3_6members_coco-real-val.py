@@ -4,4 +4,4 @@
 _base_ = './cel_budget-0.4s_6members_coco-real-val.py'
 
 model = dict(selector=dict(_delete_=True, k=3, num_samples=1000, sigma=0.1, noise='normal',
-                           hard=True, seed=0))
+                           hard=True, l2_normalize=False, seed=0))
