@@ -166,6 +166,9 @@ class PerturbedSelector(nn.Module):
         control_variate: subtract the unperturbed solution in the Monte Carlo gradient
             (unbiased, lower variance; see :mod:`mmens.ops.perturbed`). False: the plain
             estimator.
+        at_least_one: knapsack only: never select nobody while a member fits the budget
+            (when every affordable score is <= 0 the unconstrained optimum is empty; the
+            optimum with the constraint is then the affordable member of highest score).
     """
 
     def __init__(self,
@@ -180,7 +183,8 @@ class PerturbedSelector(nn.Module):
                  num_bins: int = 100,
                  seed: Optional[int] = None,
                  solver: str = 'auto',
-                 control_variate: bool = True) -> None:
+                 control_variate: bool = True,
+                 at_least_one: bool = False) -> None:
         super().__init__()
         if (k is None) == (costs is None):
             raise ValueError('give exactly one of k (top-k) or costs + budget (knapsack)')
@@ -220,6 +224,15 @@ class PerturbedSelector(nn.Module):
         self.solver = 'enum' if use_enum else ('dp' if costs is not None else 'topk')
         self.register_buffer('subsets', feasible_subsets(costs, float(budget)).float()
                              if use_enum else None, persistent=False)  # [S, N]
+        self.at_least_one = bool(at_least_one)
+        affordable = None  # [N] bool: members that fit the budget alone, as the solver sees it
+        if use_enum:
+            single = self.subsets[self.subsets.sum(1) == 1]  # [S1, N]
+            affordable = single.sum(0) > 0
+        elif costs is not None:
+            affordable = discretize_costs(costs, torch.as_tensor(float(budget), dtype=costs.dtype),
+                                          self.num_bins) <= self.num_bins
+        self.register_buffer('affordable', affordable, persistent=False)
 
     def extra_repr(self) -> str:
         mode = f'k={self.k}' if self.k is not None else \
@@ -227,7 +240,8 @@ class PerturbedSelector(nn.Module):
             f'num_bins={self.num_bins}'
         return (f'{mode}, num_samples={self.num_samples}, sigma={self.sigma}, '
                 f'noise={self.noise!r}, hard={self.hard}, l2_normalize={self.l2_normalize}, '
-                f'control_variate={self.control_variate}')
+                f'control_variate={self.control_variate}'
+                + (', at_least_one=True' if self.at_least_one else ''))
 
     def _check_num_members(self, n: int) -> None:
         if self.k is not None and self.k > n:
@@ -241,8 +255,15 @@ class PerturbedSelector(nn.Module):
         if self.k is not None:
             return topk_mask(scores, self.k)
         if self.subsets is not None:
-            return knapsack_exhaustive(scores, self.subsets)
-        return knapsack(scores, self.costs, self.budget, self.num_bins, validate=False)
+            x = knapsack_exhaustive(scores, self.subsets)
+        else:
+            x = knapsack(scores, self.costs, self.budget, self.num_bins, validate=False)
+        if not self.at_least_one:
+            return x
+        best = scores.masked_fill(~self.affordable, float('-inf')).argmax(-1)  # [...]
+        one = torch.nn.functional.one_hot(best, x.shape[-1]).to(x.dtype)  # [..., N]
+        fill = (x.sum(-1, keepdim=True) == 0) & self.affordable.any()  # [..., 1]
+        return torch.where(fill, one, x)
 
     def exact(self, scores: Tensor) -> Tensor:
         """The hard selection of raw scores ĉ (``l2_normalize`` applied, then

@@ -285,3 +285,32 @@ def test_exhaustive_knapsack_is_exact_on_real_costs_and_agrees_with_the_dp():
                           (dp.solve(scores) * scores).sum(-1))
     with pytest.raises(ValueError, match='too many to enumerate'):
         feasible_subsets(torch.ones(13), 1.0)
+
+
+@pytest.mark.parametrize('solver', ['enum', 'dp'])
+def test_at_least_one_is_the_best_nonempty_feasible_subset(solver):
+    icosts = torch.tensor([1., 2., 1., 3., 5., 1.], dtype=torch.float64)  # member 4 never fits
+    scores = torch.randn(300, 6, generator=_gen(8), dtype=torch.float64)
+    scores[:100] = -scores[:100].abs()  # all negative: the plain optimum is nobody
+    sel = PerturbedSelector(costs=icosts, budget=4.0, l2_normalize=False, num_bins=4,
+                            solver=solver, at_least_one=True)
+    plain = PerturbedSelector(costs=icosts, budget=4.0, l2_normalize=False, num_bins=4,
+                              solver=solver)
+    x = sel.solve(scores)  # [300, 6]
+    xs = _subsets(6)[1:]  # [63, 6] non-empty
+    ok = (xs @ icosts) <= 4.0  # [63]
+    best = (scores @ xs[ok].T).max(-1).values  # [300]
+    assert torch.all(x.sum(-1) >= 1) and torch.all((x * icosts).sum(-1) <= 4.0)
+    assert torch.allclose((x * scores).sum(-1), best)
+    assert torch.all(x[:, 4] == 0)
+    assert torch.all(plain.solve(scores[:100]).sum(-1) == 0)
+    nonempty = plain.solve(scores).sum(-1) > 0
+    assert torch.equal(x[nonempty], plain.solve(scores)[nonempty])  # unchanged otherwise
+    # the perturbed layer solves with it too; a budget nothing fits still selects nobody
+    soft = PerturbedSelector(costs=icosts, budget=4.0, l2_normalize=False, num_bins=4,
+                             solver=solver, at_least_one=True, hard=False, num_samples=50,
+                             seed=0)
+    assert torch.all(soft(scores[:100].float().requires_grad_()).sum(-1) > 0.999)
+    none_fit = PerturbedSelector(costs=icosts, budget=0.5, l2_normalize=False,
+                                 solver=solver, at_least_one=True)
+    assert torch.all(none_fit.solve(scores).sum(-1) == 0)

@@ -127,7 +127,7 @@ class CELDetector(BaseDetector):
         common = dict(num_samples=s.num_samples, sigma=s.sigma, noise=s.noise, hard=s.hard,
                       l2_normalize=s.l2_normalize, num_bins=s.num_bins, seed=s.seed,
                       solver=s.solver if s.solver in ('enum', 'dp') else 'auto',
-                      control_variate=s.control_variate)
+                      control_variate=s.control_variate, at_least_one=s.at_least_one)
         if k is not None:
             self.selector = PerturbedSelector(k=k, **common)
         else:
