@@ -14,9 +14,10 @@ model = dict(
     member_seconds={{_base_.member_seconds}},
     selection_net=dict(type='MemberSelectionNet', use_meta=True, hidden=32),
     # raw scores (no L2 normalisation): their scale is the warm start's, which the anchor
-    # below holds, and sigma = 0.1 lets a 0.25 lead flip in a few % of the samples
+    # below holds, and sigma = 0.1 lets a 0.25 lead flip in a few % of the samples;
+    # at_least_one: an image never runs no member while one fits the budget
     selector=dict(budget=0.4, num_samples=1000, sigma=0.1, noise='normal', hard=False,
-                  l2_normalize=False, num_bins=100, seed=0),
+                  l2_normalize=False, num_bins=100, seed=0, at_least_one=True),
     fusion_cfg=dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
     # loss on the selected members' fused output: a per-class pairwise ranking surrogate
     # of AP ('rank'; BCE, dominated by negatives, favours members that score everything
