@@ -115,10 +115,12 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         rand = random_selection(len(img_ids), setting, sec, seed)
         random_res = fuse_selected(batch, rand, **fusion_cfg)
         say(f'{name}: training e2e-CEL, {num_folds} folds')
+        in_sample: List[float] = []
         cel_res, cel_sel, fit_s = cel_out_of_fold(
             batch, config, setting, folds, best, osp.join(work_root, name.replace(' ', '')),
-            num_folds, seed, fusion_cfg, cfg_options, warm_start_gap)
-        methods = [('e2e-CEL', cel_res, cel_sel, None)]
+            num_folds, seed, fusion_cfg, cfg_options, warm_start_gap, coco, in_sample)
+        fixed_in = [evals[b].ap(train) for b, (train, _) in zip(best, folds)]
+        methods = [('e2e-CEL', cel_res, cel_sel, dict(train_AP=float(np.mean(in_sample))))]
         if gate_folds >= 2:
             keep = []
             for k, (train, _) in enumerate(folds):
@@ -130,7 +132,8 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
             g_res, g_sel = gated(cel_res, cel_sel, fixed, chosen, folds, keep, img_ids)
             methods.append(('e2e-CEL, gated', g_res, g_sel,
                             dict(kept=sum(g['keep'] for g in keep), gate=keep)))
-        methods += [('best fixed subset', fixed, chosen, None),
+        methods += [('best fixed subset', fixed, chosen,
+                     dict(train_AP=float(np.mean(fixed_in)))),
                     ('random subset', random_res, rand.numpy(), None)]
         ev = {}
         for method, res, sel, extra in methods:
@@ -226,18 +229,21 @@ def warm_start(subset: Sequence[int], num_members: int, gap: float = 0.25) -> Li
 def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
                     best_subsets: list, work_root: str, num_folds: int, seed: int,
                     fusion_cfg: dict,
-                    cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25
+                    cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25,
+                    coco: Optional[COCO] = None, in_sample: Optional[List[float]] = None
                     ) -> Tuple[List[dict], np.ndarray, float]:
     """Train e2e-CEL per fold (Runner), starting from that fold's best fixed subset
     (``best_subsets[k]``), and select + fuse the held-out images; returns the results, the
-    selection ``[I, N]`` and the total fit seconds."""
+    selection ``[I, N]`` and the total fit seconds. With ``coco`` and a list ``in_sample``,
+    also appends each fold model's AP on its own training images (a diagnostic: below the
+    best fixed subset's there, the training loss itself leads away from AP)."""
     n = len(batch.names)
     if list(batch.img_ids) != sorted(batch.img_ids):
         raise ValueError('cel_out_of_fold: the batch images must be sorted by id')
     results, selection, fit_s = [], np.zeros((len(batch.img_ids), n)), 0.0
     selector = (dict(k=setting['k']) if 'k' in setting else
                 dict(budget=setting['budget']))
-    for k, ((_, test), best) in enumerate(zip(folds, best_subsets)):
+    for k, ((train, test), best) in enumerate(zip(folds, best_subsets)):
         init = warm_start(best, n, warm_start_gap)
         cfg = fold_config(config, osp.join(work_root, f'fold{k}'),
                           dict(num_folds=num_folds, index=k, seed=seed),
@@ -250,15 +256,23 @@ def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
         model, seconds = train_from_cfg(cfg)
         fit_s += seconds
         remap = member_remap(model.members, batch.names)
-        test_batch = subset_batch(batch, [batch.img_ids[i] for i in test])
-        with torch.no_grad():
-            packed = dict(test_batch.packed)
-            packed['members'] = remap[packed['members']]
-            x, _ = model.select(packed)  # [I_test, N], model member order
-        x = x[:, remap].cpu().numpy()  # batch member order; rows: sorted test images
+
+        def select_and_fuse(positions):
+            part = subset_batch(batch, [batch.img_ids[i] for i in positions])
+            with torch.no_grad():
+                packed = dict(part.packed)
+                packed['members'] = remap[packed['members']]
+                x, _ = model.select(packed)  # [I_part, N], model member order
+            x = x[:, remap].cpu().numpy()  # batch member order; rows: sorted images
+            return x, part, fuse_selected(part, torch.as_tensor(x, dtype=torch.float32),
+                                          **fusion_cfg)
+
+        x, _, res = select_and_fuse(test)
         selection[np.sort(test)] = x
-        results += fuse_selected(test_batch, torch.as_tensor(x, dtype=torch.float32),
-                                 **fusion_cfg)
+        results += res
+        if coco is not None and in_sample is not None:
+            _, part, res = select_and_fuse(train)
+            in_sample.append(CocoEvaluation(coco, res, part.img_ids).metrics()['AP'])
     return results, selection, fit_s
 
 
@@ -267,8 +281,8 @@ def write_budget_outputs(report: dict, work_dir: str) -> str:
     from mmens.visualization.plots import plot_budget_curve, plot_selection_frequency
     rows = report['rows']
     lines = ['| budget | method | AP | ΔAP vs best fixed subset [95% CI] | member s / image '
-             '| members / image | images off the best fixed subset |',
-             '|---|---|---|---|---|---|---|']
+             '| members / image | images off the best fixed subset | AP on its training folds |',
+             '|---|---|---|---|---|---|---|---|']
     for r in rows:
         delta = (f"{100 * r['delta_vs_fixed']:+.1f} [{100 * r['ci_lo']:+.1f}, "
                  f"{100 * r['ci_hi']:+.1f}]" if 'delta_vs_fixed' in r else '')
@@ -276,7 +290,8 @@ def write_budget_outputs(report: dict, work_dir: str) -> str:
                   if 'gate' in r else r['method'])
         lines.append(f"| {r['setting']} | {method} | {100 * r['AP']:.1f} | {delta} | "
                      f"{r['seconds']:.3f} | {r['members']:.2f} | "
-                     f"{'' if r['setting'] == 'all' else format(r['differs'], '.0%')} |")
+                     f"{'' if r['setting'] == 'all' else format(r['differs'], '.0%')} | "
+                     f"{format(100 * r['train_AP'], '.1f') if 'train_AP' in r else ''} |")
     table = '\n'.join(lines)
     with open(osp.join(work_dir, 'budget.md'), 'w', encoding='utf-8') as f:
         f.write(table + '\n')

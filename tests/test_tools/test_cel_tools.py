@@ -69,6 +69,9 @@ def test_cel_budget_report_smoke(tmp_path):
             assert x['keep'] == (x['cel_ap'] > x['fixed_ap'])
         assert by[(setting, 'best fixed subset')]['differs'] == 0.0
         assert 0.0 <= by[(setting, 'e2e-CEL')]['differs'] <= 1.0
+        for method in ('e2e-CEL', 'best fixed subset'):  # AP on their own training folds
+            assert 0.0 < by[(setting, method)]['train_AP'] <= 1.0
+        assert 'train_AP' not in by[(setting, 'random subset')]
         if g['kept'] == 0:  # every fold fell back to the best fixed subset
             assert g['AP'] == by[(setting, 'best fixed subset')]['AP']
             assert g['differs'] == 0.0
