@@ -14,3 +14,15 @@ try:  # the mmdet layer (ops tests run without it)
     init_default_scope('mmdet')
 except ImportError:  # pragma: no cover
     pass
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (tools are scripts, not a package)."""
+    import importlib.util
+    tools = osp.join(ROOT, 'tools')
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    spec = importlib.util.spec_from_file_location(name, osp.join(tools, f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,18 +1,10 @@
 """tools/cel_loss_vs_ap.py: its rank correlation and a small run of its table."""
-import importlib.util
-import os.path as osp
-
 import numpy as np
-
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TOOL = osp.join(ROOT, 'tools', 'cel_loss_vs_ap.py')
+from conftest import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('cel_loss_vs_ap', TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool('cel_loss_vs_ap')
 
 
 def test_spearman_with_ties():

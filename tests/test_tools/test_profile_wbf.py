@@ -1,5 +1,4 @@
 """tools/profile_wbf.py: its counters are right and its spatial split is conservative."""
-import importlib.util
 import os.path as osp
 import subprocess
 import sys
@@ -7,17 +6,14 @@ import sys
 import torch
 
 import mmens.ops as mo
+from conftest import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'profile_wbf.py')
 
 
 def _tool():
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    spec = importlib.util.spec_from_file_location('profile_wbf', TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool('profile_wbf')
 
 
 def test_segment_cummax_before():
