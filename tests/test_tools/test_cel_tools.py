@@ -126,13 +126,22 @@ def test_fuse_results_budget_options_need_cel():
     assert proc.returncode == 2 and '--k / --budget-seconds are for --method cel' in proc.stderr
 
 
-def test_cel_budget_bad_fold_counts_are_one_line_errors():
+def test_cel_budget_bad_fold_counts_are_one_line_errors(tmp_path):
+    import re
     import subprocess
-    for extra, msg in [(['--gate-folds', '30'], 'gate_folds must be 0 (off) or 2..12'),
-                       (['--gate-folds', '1'], '--gate-folds must be 0 (off) or >= 2'),
+
+    import pytest
+    from conftest import load_tool
+    args = ['--ks', '1', '--budgets', '--folds', '2', '--max-images', '24']
+    # through the CLI: exit 2, one line, no traceback
+    proc = subprocess.run([sys.executable, 'tools/cel_budget.py', *args, '--gate-folds', '30'],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and 'gate_folds must be 0 (off) or 2..12' in proc.stderr, \
+        proc.stderr
+    assert 'Traceback' not in proc.stderr
+    # the other messages in process (run_cli turns any ValueError into that one line)
+    tool = load_tool('cel_budget')
+    for extra, msg in [(['--gate-folds', '1'], '--gate-folds must be 0 (off) or >= 2'),
                        (['--folds', '100'], '100 folds need at least 100 images, got 24')]:
-        proc = subprocess.run([sys.executable, 'tools/cel_budget.py', '--ks', '1', '--budgets',
-                               '--folds', '2', '--max-images', '24', *extra], cwd=ROOT,
-                              capture_output=True, text=True)
-        assert proc.returncode == 2 and msg in proc.stderr, proc.stderr
-        assert 'Traceback' not in proc.stderr
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            tool.main([*args, *extra, '--work-dir', str(tmp_path)])
