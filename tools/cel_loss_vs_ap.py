@@ -22,13 +22,12 @@ sys.path.insert(0, ROOT)
 import mmens  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mmengine.config import Config  # noqa: E402
 from mmengine.dataset import pseudo_collate  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.utils import ProgressBar  # noqa: E402
 
 from mmens.apis import load_coco, load_member_batch  # noqa: E402
-from mmens.apis.cel_budget import fuse_selected  # noqa: E402
+from mmens.apis.cel_budget import cel_config, fuse_selected  # noqa: E402
 from mmens.evaluation.coco_eval import CocoEvaluation  # noqa: E402
 from mmens.utils import run_cli  # noqa: E402
 
@@ -52,22 +51,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    def ranks(v):
-        order = np.argsort(v, kind='mergesort')
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for u in np.unique(v):  # ties share their mean rank
-            r[v == u] = r[v == u].mean()
-        return r
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+    """Spearman rank correlation (average ranks for ties; scipy's)."""
+    from scipy.stats import spearmanr
+    return float(spearmanr(a, b).correlation)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     from mmdet.registry import DATASETS, MODELS
     init_default_scope('mmdet')
-    cfg = Config.fromfile(args.config)
+    cfg = cel_config(args.config)
     coco = load_coco(osp.join(DATA, 'annotations', 'val.json'))
     with open(osp.join(DATA, 'members.json'), encoding='utf-8') as f:
         names = [m['name'] for m in json.load(f)]

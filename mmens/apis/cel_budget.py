@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmengine.config import Config
 from pycocotools.coco import COCO
 
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
@@ -29,6 +30,18 @@ def fuse_selected(batch: MemberBatch, selection: torch.Tensor, **fusion_cfg) -> 
     sub.packed = select_members(batch.packed, selection)
     model = build_fixed_ensemble(batch.names, 'wbf', **fusion_cfg)
     return fuse_batch(model, sub)[0]
+
+
+def cel_config(path: str) -> Config:
+    """Load an e2e-CEL training config; a ValueError names a missing file or another model."""
+    if not osp.isfile(path):
+        raise ValueError(f'config {path} does not exist')
+    cfg = Config.fromfile(path)
+    kind = cfg.get('model', {}).get('type')
+    if kind != 'CELDetector' or not cfg.get('train_dataloader'):
+        raise ValueError(f"{path} is not an e2e-CEL training config (model type {kind!r}, "
+                         "needs 'CELDetector' and a train_dataloader)")
+    return cfg
 
 
 def feasible(subset: Tuple[int, ...], setting: dict, seconds: np.ndarray) -> bool:
@@ -84,6 +97,7 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         ``cel_results`` (setting → e2e-CEL's out-of-fold COCO results, fit seconds per
         fold, mean member seconds per image, and with a gate the same under ``gated``).
     """
+    cel_config(config)  # fail before any work
     fusion_cfg = dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg', **(fusion_cfg or {}))
     say = progress or (lambda s: None)
     sec = np.asarray(seconds, dtype=np.float64)

@@ -145,3 +145,18 @@ def test_cel_budget_bad_fold_counts_are_one_line_errors(tmp_path):
                        (['--folds', '100'], '100 folds need at least 100 images, got 24')]:
         with pytest.raises(ValueError, match=re.escape(msg)):
             tool.main([*args, *extra, '--work-dir', str(tmp_path)])
+
+
+def test_cel_tools_name_a_missing_or_non_cel_config(tmp_path):
+    import re
+
+    import pytest
+    from conftest import load_tool
+    wbf = osp.join(ROOT, 'configs', 'wbf', 'wbf_6members_coco-real-val.py')
+    for tool, extra in [('cel_budget', ['--work-dir', str(tmp_path)]), ('cel_loss_vs_ap', [])]:
+        main = load_tool(tool).main
+        with pytest.raises(ValueError, match='config nope.py does not exist'):
+            main(['--config', 'nope.py', *extra])
+        with pytest.raises(ValueError, match=re.escape(
+                "is not an e2e-CEL training config (model type 'FusionDetector'")):
+            main(['--config', wbf, *extra])
