@@ -165,6 +165,8 @@ def test_bad_cel_configs():
                           selector=dict(budget=0.2)))
     with pytest.raises(ValueError, match='exactly one'):
         build(dict(k=2)).set_budget()
+    with pytest.raises(ValueError, match='anchor must be >= 0'):
+        build(dict(k=2), train_cfg=dict(anchor=-0.1))
     with pytest.raises(ValueError, match='meta-features, an image backbone'):
         from mmens.models.heads import MemberSelectionNet
         MemberSelectionNet(3, use_meta=False)

@@ -115,6 +115,9 @@ class CELDetector(BaseDetector):
         if self.train_cfg['loss_cls'] not in ('bce', 'balanced_bce', 'rank'):
             raise ValueError("CELDetector: train_cfg.loss_cls must be 'bce', 'balanced_bce' "
                              f"or 'rank', got {self.train_cfg['loss_cls']!r}")
+        if not float(self.train_cfg['anchor']) >= 0:
+            raise ValueError('CELDetector: train_cfg.anchor must be >= 0 (0: off), got '
+                             f"{self.train_cfg['anchor']!r}")
         self.test_cfg = dict(dict(max_per_img=100, score_thr=0.0), **(test_cfg or {}))
 
     def set_budget(self, k: Optional[int] = None, budget: Optional[float] = None) -> None:
