@@ -13,6 +13,7 @@ from .fusion import FUSION_METHODS
 from .knapsack import PerturbedSelector, knapsack, topk_mask
 from .nms import nms, nms_batch, nms_packed
 from .perturbed import perturbed_select
+from .perturbed_loss import perturbed_loss_grad
 from .nmw import (non_maximum_weighted, non_maximum_weighted_batch,
                   non_maximum_weighted_packed)
 from .soft_nms import soft_nms, soft_nms_batch, soft_nms_packed
@@ -25,7 +26,7 @@ __all__ = [
     'box_area', 'box_iou', 'box_iou_aligned', 'denormalize_boxes',
     'normalize_boxes', 'xywh_to_xyxy', 'xyxy_to_xywh', 'CONF_TYPES',
     'Clusters', 'match_boxes', 'FUSION_METHODS', 'PerturbedSelector', 'knapsack',
-    'topk_mask', 'perturbed_select', 'nms', 'nms_batch',
+    'topk_mask', 'perturbed_select', 'perturbed_loss_grad', 'nms', 'nms_batch',
     'nms_packed', 'non_maximum_weighted', 'non_maximum_weighted_batch',
     'non_maximum_weighted_packed', 'soft_nms', 'soft_nms_batch',
     'soft_nms_packed', 'check_member_lists', 'check_packed', 'check_weights',

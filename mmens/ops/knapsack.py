@@ -272,7 +272,7 @@ class PerturbedSelector(nn.Module):
             scores = F.normalize(scores, p=2.0, dim=-1)  # [..., N]
         return self.solve(scores)
 
-    def _generator(self, device: torch.device) -> Optional[torch.Generator]:
+    def generator(self, device: torch.device) -> Optional[torch.Generator]:
         if self.seed is None:
             return None
         key = str(device)
@@ -297,6 +297,6 @@ class PerturbedSelector(nn.Module):
         if self.hard and not (torch.is_grad_enabled() and scores.requires_grad):
             return self.solve(scores)  # [..., N]
         self._check_num_members(scores.shape[-1])
-        gen = generator if generator is not None else self._generator(scores.device)
+        gen = generator if generator is not None else self.generator(scores.device)
         return perturbed_select(scores, self.solve, self.num_samples, self.sigma, self.noise,
                                 self.hard, gen, self.control_variate)

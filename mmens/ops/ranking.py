@@ -1,8 +1,56 @@
 """A pairwise ranking surrogate of AP for fused detections (pure torch, batched)."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.nn.functional import softplus
+
+
+def rank_pairs(y: Tensor, labels: Tensor, keep: Tensor, num_neg: int = 64,
+               generator: Optional[torch.Generator] = None,
+               class_balanced: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """The (positive, sampled negative) pairs of :func:`pairwise_rank_loss` and their weights.
+
+    Args:
+        y (Tensor): ``[C]`` 1 for matched (positive), 0 otherwise.
+        labels (Tensor): ``[C]`` long class.
+        keep (Tensor): ``[C]`` bool, clusters that count (e.g. not ignored).
+        num_neg (int): negatives sampled per positive, uniformly among its class's.
+        class_balanced (bool): weigh classes, not positives, equally.
+
+    Returns:
+        ``pos [P]``, ``neg [P]`` (cluster indices, long) and ``weight [P]`` (sums to 1;
+        ``P = 0`` when there is no pair), so that the loss is
+        ``Σ weight · softplus((s[neg] − s[pos]) / τ)``.
+    """
+    device = labels.device
+    empty = (torch.zeros(0, dtype=torch.long, device=device), ) * 2 + (
+        torch.zeros(0, device=device), )
+    pos = keep & (y > 0.5)  # [C]
+    neg = keep & (y <= 0.5)  # [C]
+    if labels.numel() == 0:
+        return empty
+    num_classes = int(labels.max()) + 1
+    neg_idx = torch.nonzero(neg).flatten()  # [Nn]
+    order = torch.argsort(labels[neg_idx], stable=True)
+    neg_sorted = neg_idx[order]  # [Nn] negatives grouped by class
+    counts = torch.bincount(labels[neg_idx], minlength=num_classes)  # [K]
+    starts = torch.cumsum(counts, 0) - counts  # [K]
+    pos_idx = torch.nonzero(pos).flatten()  # [Np]
+    cnt = counts[labels[pos_idx]]  # [Np]
+    u = torch.rand(pos_idx.numel(), num_neg, generator=generator, device=device)  # [Np, K]
+    pick = starts[labels[pos_idx]][:, None] + (u * cnt[:, None]).long().clamp_max(
+        (cnt[:, None] - 1).clamp_min(0))  # [Np, num_neg]
+    if neg_sorted.numel() == 0:
+        return empty
+    valid = (cnt > 0).float()  # [Np]
+    if class_balanced:
+        per_class = torch.bincount(labels[pos_idx], weights=valid, minlength=num_classes)
+        valid = valid / per_class[labels[pos_idx]].clamp_min(1.0)  # [Np]
+    weight = (valid / valid.sum().clamp_min(1e-12) / num_neg)[:, None].expand(-1, num_neg)
+    neg_pick = neg_sorted[pick.clamp(0, neg_sorted.numel() - 1)]  # [Np, num_neg]
+    return (pos_idx[:, None].expand(-1, num_neg).reshape(-1), neg_pick.reshape(-1),
+            weight.reshape(-1))
 
 
 def pairwise_rank_loss(scores: Tensor, y: Tensor, labels: Tensor, keep: Tensor,
@@ -24,37 +72,50 @@ def pairwise_rank_loss(scores: Tensor, y: Tensor, labels: Tensor, keep: Tensor,
 
     Args:
         scores (Tensor): ``[C]`` fused scores (differentiable).
-        y (Tensor): ``[C]`` 1 for matched (positive), 0 otherwise.
-        labels (Tensor): ``[C]`` long class.
-        keep (Tensor): ``[C]`` bool, clusters that count (e.g. not ignored).
-        class_balanced (bool): weigh classes, not positives, equally.
+        y, labels, keep, num_neg, class_balanced: see :func:`rank_pairs`.
+        tau (float): temperature of the softplus.
 
     Returns:
         Tensor: scalar loss (0 when there is no pair).
     """
-    pos = keep & (y > 0.5)  # [C]
-    neg = keep & (y <= 0.5)  # [C]
-    if labels.numel() == 0:
+    pos, neg, weight = rank_pairs(y, labels, keep, num_neg, generator, class_balanced)
+    if pos.numel() == 0:
         return scores.sum() * 0.0
-    num_classes = int(labels.max()) + 1
-    neg_idx = torch.nonzero(neg).flatten()  # [Nn]
-    order = torch.argsort(labels[neg_idx], stable=True)
-    neg_sorted = neg_idx[order]  # [Nn] negatives grouped by class
-    counts = torch.bincount(labels[neg_idx], minlength=num_classes)  # [K]
-    starts = torch.cumsum(counts, 0) - counts  # [K]
-    pos_idx = torch.nonzero(pos).flatten()  # [Np]
-    cnt = counts[labels[pos_idx]]  # [Np]
-    u = torch.rand(pos_idx.numel(), num_neg, generator=generator,
-                   device=scores.device)  # [Np, K]
-    pick = starts[labels[pos_idx]][:, None] + (u * cnt[:, None]).long().clamp_max(
-        (cnt[:, None] - 1).clamp_min(0))  # [Np, num_neg]
-    if neg_sorted.numel() == 0:
-        return scores.sum() * 0.0
-    valid = (cnt > 0).to(scores.dtype)  # [Np]
-    if class_balanced:
-        per_class = torch.bincount(labels[pos_idx], weights=valid, minlength=num_classes)
-        valid = valid / per_class[labels[pos_idx]].clamp_min(1.0)  # [Np]
-    s_neg = scores[neg_sorted[pick.clamp(0, neg_sorted.numel() - 1)]]  # [Np, num_neg]
-    s_pos = scores[pos_idx][:, None]  # [Np, 1]
-    loss = torch.nn.functional.softplus((s_neg - s_pos) / tau).mean(1)  # [Np]
-    return (loss * valid).sum() / valid.sum().clamp_min(1e-12)
+    loss = softplus((scores[neg] - scores[pos]) / tau)  # [P]
+    return (loss * weight.to(scores.dtype)).sum()
+
+
+def rank_loss_deltas(base: Tensor, moved: Tensor, image_index: Tensor, num_images: int,
+                     pairs: Tuple[Tensor, Tensor, Tensor], tau: float = 0.05) -> Tensor:
+    """Change of the ranking loss when the scores of ONE image move, for every image.
+
+    ``out[u, b]`` is the loss with image b's clusters scored ``moved[u]`` and all others
+    ``base``, minus the loss at ``base``: only the pairs that touch image b change (a pair
+    within image b with both ends moved, a pair across images with one end moved).
+
+    Args:
+        base (Tensor): ``[C]`` fused scores.
+        moved (Tensor): ``[U, C]`` alternative fused scores.
+        image_index (Tensor): ``[C]`` image of each cluster.
+        num_images (int): B.
+        pairs: ``(pos [P], neg [P], weight [P])`` of :func:`rank_pairs`.
+        tau (float): temperature of the softplus.
+
+    Returns:
+        Tensor[U, B]: loss changes (0 where ``moved[u]`` equals ``base`` on image b).
+    """
+    pos, neg, weight = pairs
+    out = moved.new_zeros(moved.shape[0], num_images)
+    if pos.numel() == 0:
+        return out
+    weight = weight.to(moved.dtype)
+    loss0 = softplus((base[neg] - base[pos]) / tau)  # [P]
+    ip, ineg = image_index[pos], image_index[neg]  # [P]
+    same = ip == ineg  # [P]
+    both = softplus((moved[:, neg] - moved[:, pos]) / tau)  # [U, P]
+    pos_moved = softplus((base[neg] - moved[:, pos]) / tau)  # [U, P]
+    neg_moved = softplus((moved[:, neg] - base[pos]) / tau)  # [U, P]
+    out.index_add_(1, ip, (torch.where(same, both, pos_moved) - loss0) * weight)
+    out.index_add_(1, ineg, torch.where(same, torch.zeros_like(neg_moved),
+                                        neg_moved - loss0) * weight)
+    return out

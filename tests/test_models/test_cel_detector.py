@@ -20,7 +20,7 @@ def build(selector, members=MEMBERS, **kw):
     return MODELS.build(dict(type='CELDetector', members=members,
                              member_seconds=seconds[:len(members)],
                              selection_net=dict(type='MemberSelectionNet'),
-                             selector=dict(dict(hard=False), num_samples=200, seed=0, **selector),
+                             selector=dict(dict(hard=False, num_samples=200, seed=0), **selector),
                              **kw))
 
 
@@ -75,7 +75,7 @@ def test_cel_learns_per_image_selection_and_beats_every_fixed_member():
         (losses['loss_cls'] + losses['loss_box']).backward()
         opt.step()
     model.eval()
-    from mmens.models.detectors.cel_detector import selected_fusion
+    from mmens.ops.selected_fusion import selected_fusion
 
     def bce(sel):
         _, scores = selected_fusion(clusters, sel, model.weights)
@@ -95,7 +95,7 @@ def test_cel_learns_per_image_selection_and_beats_every_fixed_member():
 def test_selected_fusion_of_all_members_is_wbf_and_budget_is_respected():
     from mmens.apis import load_coco, load_member_batch
     from mmens.apis.cross_val import subset_batch
-    from mmens.models.detectors.cel_detector import selected_fusion
+    from mmens.ops.selected_fusion import selected_fusion
     coco = load_coco(osp.join(DATA, 'annotations', 'val.json'))
     batch = load_member_batch(coco, [osp.join(DATA, 'predictions', 'val', f'{m}.json')
                                      for m in MEMBERS], MEMBERS)
@@ -138,6 +138,56 @@ def test_cel_gradient_reaches_the_selection_net():
     assert grads[-1].abs().sum() > 0  # the output bias moves
 
 
+@pytest.mark.parametrize('loss_cls', ['bce', 'balanced_bce', 'rank'])
+def test_selection_loss_deltas_equal_the_loss_with_one_image_moved(loss_cls):
+    clusters, targets, _ = specialised_clusters(num_images=5, per_image=8)
+    targets.ignored[::7] = True
+    model = build(dict(k=2), members=['a', 'b', 'c'],
+                  train_cfg=dict(loss_cls=loss_cls, rank_class_balanced=True))
+    base = torch.tensor([[1., 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1]])
+    cand = torch.tensor([[1., 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 1]])
+
+    def total(x):
+        torch.manual_seed(3)  # the ranking loss's sampled negatives: the same in every call
+        return sum(model.selection_loss(clusters, targets, x).values())
+
+    torch.manual_seed(3)
+    deltas = model.selection_loss_deltas(clusters, targets, base, cand)  # [U, B]
+    brute = torch.zeros(4, 5)
+    for u in range(4):
+        for b in range(5):
+            x = base.clone()
+            x[b] = cand[u]
+            brute[u, b] = total(x) - total(base)
+    assert deltas.abs().max() > 1e-3
+    assert torch.allclose(deltas, brute, atol=1e-5), (deltas, brute)
+    assert (deltas[1, [1, 4]] == 0).all()  # candidate 1 is images 1 and 4's own selection
+
+
+def test_cel_learns_per_image_selection_with_the_perturbed_loss_gradient():
+    # (the anchor matters: without it the shared bias runs away first, every image picks
+    # the same member by a margin no perturbation flips, and the gradient is then 0)
+    clusters, targets, good = specialised_clusters()
+    model = build(dict(k=1, l2_normalize=False, num_samples=100), members=['a', 'b', 'c'],
+                  train_cfg=dict(selection_grad='perturbed_loss', loss_cls='rank', anchor=0.1))
+    opt = torch.optim.Adam(model.selection_net.parameters(), lr=0.02)
+    meta = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
+                              clusters.image_index, 80)
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        losses = model.loss_by_feat(clusters, targets, meta, None)
+        assert losses['loss_select'].item() == 0.0
+        first = losses['loss_cls'].item() if first is None else first
+        sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+        opt.step()
+    with torch.no_grad():
+        picked = model.selector.exact(model.selection_net(meta)).argmax(1)
+        last = model.loss_by_feat(clusters, targets, meta, None)['loss_cls'].item()
+    assert (picked == good).float().mean() > 0.9
+    assert last < first
+
+
 def test_anchor_penalty_keeps_the_scores_at_their_warm_start():
     clusters, targets, _ = specialised_clusters(num_images=8)
     meta = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
@@ -165,6 +215,8 @@ def test_bad_cel_configs():
                           selector=dict(budget=0.2)))
     with pytest.raises(ValueError, match='exactly one'):
         build(dict(k=2)).set_budget()
+    with pytest.raises(ValueError, match="selection_grad must be 'jacobian'"):
+        build(dict(k=2), train_cfg=dict(selection_grad='exact'))
     with pytest.raises(ValueError, match='anchor must be >= 0'):
         build(dict(k=2), train_cfg=dict(anchor=-0.1))
     with pytest.raises(ValueError, match='meta-features, an image backbone'):

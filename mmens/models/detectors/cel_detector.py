@@ -2,6 +2,7 @@
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from mmdet.models.detectors import BaseDetector
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
@@ -10,38 +11,14 @@ from torch import Tensor
 from mmens.ops import FUSION_METHODS
 from mmens.ops.clustering import Clusters, match_boxes
 from mmens.ops.knapsack import PerturbedSelector
-from mmens.ops.ranking import pairwise_rank_loss
+from mmens.ops.perturbed_loss import perturbed_loss_grad, perturbed_loss_surrogate
+from mmens.ops.ranking import pairwise_rank_loss, rank_loss_deltas, rank_pairs
+from mmens.ops.selected_fusion import selected_fusion
 from mmens.ops.selection_features import selection_features
 from mmens.ops.targets import assign_targets
 from ..live_members import parse_members, register_members, with_member_predictions
 from ..utils import normalized_member_boxes, select_members, split_results
 from .ensemble_detector import pack_gt
-
-
-def selected_fusion(clusters: Clusters, select: Tensor, weights: Tensor,
-                    eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
-    """WBF's fused boxes and scores of the clusters, using only the selected members.
-
-    Differentiable in ``select`` (hard 0/1 or soft): with ``S_ci`` member i's summed score
-    in cluster c and ``x = select[image of c]``, the score is ``Σ x_i w_i S_ci / Σ x_i w_i``
-    (WBF's ``avg`` confidence over the selected members) and the box is the
-    ``x_i w_i S_ci``-weighted mean of the members' boxes.
-
-    Args:
-        clusters (Clusters): ``C`` clusters of all members (``y_hat [C, N, 5]``).
-        select (Tensor): ``[B, N]`` selection per image.
-        weights (Tensor): ``[N]`` member weights.
-
-    Returns:
-        boxes ``[C, 4]`` and scores ``[C]`` (0 where no selected member has a box).
-    """
-    x = select[clusters.image_index] * weights  # [C, N]
-    summed = clusters.y_hat[..., 4] * clusters.counts.to(x.dtype)  # [C, N]
-    mass = x * summed  # [C, N]
-    scores = mass.sum(1) / x.sum(1).clamp_min(eps)  # [C]
-    boxes = (mass[..., None] * clusters.y_hat[..., :4]).sum(1) / mass.sum(1, keepdim=True
-                                                                         ).clamp_min(eps)
-    return boxes, scores.clamp(0.0, 1.0)
 
 
 @MODELS.register_module()
@@ -72,7 +49,9 @@ class CELDetector(BaseDetector):
         train_cfg (dict): ``iou_thr`` (0.5) of the targets, ``loss_box`` weight (1.0),
             ``loss_cls`` ('bce', 'balanced_bce' or 'rank'), and for 'rank' ``rank_tau``
             (0.05) and ``rank_class_balanced`` (False: each positive weighs the same;
-            True: each class, as COCO's mean over classes).
+            True: each class, as COCO's mean over classes), ``anchor`` (0: off), and
+            ``selection_grad``: 'jacobian' (the perturbed optimizer's, theory.md §5.3) or
+            'perturbed_loss' (each image's expected loss, :mod:`mmens.ops.perturbed_loss`).
         test_cfg (dict): ``max_per_img`` (100), ``score_thr`` (0).
     """
 
@@ -110,8 +89,11 @@ class CELDetector(BaseDetector):
         self.register_buffer('weights', torch.ones(n) if weights is None else
                              torch.as_tensor(weights, dtype=torch.float32), persistent=False)
         self.train_cfg = dict(dict(iou_thr=0.5, loss_box=1.0, loss_cls='bce', rank_tau=0.05,
-                                    rank_class_balanced=False, anchor=0.0),
-                              **(train_cfg or {}))
+                                    rank_class_balanced=False, anchor=0.0,
+                                    selection_grad='jacobian'), **(train_cfg or {}))
+        if self.train_cfg['selection_grad'] not in ('jacobian', 'perturbed_loss'):
+            raise ValueError("CELDetector: train_cfg.selection_grad must be 'jacobian' or "
+                             f"'perturbed_loss', got {self.train_cfg['selection_grad']!r}")
         if self.train_cfg['loss_cls'] not in ('bce', 'balanced_bce', 'rank'):
             raise ValueError("CELDetector: train_cfg.loss_cls must be 'bce', 'balanced_bce' "
                              f"or 'rank', got {self.train_cfg['loss_cls']!r}")
@@ -201,10 +183,28 @@ class CELDetector(BaseDetector):
     def loss_by_feat(self, clusters: Clusters, targets, meta: Optional[Tensor],
                      img: Optional[Tensor]) -> Dict[str, Tensor]:
         """theory.md §4's objective on the fused output of the selected members, plus the
-        anchor of ĉ to its warm start (``train_cfg.anchor``)."""
+        anchor of ĉ to its warm start (``train_cfg.anchor``).
+
+        ``train_cfg.selection_grad='jacobian'``: the loss of the selector's output x (soft
+        or hard), its gradient through the perturbed optimizer's Jacobian. With
+        ``'perturbed_loss'``: the loss of the exact selection is reported, and ĉ gets the
+        gradient of each image's expected loss under perturbed selection
+        (:mod:`mmens.ops.perturbed_loss`), as ``loss_select`` (value 0).
+        """
         c_hat = self.selection_net(meta, img)  # [B, N]
-        x = self.selector(c_hat)  # [B, N]
-        losses = self.selection_loss(clusters, targets, x)
+        if self.train_cfg['selection_grad'] == 'perturbed_loss':
+            s = self.selector
+            scores = F.normalize(c_hat, p=2.0, dim=-1) if s.l2_normalize else c_hat
+            grad, x, _ = perturbed_loss_grad(
+                scores.detach(), s.solve,
+                lambda base, cand: self.selection_loss_deltas(clusters, targets, base, cand),
+                s.num_samples, s.sigma, s.noise, s.generator(scores.device))
+            with torch.no_grad():
+                losses = self.selection_loss(clusters, targets, x)
+            losses['loss_select'] = perturbed_loss_surrogate(scores, grad)
+        else:
+            x = self.selector(c_hat)  # [B, N]
+            losses = self.selection_loss(clusters, targets, x)
         if self.train_cfg['anchor'] > 0:  # keep ĉ near its warm start unless the loss pays
             losses['loss_anchor'] = self.train_cfg['anchor'] * (
                 c_hat - self.selection_net.init_scores).pow(2).mean()
@@ -212,29 +212,59 @@ class CELDetector(BaseDetector):
                 'members_selected': x.detach().sum(1).mean(),
                 'member_seconds': (x.detach() @ self.member_seconds).mean()}
 
+    def cluster_terms(self, boxes: Tensor, scores: Tensor,
+                      targets) -> Tuple[Optional[Tensor], Tensor]:
+        """Per-cluster terms ``[..., C]`` of ``loss_cls`` (None for 'rank', which is not a
+        sum over clusters) and of ``loss_box``: each loss is the sum of its terms over C.
+
+        Args:
+            boxes (Tensor): ``[..., C, 4]`` fused boxes; scores ``[..., C]`` fused scores.
+        """
+        keep = (~targets.ignored).to(scores.dtype)  # [C]
+        pos = targets.y_cls * keep  # [C]
+        box = (boxes - targets.y_box).abs().sum(-1) * pos * (
+            self.train_cfg['loss_box'] / pos.sum().clamp_min(1.0))  # [..., C]
+        mode = self.train_cfg['loss_cls']
+        if mode == 'rank':
+            return None, box
+        bce = F.binary_cross_entropy(scores.clamp(1e-6, 1 - 1e-6),
+                                     targets.y_cls.expand_as(scores), reduction='none')
+        if mode == 'balanced_bce':  # positives and negatives weigh the same
+            neg = keep - pos  # [C]
+            weight = 0.5 * (pos / pos.sum().clamp_min(1.0) + neg / neg.sum().clamp_min(1.0))
+        else:
+            weight = keep / keep.sum().clamp_min(1.0)
+        return bce * weight, box
+
     def selection_loss(self, clusters: Clusters, targets, x: Tensor) -> Dict[str, Tensor]:
         """``loss_cls`` and ``loss_box`` of the fused output of the selection ``x [B, N]``
         (hard or soft; differentiable in ``x``)."""
         boxes, scores = selected_fusion(clusters, x, self.weights)
-        keep = (~targets.ignored).to(scores.dtype)  # [C]
-        pos = targets.y_cls * keep  # [C]
-        mode = self.train_cfg['loss_cls']
-        if mode == 'rank':  # AP's ranking of matched above unmatched, per class
-            loss_cls = pairwise_rank_loss(scores, targets.y_cls, clusters.labels, keep > 0,
-                                          tau=self.train_cfg['rank_tau'],
-                                          class_balanced=self.train_cfg['rank_class_balanced'])
-        else:
-            bce = torch.nn.functional.binary_cross_entropy(
-                scores.clamp(1e-6, 1 - 1e-6), targets.y_cls, reduction='none')  # [C]
-            if mode == 'balanced_bce':  # positives and negatives weigh the same
-                neg = keep - pos  # [C]
-                loss_cls = 0.5 * ((bce * pos).sum() / pos.sum().clamp_min(1.0)
-                                  + (bce * neg).sum() / neg.sum().clamp_min(1.0))
-            else:
-                loss_cls = (bce * keep).sum() / keep.sum().clamp_min(1.0)
-        l1 = ((boxes - targets.y_box).abs().sum(1) * pos).sum()
-        return {'loss_cls': loss_cls,
-                'loss_box': self.train_cfg['loss_box'] * l1 / pos.sum().clamp_min(1.0)}
+        cls, box = self.cluster_terms(boxes, scores, targets)
+        if cls is None:  # AP's ranking of matched above unmatched, per class
+            cls = pairwise_rank_loss(scores, targets.y_cls, clusters.labels, ~targets.ignored,
+                                     tau=self.train_cfg['rank_tau'],
+                                     class_balanced=self.train_cfg['rank_class_balanced'])
+        return {'loss_cls': cls.sum(), 'loss_box': box.sum()}
+
+    @torch.no_grad()
+    def selection_loss_deltas(self, clusters: Clusters, targets, base: Tensor,
+                              candidates: Tensor) -> Tensor:
+        """``[U, B]``: loss (``loss_cls + loss_box``) with image b alone selecting
+        ``candidates[u]`` (``[U, N]``) and every other image ``base`` (``[B, N]``), minus the
+        loss at ``base``. Only image b's clusters (and, for 'rank', their pairs) change."""
+        u, b = candidates.shape[0], base.shape[0]
+        select = torch.cat([base[None], candidates[:, None, :].expand(u, b, -1)])  # [U+1,B,N]
+        boxes, scores = selected_fusion(clusters, select, self.weights)  # [U+1, C, (4)]
+        cls, box = self.cluster_terms(boxes, scores, targets)
+        terms = box if cls is None else box + cls  # [U+1, C]
+        out = terms.new_zeros(u, b).index_add_(1, clusters.image_index, terms[1:] - terms[:1])
+        if cls is None:
+            pairs = rank_pairs(targets.y_cls, clusters.labels, ~targets.ignored,
+                               class_balanced=self.train_cfg['rank_class_balanced'])
+            out += rank_loss_deltas(scores[0], scores[1:], clusters.image_index, b, pairs,
+                                    tau=self.train_cfg['rank_tau'])
+        return out
 
     def fuse(self, batch_inputs: dict) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Select per image, then WBF of the selected members' boxes only: ``boxes [K, 4]``
