@@ -75,9 +75,17 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def source_files() -> list:
+    """mmens' code and configs: a change to either invalidates the cached results (the
+    config text alone misses its ``_base_`` files and the code that trains)."""
+    import glob
+    return sorted(glob.glob(osp.join(ROOT, 'mmens', '**', '*.py'), recursive=True)
+                  + glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
+
+
 def data_hash(files) -> str:
     h = hashlib.sha1(mmens.__version__.encode())
-    for f in files:
+    for f in list(files) + source_files():
         with open(f, 'rb') as fh:
             h.update(hashlib.sha1(fh.read()).digest())
     return h.hexdigest()[:12]
