@@ -27,11 +27,14 @@ class CELDetector(BaseDetector):
 
     Training (members frozen; their predictions cached or run live): boxes of all members
     are matched once into clusters; the selection net scores the members of each image
-    (ĉ), the perturbed selector turns ĉ into a selection x (``hard=False``: the Monte
-    Carlo expectation ``K_σ(ĉ)``, recommended; ``hard=True``: the exact solution; both with
-    the Monte Carlo gradient of theory.md §5.3), x multiplies the member mask, and the loss
-    is theory.md §4's on the fused output of the selected members: BCE of the fused score
-    against match/no-match with the ground truth, plus L1 of matched fused boxes.
+    (ĉ), the perturbed selector turns ĉ into a selection x, x multiplies the member mask,
+    and the loss is theory.md §4's on the fused output of the selected members: BCE (or a
+    ranking surrogate of AP) of the fused score against match/no-match with the ground
+    truth, plus L1 of matched fused boxes. The gradient reaches ĉ either through the
+    perturbed optimizer's Jacobian (theory.md §5.3; ``hard=False``: x is the Monte Carlo
+    expectation ``K_σ(ĉ)``, ``hard=True``: the exact solution), or, with
+    ``train_cfg.selection_grad='perturbed_loss'`` (recommended), as the gradient of each
+    image's expected loss over the perturbed selections, without linearising the loss in x.
     Inference: hard selection, then WBF of the selected members' boxes only (in live mode
     with an image-only net, unselected members are not run).
 
