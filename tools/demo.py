@@ -13,6 +13,7 @@ and says so.
 """
 import argparse
 import csv
+import glob
 import hashlib
 import json
 import os
@@ -78,7 +79,6 @@ def log(msg: str) -> None:
 def source_files() -> list:
     """mmens' code and configs: a change to either invalidates the cached results (the
     config text alone misses its ``_base_`` files and the code that trains)."""
-    import glob
     return sorted(glob.glob(osp.join(ROOT, 'mmens', '**', '*.py'), recursive=True)
                   + glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
 

@@ -222,3 +222,15 @@ def test_bad_cel_configs():
     with pytest.raises(ValueError, match='meta-features, an image backbone'):
         from mmens.models.heads import MemberSelectionNet
         MemberSelectionNet(3, use_meta=False)
+
+
+def test_set_budget_keeps_every_other_selector_setting():
+    model = build(dict(budget=0.4, sigma=0.3, noise='gumbel', at_least_one=True,
+                       l2_normalize=False, num_bins=50))
+    model.set_budget(k=2)
+    s = model.selector
+    assert (s.k, s.sigma, s.noise, s.l2_normalize, s.num_bins, s.num_samples, s.seed) == \
+        (2, 0.3, 'gumbel', False, 50, 200, 0)
+    model.set_budget(budget=0.2)
+    assert model.selector.budget == 0.2 and model.selector.at_least_one
+    assert torch.equal(model.selector.costs.float(), model.member_seconds)

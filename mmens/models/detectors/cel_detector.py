@@ -79,6 +79,8 @@ class CELDetector(BaseDetector):
                 raise ValueError('CELDetector: a time budget needs member_seconds')
             selector.setdefault('costs', list(member_seconds))
         self.selector = PerturbedSelector(**selector)
+        # everything but the budget, for set_budget
+        self.selector_cfg = {k: v for k, v in selector.items() if k not in ('k', 'costs', 'budget')}
         self.register_buffer('member_seconds', torch.as_tensor(
             member_seconds if member_seconds is not None else [1.0] * n,
             dtype=torch.float32), persistent=False)
@@ -111,16 +113,11 @@ class CELDetector(BaseDetector):
         budgets)."""
         if (k is None) == (budget is None):
             raise ValueError('CELDetector.set_budget: give exactly one of k or budget')
-        s = self.selector
-        common = dict(num_samples=s.num_samples, sigma=s.sigma, noise=s.noise, hard=s.hard,
-                      l2_normalize=s.l2_normalize, num_bins=s.num_bins, seed=s.seed,
-                      solver=s.solver if s.solver in ('enum', 'dp') else 'auto',
-                      control_variate=s.control_variate, at_least_one=s.at_least_one)
         if k is not None:
-            self.selector = PerturbedSelector(k=k, **common)
+            self.selector = PerturbedSelector(k=k, **self.selector_cfg)
         else:
             self.selector = PerturbedSelector(costs=self.member_seconds.cpu(), budget=budget,
-                                              **common)
+                                              **self.selector_cfg)
         self.selector.to(self.member_seconds.device)
 
     # -- features and selection --------------------------------------------------------
