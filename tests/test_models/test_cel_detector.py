@@ -138,12 +138,14 @@ def test_cel_gradient_reaches_the_selection_net():
     assert grads[-1].abs().sum() > 0  # the output bias moves
 
 
-@pytest.mark.parametrize('loss_cls', ['bce', 'balanced_bce', 'rank'])
-def test_selection_loss_deltas_equal_the_loss_with_one_image_moved(loss_cls):
+@pytest.mark.parametrize('loss_cls,box_loss', [('bce', 'l1'), ('balanced_bce', 'l1'),
+                                               ('rank', 'l1'), ('rank', 'iou_thresholds')])
+def test_selection_loss_deltas_equal_the_loss_with_one_image_moved(loss_cls, box_loss):
     clusters, targets, _ = specialised_clusters(num_images=5, per_image=8)
     targets.ignored[::7] = True
     model = build(dict(k=2), members=['a', 'b', 'c'],
-                  train_cfg=dict(loss_cls=loss_cls, rank_class_balanced=True))
+                  train_cfg=dict(loss_cls=loss_cls, rank_class_balanced=True,
+                                 box_loss=box_loss))
     base = torch.tensor([[1., 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 1]])
     cand = torch.tensor([[1., 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 1]])
 
@@ -215,8 +217,10 @@ def test_bad_cel_configs():
                           selector=dict(budget=0.2)))
     with pytest.raises(ValueError, match='exactly one'):
         build(dict(k=2)).set_budget()
-    with pytest.raises(ValueError, match="selection_grad must be 'jacobian'"):
+    with pytest.raises(ValueError, match="selection_grad must be one of .'jacobian'"):
         build(dict(k=2), train_cfg=dict(selection_grad='exact'))
+    with pytest.raises(ValueError, match="box_loss must be one of .'l1', 'iou_thresholds'"):
+        build(dict(k=2), train_cfg=dict(box_loss='giou'))
     with pytest.raises(ValueError, match='anchor must be >= 0'):
         build(dict(k=2), train_cfg=dict(anchor=-0.1))
     with pytest.raises(ValueError, match='meta-features, an image backbone'):

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from mmens.ops import FUSION_METHODS
 from mmens.ops.clustering import Clusters, match_boxes
+from mmens.ops.iou_thresholds import iou_threshold_misses, positive_weights
 from mmens.ops.knapsack import PerturbedSelector
 from mmens.ops.perturbed_loss import perturbed_loss_grad, perturbed_loss_surrogate
 from mmens.ops.ranking import pairwise_rank_loss, rank_loss_deltas, rank_pairs
@@ -25,18 +26,17 @@ from .ensemble_detector import pack_gt
 class CELDetector(BaseDetector):
     """e2e-CEL ensemble: a selection net picks members per image, WBF fuses the chosen ones.
 
-    Training (members frozen; their predictions cached or run live): boxes of all members
-    are matched once into clusters; the selection net scores the members of each image
-    (ĉ), the perturbed selector turns ĉ into a selection x, x multiplies the member mask,
-    and the loss is theory.md §4's on the fused output of the selected members: BCE (or a
-    ranking surrogate of AP) of the fused score against match/no-match with the ground
-    truth, plus L1 of matched fused boxes. The gradient reaches ĉ either through the
-    perturbed optimizer's Jacobian (theory.md §5.3; ``hard=False``: x is the Monte Carlo
-    expectation ``K_σ(ĉ)``, ``hard=True``: the exact solution), or, with
-    ``train_cfg.selection_grad='perturbed_loss'`` (recommended), as the gradient of each
-    image's expected loss over the perturbed selections, without linearising the loss in x.
-    Inference: hard selection, then WBF of the selected members' boxes only (in live mode
-    with an image-only net, unselected members are not run).
+    Training (members frozen; cached or live): all members' boxes are matched once into
+    clusters; the selection net scores each image's members (ĉ), the perturbed selector
+    turns ĉ into a selection x that multiplies the member mask, and the loss is theory.md
+    §4's on the fused output of the selected members: BCE (or a ranking surrogate of AP) of
+    the fused score against match/no-match with the ground truth, plus a box term. ĉ gets
+    the gradient through the perturbed optimizer's Jacobian (theory.md §5.3; x is
+    ``K_σ(ĉ)`` with ``hard=False``, the exact solution with ``hard=True``), or with
+    ``train_cfg.selection_grad='perturbed_loss'`` (recommended) the gradient of each
+    image's expected loss over perturbed selections, without linearising the loss in x.
+    Inference: hard selection, then WBF of the selected members' boxes only (live members
+    with an image-only net: unselected members are not run).
 
     Args:
         members (Sequence[str | dict]): member names (cached predictions) or live members.
@@ -49,7 +49,10 @@ class CELDetector(BaseDetector):
         member_seconds (Sequence[float], optional): each member's measured seconds per
             image (``members.json``), the knapsack costs and the reported compute.
         fusion_cfg (dict): WBF ``iou_thr``, ``skip_box_thr``, ``conf_type``, ``weights``.
-        train_cfg (dict): ``iou_thr`` (0.5) of the targets, ``loss_box`` weight (1.0),
+        train_cfg (dict): ``iou_thr`` (0.5) of the targets, ``loss_box`` weight (1.0) of
+            ``box_loss``: 'l1' (L1 of matched fused boxes, theory.md §4) or
+            'iou_thresholds' (the share of COCO's IoU thresholds each matched fused box
+            misses, smoothed by ``iou_tau``, weighted as the ranking loss's positives),
             ``loss_cls`` ('bce', 'balanced_bce' or 'rank'), and for 'rank' ``rank_tau``
             (0.05) and ``rank_class_balanced`` (False: each positive weighs the same;
             True: each class, as COCO's mean over classes), ``anchor`` (0: off), and
@@ -79,8 +82,8 @@ class CELDetector(BaseDetector):
                 raise ValueError('CELDetector: a time budget needs member_seconds')
             selector.setdefault('costs', list(member_seconds))
         self.selector = PerturbedSelector(**selector)
-        # everything but the budget, for set_budget
-        self.selector_cfg = {k: v for k, v in selector.items() if k not in ('k', 'costs', 'budget')}
+        self.selector_cfg = {k: v for k, v in selector.items()  # all but the budget
+                             if k not in ('k', 'costs', 'budget')}
         self.register_buffer('member_seconds', torch.as_tensor(
             member_seconds if member_seconds is not None else [1.0] * n,
             dtype=torch.float32), persistent=False)
@@ -93,15 +96,15 @@ class CELDetector(BaseDetector):
         self.fusion_cfg = fusion_cfg
         self.register_buffer('weights', torch.ones(n) if weights is None else
                              torch.as_tensor(weights, dtype=torch.float32), persistent=False)
-        self.train_cfg = dict(dict(iou_thr=0.5, loss_box=1.0, loss_cls='bce', rank_tau=0.05,
-                                    rank_class_balanced=False, anchor=0.0,
-                                    selection_grad='jacobian'), **(train_cfg or {}))
-        if self.train_cfg['selection_grad'] not in ('jacobian', 'perturbed_loss'):
-            raise ValueError("CELDetector: train_cfg.selection_grad must be 'jacobian' or "
-                             f"'perturbed_loss', got {self.train_cfg['selection_grad']!r}")
-        if self.train_cfg['loss_cls'] not in ('bce', 'balanced_bce', 'rank'):
-            raise ValueError("CELDetector: train_cfg.loss_cls must be 'bce', 'balanced_bce' "
-                             f"or 'rank', got {self.train_cfg['loss_cls']!r}")
+        self.train_cfg = dict(dict(iou_thr=0.5, loss_box=1.0, box_loss='l1', iou_tau=0.02,
+                                    loss_cls='bce', rank_tau=0.05, rank_class_balanced=False,
+                                    anchor=0.0, selection_grad='jacobian'), **(train_cfg or {}))
+        for key, allowed in (('selection_grad', ('jacobian', 'perturbed_loss')),
+                             ('loss_cls', ('bce', 'balanced_bce', 'rank')),
+                             ('box_loss', ('l1', 'iou_thresholds'))):
+            if self.train_cfg[key] not in allowed:
+                raise ValueError(f'CELDetector: train_cfg.{key} must be one of {allowed}, '
+                                 f'got {self.train_cfg[key]!r}')
         if not float(self.train_cfg['anchor']) >= 0:
             raise ValueError('CELDetector: train_cfg.anchor must be >= 0 (0: off), got '
                              f"{self.train_cfg['anchor']!r}")
@@ -212,8 +215,8 @@ class CELDetector(BaseDetector):
                 'members_selected': x.detach().sum(1).mean(),
                 'member_seconds': (x.detach() @ self.member_seconds).mean()}
 
-    def cluster_terms(self, boxes: Tensor, scores: Tensor,
-                      targets) -> Tuple[Optional[Tensor], Tensor]:
+    def cluster_terms(self, boxes: Tensor, scores: Tensor, targets,
+                      labels: Tensor) -> Tuple[Optional[Tensor], Tensor]:
         """Per-cluster terms ``[..., C]`` of ``loss_cls`` (None for 'rank', which is not a
         sum over clusters) and of ``loss_box``: each loss is the sum of its terms over C.
 
@@ -222,8 +225,13 @@ class CELDetector(BaseDetector):
         """
         keep = (~targets.ignored).to(scores.dtype)  # [C]
         pos = targets.y_cls * keep  # [C]
-        box = (boxes - targets.y_box).abs().sum(-1) * pos * (
-            self.train_cfg['loss_box'] / pos.sum().clamp_min(1.0))  # [..., C]
+        if self.train_cfg['box_loss'] == 'iou_thresholds':  # AP's IoU thresholds missed
+            box = iou_threshold_misses(boxes, targets.y_box, tau=self.train_cfg['iou_tau']) * (
+                self.train_cfg['loss_box'] * positive_weights(
+                    pos > 0.5, labels, self.train_cfg['rank_class_balanced']))  # [..., C]
+        else:
+            box = (boxes - targets.y_box).abs().sum(-1) * pos * (
+                self.train_cfg['loss_box'] / pos.sum().clamp_min(1.0))  # [..., C]
         mode = self.train_cfg['loss_cls']
         if mode == 'rank':
             return None, box
@@ -240,7 +248,7 @@ class CELDetector(BaseDetector):
         """``loss_cls`` and ``loss_box`` of the fused output of the selection ``x [B, N]``
         (hard or soft; differentiable in ``x``)."""
         boxes, scores = selected_fusion(clusters, x, self.weights)
-        cls, box = self.cluster_terms(boxes, scores, targets)
+        cls, box = self.cluster_terms(boxes, scores, targets, clusters.labels)
         if cls is None:  # AP's ranking of matched above unmatched, per class
             cls = pairwise_rank_loss(scores, targets.y_cls, clusters.labels, ~targets.ignored,
                                      tau=self.train_cfg['rank_tau'],
@@ -256,7 +264,7 @@ class CELDetector(BaseDetector):
         u, b = candidates.shape[0], base.shape[0]
         select = torch.cat([base[None], candidates[:, None, :].expand(u, b, -1)])  # [U+1,B,N]
         boxes, scores = selected_fusion(clusters, select, self.weights)  # [U+1, C, (4)]
-        cls, box = self.cluster_terms(boxes, scores, targets)
+        cls, box = self.cluster_terms(boxes, scores, targets, clusters.labels)
         terms = box if cls is None else box + cls  # [U+1, C]
         out = terms.new_zeros(u, b).index_add_(1, clusters.image_index, terms[1:] - terms[:1])
         if cls is None:
