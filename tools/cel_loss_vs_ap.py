@@ -3,7 +3,7 @@
     python tools/cel_loss_vs_ap.py
 
 e2e-CEL learns by lowering a surrogate loss of the fused output of the members it selects
-(``CELDetector.selection_loss``: a ranking or BCE term plus L1 of matched boxes). Its
+(``CELDetector.selection_loss``: a ranking or BCE term plus a box term). Its
 selections can only be as good as that loss's agreement with AP. On the embedded val split
 (all images, in sample: a diagnostic of the objective, not a result), this scores every
 fixed subset of the members both ways, WBF-fused as in the budget report, and prints per
@@ -38,6 +38,10 @@ VARIANTS = {
     'rank, each class the same': dict(loss_cls='rank', rank_class_balanced=True),
     'bce': dict(loss_cls='bce'),
     'balanced_bce': dict(loss_cls='balanced_bce'),
+    'rank, each class the same; no box term': dict(loss_cls='rank', rank_class_balanced=True,
+                                                   loss_box=0.0),
+    'rank, each class the same; IoU thresholds missed': dict(
+        loss_cls='rank', rank_class_balanced=True, box_loss='iou_thresholds'),
 }
 
 
@@ -83,6 +87,7 @@ def main(argv=None) -> None:
     n, num_img = len(names), len(data['data_samples'])
     subsets = [s for r in range(1, n + 1) for s in itertools.combinations(range(n), r)]
     ap, losses, cls = [], {v: [] for v in VARIANTS}, {v: [] for v in VARIANTS}
+    base_cfg = dict(model.train_cfg, loss_box=1.0, box_loss='l1')  # each variant from here
     bar = ProgressBar(len(subsets))
     for s in subsets:
         sel = torch.zeros(len(batch.img_ids), n)
@@ -92,7 +97,7 @@ def main(argv=None) -> None:
         x = torch.zeros(num_img, n)  # model member order
         x[:, [model.members.index(names[i]) for i in s]] = 1.0
         for v, over in VARIANTS.items():
-            model.train_cfg.update(over)
+            model.train_cfg = dict(base_cfg, **over)
             torch.manual_seed(args.seed)  # the same sampled negatives for every subset
             with torch.no_grad():
                 out = model.selection_loss(clusters, targets, x)

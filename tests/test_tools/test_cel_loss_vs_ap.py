@@ -27,3 +27,7 @@ def test_small_run_prints_one_row_per_loss(capsys):
         cells = r.strip('| ').split(' | ')
         assert len(cells) == 3 + 5  # name, two correlations, k = 1..5
         assert all(-1.0 <= float(c) <= 1.0 for c in cells[1:3])
+    # each variant starts from the config's own settings: without the box term, the
+    # training loss is loss_cls alone
+    no_box = [r.strip('| ').split(' | ') for r in rows if 'no box term' in r][0]
+    assert no_box[1] == no_box[2]
