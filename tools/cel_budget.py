@@ -44,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--gate-folds', type=int, default=0,
                    help='also report e2e-CEL gated by an inner cross-validation with this '
                    'many folds inside each training fold (>= 2; 0: off)')
+    p.add_argument('--loss-check', action='store_true',
+                   help='also report e2e-CEL kept only on the folds where its training loss '
+                   'prefers the best fixed subset among fixed subsets (on the training images)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override settings of the e2e-CEL config (key=value)')
     return p.parse_args(argv)
@@ -68,7 +71,7 @@ def main(argv=None) -> None:
     report = budget_report(batch, coco, [m['seconds_per_image'] for m in meta], settings,
                            args.config, args.work_dir, args.folds, args.seed,
                            cfg_options=args.cfg_options, warm_start_gap=args.warm_start_gap,
-                           gate_folds=args.gate_folds,
+                           gate_folds=args.gate_folds, loss_check=args.loss_check,
                            progress=lambda s: print(f'[cel_budget] {s}', flush=True))
     print(write_budget_outputs(report, args.work_dir))
     print(f'COCO val2017 images of data/coco_real ({len(batch.img_ids)}), out of fold '

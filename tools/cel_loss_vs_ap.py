@@ -22,12 +22,12 @@ sys.path.insert(0, ROOT)
 import mmens  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mmengine.dataset import pseudo_collate  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.utils import ProgressBar  # noqa: E402
 
 from mmens.apis import load_coco, load_member_batch  # noqa: E402
 from mmens.apis.cel_budget import cel_config, fuse_selected  # noqa: E402
+from mmens.apis.loss_check import fixed_subset_losses, training_inputs  # noqa: E402
 from mmens.evaluation.coco_eval import CocoEvaluation  # noqa: E402
 from mmens.utils import run_cli  # noqa: E402
 
@@ -62,7 +62,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from mmdet.registry import DATASETS, MODELS
+    from mmdet.registry import MODELS
     init_default_scope('mmdet')
     cfg = cel_config(args.config)
     coco = load_coco(osp.join(DATA, 'annotations', 'val.json'))
@@ -80,30 +80,24 @@ def main(argv=None) -> None:
     if sorted(model.members) != sorted(names):
         raise ValueError(f'{args.config}: its members {list(model.members)} are not those of '
                          f'data/coco_real {names}')
-    dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    data = model.data_preprocessor(pseudo_collate([dataset[i] for i in range(len(dataset))]),
-                                   True)
-    clusters, targets, _, _ = model.loss_inputs(data['inputs'], data['data_samples'])
-    n, num_img = len(names), len(data['data_samples'])
+    n, num_img = len(names), len(batch.img_ids)
     subsets = [s for r in range(1, n + 1) for s in itertools.combinations(range(n), r)]
-    ap, losses, cls = [], {v: [] for v in VARIANTS}, {v: [] for v in VARIANTS}
-    base_cfg = dict(model.train_cfg, loss_box=1.0, box_loss='l1')  # each variant from here
+    ap = []
     bar = ProgressBar(len(subsets))
     for s in subsets:
-        sel = torch.zeros(len(batch.img_ids), n)
+        sel = torch.zeros(num_img, n)
         sel[:, list(s)] = 1.0
         ap.append(CocoEvaluation(coco, fuse_selected(batch, sel, **model.fusion_cfg),
                                  batch.img_ids).metrics()['AP'])
-        x = torch.zeros(num_img, n)  # model member order
-        x[:, [model.members.index(names[i]) for i in s]] = 1.0
-        for v, over in VARIANTS.items():
-            model.train_cfg = dict(base_cfg, **over)
-            torch.manual_seed(args.seed)  # the same sampled negatives for every subset
-            with torch.no_grad():
-                out = model.selection_loss(clusters, targets, x)
-            losses[v].append(float(out['loss_cls'] + out['loss_box']))
-            cls[v].append(float(out['loss_cls']))
         bar.update()
+    clusters, targets = training_inputs(model, cfg.train_dataloader.dataset)
+    losses, cls = {}, {}
+    base_cfg = dict(model.train_cfg, loss_box=1.0, box_loss='l1')  # each variant from here
+    for v, over in VARIANTS.items():
+        model.train_cfg = dict(base_cfg, **over)
+        # the same sampled negatives (seed) for every subset
+        terms = fixed_subset_losses(model, clusters, targets, subsets, names, args.seed)
+        cls[v], losses[v] = terms['loss_cls'], terms['loss_cls'] + terms['loss_box']
     ap = np.asarray(ap)
     sizes = np.array([len(s) for s in subsets])
     head = ' | '.join(f'k={k}' for k in range(1, n))
@@ -113,13 +107,12 @@ def main(argv=None) -> None:
     print(f'| loss_cls | Spearman, cls | Spearman, cls + box | {head} |')
     print('|---|---|---|' + '---|' * (n - 1))
     for v, vals in losses.items():
-        vals = np.asarray(vals)
         cells = []
         for k in range(1, n):
             idx = np.flatnonzero(sizes == k)
             chosen, best = idx[np.argmin(vals[idx])], idx[np.argmax(ap[idx])]
             cells.append(f'{100 * ap[chosen]:.1f} ({100 * ap[best]:.1f})')
-        print(f'| {v} | {spearman(-np.asarray(cls[v]), ap):.3f} | {spearman(-vals, ap):.3f} | '
+        print(f'| {v} | {spearman(-cls[v], ap):.3f} | {spearman(-vals, ap):.3f} | '
               + ' | '.join(cells) + ' |')
 
 

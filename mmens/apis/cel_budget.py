@@ -21,6 +21,7 @@ from mmens.ops.knapsack import knapsack, topk_mask
 from .cross_val import fold_config, fold_positions, subset_batch, train_from_cfg
 from mmens.models.utils import select_members
 from .inference import build_fixed_ensemble, fuse_batch, member_remap
+from .loss_check import loss_preferred_subset
 from .member_files import MemberBatch
 
 
@@ -70,7 +71,7 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
                   settings: Sequence[dict], config: str, work_root: str,
                   num_folds: int = 5, seed: int = 0, fusion_cfg: Optional[dict] = None,
                   cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25,
-                  gate_folds: int = 0,
+                  gate_folds: int = 0, loss_check: bool = False,
                   progress: Optional[Callable[[str], None]] = None) -> Dict:
     """Out-of-fold AP and mean member compute per image, per budget setting and method.
 
@@ -89,6 +90,10 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
             e2e-CEL is kept only if it beats the best fixed subset in a ``gate_folds``-fold
             cross-validation inside that fold's training images (:func:`inner_gate`), and
             the fold falls back to the best fixed subset otherwise.
+        loss_check (bool): also report ``e2e-CEL, loss-checked``: on each outer fold,
+            e2e-CEL is kept only if its training loss prefers that fold's best fixed subset
+            among the feasible fixed subsets on the fold's training images (its loss agrees
+            with AP there), and the fold falls back to the best fixed subset otherwise.
 
     Returns:
         dict with ``rows`` (setting, method, AP, seconds, members per image, ``differs``:
@@ -130,11 +135,17 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         random_res = fuse_selected(batch, rand, **fusion_cfg)
         say(f'{name}: training e2e-CEL, {num_folds} folds')
         in_sample: List[float] = []
+        checks: Optional[List[dict]] = [] if loss_check else None
         cel_res, cel_sel, fit_s = cel_out_of_fold(
             batch, config, setting, folds, best, osp.join(work_root, name.replace(' ', '')),
-            num_folds, seed, fusion_cfg, cfg_options, warm_start_gap, coco, in_sample)
+            num_folds, seed, fusion_cfg, cfg_options, warm_start_gap, coco, in_sample,
+            checks, ok)
         fixed_in = [evals[b].ap(train) for b, (train, _) in zip(best, folds)]
         methods = [('e2e-CEL', cel_res, cel_sel, dict(train_AP=float(np.mean(in_sample))))]
+        if loss_check:
+            c_res, c_sel = gated(cel_res, cel_sel, fixed, chosen, folds, checks, img_ids)
+            methods.append(('e2e-CEL, loss-checked', c_res, c_sel,
+                            dict(kept=sum(c['keep'] for c in checks), gate=checks)))
         if gate_folds >= 2:
             keep = []
             for k, (train, _) in enumerate(folds):
@@ -244,13 +255,18 @@ def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
                     best_subsets: list, work_root: str, num_folds: int, seed: int,
                     fusion_cfg: dict,
                     cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25,
-                    coco: Optional[COCO] = None, in_sample: Optional[List[float]] = None
+                    coco: Optional[COCO] = None, in_sample: Optional[List[float]] = None,
+                    loss_check: Optional[List[dict]] = None,
+                    feasible_subsets: Optional[List[tuple]] = None
                     ) -> Tuple[List[dict], np.ndarray, float]:
     """Train e2e-CEL per fold (Runner), starting from that fold's best fixed subset
     (``best_subsets[k]``), and select + fuse the held-out images; returns the results, the
     selection ``[I, N]`` and the total fit seconds. With ``coco`` and a list ``in_sample``,
     also appends each fold model's AP on its own training images (a diagnostic: below the
-    best fixed subset's there, the training loss itself leads away from AP)."""
+    best fixed subset's there, the training loss itself leads away from AP). With a list
+    ``loss_check`` and ``feasible_subsets``, also appends per fold ``keep``: whether the
+    training loss prefers that fold's best fixed subset among ``feasible_subsets`` on its
+    training images (:mod:`mmens.apis.loss_check`)."""
     n = len(batch.names)
     if list(batch.img_ids) != sorted(batch.img_ids):
         raise ValueError('cel_out_of_fold: the batch images must be sorted by id')
@@ -269,6 +285,11 @@ def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
         cfg.train_dataloader.dataset.img_ids = list(batch.img_ids)  # folds of these images
         model, seconds = train_from_cfg(cfg)
         fit_s += seconds
+        if loss_check is not None:
+            prefers = loss_preferred_subset(model, cfg.train_dataloader.dataset,
+                                            feasible_subsets, batch.names, seed)
+            loss_check.append(dict(keep=prefers == tuple(best), prefers=list(prefers),
+                                   best=list(best)))
         remap = member_remap(model.members, batch.names)
 
         def select_and_fuse(positions):

@@ -47,7 +47,7 @@ def test_cel_budget_report_smoke(tmp_path):
     work = str(tmp_path / 'budget')
     out = run([sys.executable, 'tools/cel_budget.py', '--work-dir', work, '--ks', '2',
                '--budgets', '0.2', '--folds', '2', '--max-images', '24',
-               '--gate-folds', '2', '--cfg-options', *FAST])
+               '--gate-folds', '2', '--loss-check', '--cfg-options', *FAST])
     rows = json.load(open(osp.join(work, 'budget.json')))['rows']
     methods = {(r['setting'], r['method']) for r in rows}
     assert ('k=2', 'e2e-CEL') in methods and ('0.2 s', 'best fixed subset') in methods
@@ -77,6 +77,15 @@ def test_cel_budget_report_smoke(tmp_path):
             assert g['differs'] == 0.0
     assert f"| k=2 | e2e-CEL, gated (e2e-CEL kept on {by[('k=2', 'e2e-CEL, gated')]['kept']}/2" \
         in out
+    for setting in ('k=2', '0.2 s'):  # kept where the loss prefers the best fixed subset
+        c = by[(setting, 'e2e-CEL, loss-checked')]
+        assert len(c['gate']) == 2 and c['kept'] == sum(x['keep'] for x in c['gate'])
+        for x in c['gate']:
+            assert x['keep'] == (x['prefers'] == x['best'])
+            assert len(x['prefers']) == 2 if setting == 'k=2' else len(x['prefers']) >= 1
+        if c['kept'] in (0, 2):  # all folds fell back, or none did
+            other = 'best fixed subset' if c['kept'] == 0 else 'e2e-CEL'
+            assert c['AP'] == by[(setting, other)]['AP']
 
 
 def test_gated_takes_each_fold_from_its_choice():
