@@ -221,8 +221,12 @@ def test_bad_cel_configs():
         build(dict(k=2), train_cfg=dict(selection_grad='exact'))
     with pytest.raises(ValueError, match="box_loss must be one of .'l1', 'iou_thresholds'"):
         build(dict(k=2), train_cfg=dict(box_loss='giou'))
-    with pytest.raises(ValueError, match='anchor must be >= 0'):
+    with pytest.raises(ValueError, match=r'anchor must be a number >= 0 \(0: off\), got -0.1'):
         build(dict(k=2), train_cfg=dict(anchor=-0.1))
+    for key in ('iou_tau', 'rank_tau'):
+        for bad in (0.0, 'x'):
+            with pytest.raises(ValueError, match=f'{key} must be a number > 0'):
+                build(dict(k=2), train_cfg={key: bad})
     with pytest.raises(ValueError, match='meta-features, an image backbone'):
         from mmens.models.heads import MemberSelectionNet
         MemberSelectionNet(3, use_meta=False)

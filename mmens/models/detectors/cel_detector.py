@@ -19,6 +19,7 @@ from mmens.ops.selection_features import selection_features
 from mmens.ops.targets import assign_targets
 from ..live_members import parse_members, register_members, with_member_predictions
 from ..utils import normalized_member_boxes, select_members, split_results
+from .cel_train_cfg import cel_train_cfg
 from .ensemble_detector import pack_gt
 
 
@@ -96,18 +97,7 @@ class CELDetector(BaseDetector):
         self.fusion_cfg = fusion_cfg
         self.register_buffer('weights', torch.ones(n) if weights is None else
                              torch.as_tensor(weights, dtype=torch.float32), persistent=False)
-        self.train_cfg = dict(dict(iou_thr=0.5, loss_box=1.0, box_loss='l1', iou_tau=0.02,
-                                    loss_cls='bce', rank_tau=0.05, rank_class_balanced=False,
-                                    anchor=0.0, selection_grad='jacobian'), **(train_cfg or {}))
-        for key, allowed in (('selection_grad', ('jacobian', 'perturbed_loss')),
-                             ('loss_cls', ('bce', 'balanced_bce', 'rank')),
-                             ('box_loss', ('l1', 'iou_thresholds'))):
-            if self.train_cfg[key] not in allowed:
-                raise ValueError(f'CELDetector: train_cfg.{key} must be one of {allowed}, '
-                                 f'got {self.train_cfg[key]!r}')
-        if not float(self.train_cfg['anchor']) >= 0:
-            raise ValueError('CELDetector: train_cfg.anchor must be >= 0 (0: off), got '
-                             f"{self.train_cfg['anchor']!r}")
+        self.train_cfg = cel_train_cfg(train_cfg)
         self.test_cfg = dict(dict(max_per_img=100, score_thr=0.0), **(test_cfg or {}))
 
     def set_budget(self, k: Optional[int] = None, budget: Optional[float] = None) -> None:

@@ -1,0 +1,29 @@
+"""``CELDetector``'s ``train_cfg``: its defaults, and a ValueError for a bad setting."""
+from typing import Optional
+
+#: Defaults of every ``CELDetector.train_cfg`` key (see its docstring).
+CEL_TRAIN_DEFAULTS = dict(iou_thr=0.5, loss_box=1.0, box_loss='l1', iou_tau=0.02,
+                          loss_cls='bce', rank_tau=0.05, rank_class_balanced=False,
+                          anchor=0.0, selection_grad='jacobian')
+
+_CHOICES = (('selection_grad', ('jacobian', 'perturbed_loss')),
+            ('loss_cls', ('bce', 'balanced_bce', 'rank')),
+            ('box_loss', ('l1', 'iou_thresholds')))
+
+
+def cel_train_cfg(train_cfg: Optional[dict] = None) -> dict:
+    """``train_cfg`` over :data:`CEL_TRAIN_DEFAULTS`, checked before any training: a
+    ValueError names the key, its value and what it may be."""
+    cfg = dict(CEL_TRAIN_DEFAULTS, **(train_cfg or {}))
+    for key, allowed in _CHOICES:
+        if cfg[key] not in allowed:
+            raise ValueError(f'CELDetector: train_cfg.{key} must be one of {allowed}, '
+                             f'got {cfg[key]!r}')
+    for key, lowest, note in (('anchor', '>= 0', ' (0: off)'), ('iou_tau', '> 0', ''),
+                              ('rank_tau', '> 0', '')):
+        value = cfg[key]
+        ok = isinstance(value, (int, float)) and (value >= 0 if lowest == '>= 0' else value > 0)
+        if not ok:
+            raise ValueError(f'CELDetector: train_cfg.{key} must be a number {lowest}{note}, '
+                             f'got {value!r}')
+    return cfg
