@@ -10,22 +10,6 @@ from .targets import box_iou
 COCO_IOU_THRS = tuple(0.5 + 0.05 * i for i in range(10))
 
 
-def positive_weights(pos: Tensor, labels: Tensor, class_balanced: bool = False) -> Tensor:
-    """``[C]`` weights of the positives (0 elsewhere) summing to 1 (0 without positives).
-
-    Args:
-        pos (Tensor): ``[C]`` bool, matched clusters.
-        labels (Tensor): ``[C]`` long class.
-        class_balanced (bool): each class with positives weighs the same (COCO's mean over
-            classes), split evenly among its positives; otherwise each positive does.
-    """
-    w = pos.float()
-    if class_balanced and labels.numel():
-        per_class = torch.bincount(labels, weights=w, minlength=int(labels.max()) + 1)
-        w = w / per_class[labels].clamp_min(1.0)
-    return w / w.sum().clamp_min(1e-12)
-
-
 def iou_threshold_misses(boxes: Tensor, gt_boxes: Tensor,
                          thresholds: Sequence[float] = COCO_IOU_THRS,
                          tau: float = 0.02) -> Tensor:

@@ -6,6 +6,22 @@ from torch import Tensor
 from torch.nn.functional import softplus
 
 
+def positive_weights(pos: Tensor, labels: Tensor, class_balanced: bool = False) -> Tensor:
+    """``[C]`` weights of the positives (0 elsewhere) summing to 1 (0 without positives).
+
+    Args:
+        pos (Tensor): ``[C]`` bool, matched clusters.
+        labels (Tensor): ``[C]`` long class.
+        class_balanced (bool): each class with positives weighs the same (COCO's mean over
+            classes), split evenly among its positives; otherwise each positive does.
+    """
+    w = pos.float()
+    if class_balanced and labels.numel():
+        per_class = torch.bincount(labels, weights=w, minlength=int(labels.max()) + 1)
+        w = w / per_class[labels].clamp_min(1.0)
+    return w / w.sum().clamp_min(1e-12)
+
+
 def rank_pairs(y: Tensor, labels: Tensor, keep: Tensor, num_neg: int = 64,
                generator: Optional[torch.Generator] = None,
                class_balanced: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
@@ -43,11 +59,10 @@ def rank_pairs(y: Tensor, labels: Tensor, keep: Tensor, num_neg: int = 64,
         (cnt[:, None] - 1).clamp_min(0))  # [Np, num_neg]
     if neg_sorted.numel() == 0:
         return empty
-    valid = (cnt > 0).float()  # [Np]
-    if class_balanced:
-        per_class = torch.bincount(labels[pos_idx], weights=valid, minlength=num_classes)
-        valid = valid / per_class[labels[pos_idx]].clamp_min(1.0)  # [Np]
-    weight = (valid / valid.sum().clamp_min(1e-12) / num_neg)[:, None].expand(-1, num_neg)
+    # positives with a negative of their class to rank against, weighted as COCO's mean
+    has_neg = torch.zeros_like(pos).index_fill_(0, pos_idx[cnt > 0], True)  # [C]
+    weight = (positive_weights(has_neg, labels, class_balanced)[pos_idx] / num_neg)[
+        :, None].expand(-1, num_neg)
     neg_pick = neg_sorted[pick.clamp(0, neg_sorted.numel() - 1)]  # [Np, num_neg]
     return (pos_idx[:, None].expand(-1, num_neg).reshape(-1), neg_pick.reshape(-1),
             weight.reshape(-1))

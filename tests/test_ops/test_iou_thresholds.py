@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mmens.ops.iou_thresholds import COCO_IOU_THRS, iou_threshold_misses, positive_weights
+from mmens.ops.iou_thresholds import COCO_IOU_THRS, iou_threshold_misses
+from mmens.ops.ranking import positive_weights
 
 T = torch.tensor
 

@@ -10,10 +10,11 @@ from torch import Tensor
 
 from mmens.ops import FUSION_METHODS
 from mmens.ops.clustering import Clusters, match_boxes
-from mmens.ops.iou_thresholds import iou_threshold_misses, positive_weights
+from mmens.ops.iou_thresholds import iou_threshold_misses
 from mmens.ops.knapsack import PerturbedSelector
 from mmens.ops.perturbed_loss import perturbed_loss_grad, perturbed_loss_surrogate
-from mmens.ops.ranking import pairwise_rank_loss, rank_loss_deltas, rank_pairs
+from mmens.ops.ranking import (pairwise_rank_loss, positive_weights, rank_loss_deltas,
+                               rank_pairs)
 from mmens.ops.selected_fusion import selected_fusion
 from mmens.ops.selection_features import selection_features
 from mmens.ops.targets import assign_targets

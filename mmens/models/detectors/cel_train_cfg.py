@@ -9,6 +9,8 @@ CEL_TRAIN_DEFAULTS = dict(iou_thr=0.5, loss_box=1.0, box_loss='l1', iou_tau=0.02
 _CHOICES = (('selection_grad', ('jacobian', 'perturbed_loss')),
             ('loss_cls', ('bce', 'balanced_bce', 'rank')),
             ('box_loss', ('l1', 'iou_thresholds')))
+#: numbers that must be > 0, or >= 0 where ``True``
+_NUMBERS = (('anchor', True), ('iou_tau', False), ('rank_tau', False))
 
 
 def cel_train_cfg(train_cfg: Optional[dict] = None) -> dict:
@@ -19,11 +21,9 @@ def cel_train_cfg(train_cfg: Optional[dict] = None) -> dict:
         if cfg[key] not in allowed:
             raise ValueError(f'CELDetector: train_cfg.{key} must be one of {allowed}, '
                              f'got {cfg[key]!r}')
-    for key, lowest, note in (('anchor', '>= 0', ' (0: off)'), ('iou_tau', '> 0', ''),
-                              ('rank_tau', '> 0', '')):
+    for key, zero_ok in _NUMBERS:
         value = cfg[key]
-        ok = isinstance(value, (int, float)) and (value >= 0 if lowest == '>= 0' else value > 0)
-        if not ok:
-            raise ValueError(f'CELDetector: train_cfg.{key} must be a number {lowest}{note}, '
-                             f'got {value!r}')
+        if not (isinstance(value, (int, float)) and (value >= 0 if zero_ok else value > 0)):
+            raise ValueError(f'CELDetector: train_cfg.{key} must be a number '
+                             f"{'>= 0 (0: off)' if zero_ok else '> 0'}, got {value!r}")
     return cfg
