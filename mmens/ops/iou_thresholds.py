@@ -34,6 +34,9 @@ def iou_threshold_misses(boxes: Tensor, gt_boxes: Tensor,
     """
     if tau <= 0:
         raise ValueError(f'iou_threshold_misses: tau must be > 0, got {tau!r}')
+    if boxes.shape[-1] != 4 or tuple(gt_boxes.shape) != tuple(boxes.shape[-2:]):
+        raise ValueError('iou_threshold_misses: boxes must be [..., C, 4] and gt_boxes '
+                         f'[C, 4], got {list(boxes.shape)} and {list(gt_boxes.shape)}')
     if boxes.shape[-2] == 0:
         return boxes.new_zeros(boxes.shape[:-1])
     iou = box_iou(boxes, gt_boxes.expand_as(boxes), aligned=True)  # [..., C]

@@ -32,6 +32,8 @@ def test_misses_are_batched_and_differentiable():
 def test_misses_empty_input_and_bad_tau():
     assert iou_threshold_misses(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0, )
     assert iou_threshold_misses(torch.zeros(3, 0, 4), torch.zeros(0, 4)).shape == (3, 0)
+    with pytest.raises(ValueError, match=r'gt_boxes \[C, 4\], got \[2, 3, 4\] and \[2, 4\]'):
+        iou_threshold_misses(torch.zeros(2, 3, 4), torch.zeros(2, 4))
     with pytest.raises(ValueError, match='tau must be > 0'):
         iou_threshold_misses(torch.zeros(1, 4), torch.zeros(1, 4), tau=0.0)
 
