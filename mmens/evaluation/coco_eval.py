@@ -24,6 +24,33 @@ def _ap(precision: np.ndarray, iou_idx: Optional[int] = None, area: int = 0) -> 
     return float(p.mean()) if p.size else -1.0
 
 
+def category_ap(scores: np.ndarray, tp: np.ndarray, fp: np.ndarray, npig: int,
+                rec_thrs: np.ndarray) -> np.ndarray:
+    """pycocotools' ``accumulate`` for one category and area range: AP per IoU threshold.
+
+    Args:
+        scores (np.ndarray): ``[D]`` detection scores (any order; sorted here, stable).
+        tp, fp (np.ndarray): ``[T, D]`` bool, true / false positive at each IoU threshold
+            (ignored detections are neither).
+        npig (int): ground truths not ignored (> 0). rec_thrs: ``[R]`` recall thresholds.
+
+    Returns:
+        np.ndarray: ``[T]`` the mean interpolated precision over ``rec_thrs``.
+    """
+    order = np.argsort(-scores, kind='mergesort')
+    tp = np.cumsum(tp[:, order], axis=1, dtype=np.float64)  # [T, D]
+    fp = np.cumsum(fp[:, order], axis=1, dtype=np.float64)  # [T, D]
+    rc = tp / npig
+    pr = tp / (fp + tp + np.spacing(1))
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+    q = np.zeros((len(tp), len(rec_thrs)))
+    for t in range(len(tp)):
+        inds = np.searchsorted(rc[t], rec_thrs, side='left')
+        ok = inds < len(order)
+        q[t, ok] = pr[t, inds[ok]]
+    return q.mean(1)
+
+
 class CocoEvaluation:
     """Bounding-box COCO evaluation of one result list.
 
@@ -102,19 +129,8 @@ class CocoEvaluation:
             # indices of the detections of each sampled image, in sample order
             offs = np.repeat(f['start'][positions] - (np.cumsum(cnt) - cnt), cnt)
             det = np.arange(total) + offs
-            order = np.argsort(-f['scores'][det], kind='mergesort')
-            det = det[order]
-            tp = np.cumsum(f['tp'][:, det], axis=1, dtype=np.float64)  # [T, D]
-            fp = np.cumsum(f['fp'][:, det], axis=1, dtype=np.float64)  # [T, D]
-            rc = tp / npig
-            pr = tp / (fp + tp + np.spacing(1))
-            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-            q = np.zeros((len(tp), len(rec_thrs)))
-            for t in range(len(tp)):
-                inds = np.searchsorted(rc[t], rec_thrs, side='left')
-                ok = inds < len(det)
-                q[t, ok] = pr[t, inds[ok]]
-            per_cat.append(q.mean(1))
+            per_cat.append(category_ap(f['scores'][det], f['tp'][:, det], f['fp'][:, det],
+                                       npig, rec_thrs))
         return float(np.mean(per_cat)) if per_cat else 0.0
 
     def metrics(self, positions: Optional[np.ndarray] = None) -> Dict[str, float]:
