@@ -20,6 +20,7 @@ from mmens.ops.selection_features import selection_features
 from mmens.ops.targets import assign_targets
 from ..live_members import parse_members, register_members, with_member_predictions
 from ..utils import normalized_member_boxes, select_members, split_results
+from .cel_ap_objective import APSwitchTable, selector_subsets
 from .cel_train_cfg import cel_train_cfg
 from .ensemble_detector import pack_gt
 
@@ -51,15 +52,8 @@ class CELDetector(BaseDetector):
         member_seconds (Sequence[float], optional): each member's measured seconds per
             image (``members.json``), the knapsack costs and the reported compute.
         fusion_cfg (dict): WBF ``iou_thr``, ``skip_box_thr``, ``conf_type``, ``weights``.
-        train_cfg (dict): ``iou_thr`` (0.5) of the targets, ``loss_box`` weight (1.0) of
-            ``box_loss``: 'l1' (L1 of matched fused boxes, theory.md §4) or
-            'iou_thresholds' (the share of COCO's IoU thresholds each matched fused box
-            misses, smoothed by ``iou_tau``, weighted as the ranking loss's positives),
-            ``loss_cls`` ('bce', 'balanced_bce' or 'rank'), and for 'rank' ``rank_tau``
-            (0.05) and ``rank_class_balanced`` (False: each positive weighs the same;
-            True: each class, as COCO's mean over classes), ``anchor`` (0: off), and
-            ``selection_grad``: 'jacobian' (the perturbed optimizer's, theory.md §5.3) or
-            'perturbed_loss' (each image's expected loss, :mod:`mmens.ops.perturbed_loss`).
+        train_cfg (dict): the loss and how ĉ learns; every key, its default and meaning
+            in :mod:`.cel_train_cfg`.
         test_cfg (dict): ``max_per_img`` (100), ``score_thr`` (0).
     """
 
@@ -99,6 +93,8 @@ class CELDetector(BaseDetector):
         self.register_buffer('weights', torch.ones(n) if weights is None else
                              torch.as_tensor(weights, dtype=torch.float32), persistent=False)
         self.train_cfg = cel_train_cfg(train_cfg)
+        if self.train_cfg['objective'] == 'coco_ap':
+            selector_subsets(self.selector, n)  # a ValueError unless enumerable
         self.test_cfg = dict(dict(max_per_img=100, score_thr=0.0), **(test_cfg or {}))
 
     def set_budget(self, k: Optional[int] = None, budget: Optional[float] = None) -> None:
@@ -163,8 +159,9 @@ class CELDetector(BaseDetector):
     @torch.no_grad()
     def loss_inputs(self, batch_inputs: dict, batch_data_samples: SampleList) -> tuple:
         """What :meth:`loss_by_feat` takes: the clusters of all members, their targets, the
-        meta-features ``[B, F]`` (or None) and the images (or None). None of it depends on
-        the selection, so a full-batch loop computes it once."""
+        meta-features ``[B, F]`` (or None), the images (or None) and, for
+        ``objective='coco_ap'``, the :class:`APSwitchTable` against the current selection.
+        None of it depends on the selection, so a full-batch loop computes it once."""
         batch_inputs = with_member_predictions(self.live_members, batch_inputs)
         clusters = self.extract_feat(batch_inputs)
         gt_boxes, gt_labels, gt_images, gt_ignore = pack_gt(batch_data_samples,
@@ -172,29 +169,35 @@ class CELDetector(BaseDetector):
         targets = assign_targets(clusters.fused_boxes, clusters.fused_scores, clusters.labels,
                                  clusters.image_index, gt_boxes, gt_labels, gt_images,
                                  iou_thr=self.train_cfg['iou_thr'], gt_ignore=gt_ignore)
-        return (clusters, targets) + self.selection_inputs(batch_inputs, clusters)
+        inputs = (clusters, targets) + self.selection_inputs(batch_inputs, clusters)
+        if self.train_cfg['objective'] == 'coco_ap':
+            reference = self.selector.exact(self.selection_net(*inputs[2:]))  # [B, N]
+            inputs += (APSwitchTable.build(self, batch_inputs, batch_data_samples, reference,
+                                           self.train_cfg['loss_ap']), )
+        return inputs
 
     def loss_by_feat(self, clusters: Clusters, targets, meta: Optional[Tensor],
-                     img: Optional[Tensor]) -> Dict[str, Tensor]:
-        """theory.md §4's objective on the fused output of the selected members, plus the
-        anchor of ĉ to its warm start (``train_cfg.anchor``).
+                     img: Optional[Tensor], ap_table: Optional[APSwitchTable] = None
+                     ) -> Dict[str, Tensor]:
+        """theory.md §4's loss (or COCO AP from ``ap_table``, ``objective='coco_ap'``) of
+        the selected members' fused output, plus the anchor of ĉ to its warm start.
 
-        ``train_cfg.selection_grad='jacobian'``: the loss of the selector's output x (soft
-        or hard), its gradient through the perturbed optimizer's Jacobian. With
-        ``'perturbed_loss'``: the loss of the exact selection is reported, and ĉ gets the
-        gradient of each image's expected loss under perturbed selection
-        (:mod:`mmens.ops.perturbed_loss`), as ``loss_select`` (value 0).
+        'jacobian': the loss of the selector's output x, differentiated through the
+        perturbed optimizer. 'perturbed_loss': the loss of the exact selection is reported
+        (``loss_ap``: AP points lost against the starting selection), and ĉ gets the
+        gradient of each image's expected loss under perturbation as ``loss_select`` (0).
         """
         c_hat = self.selection_net(meta, img)  # [B, N]
         if self.train_cfg['selection_grad'] == 'perturbed_loss':
             s = self.selector
             scores = F.normalize(c_hat, p=2.0, dim=-1) if s.l2_normalize else c_hat
-            grad, x, _ = perturbed_loss_grad(
-                scores.detach(), s.solve,
-                lambda base, cand: self.selection_loss_deltas(clusters, targets, base, cand),
-                s.num_samples, s.sigma, s.noise, s.generator(scores.device))
+            deltas = ap_table.deltas if ap_table is not None else (
+                lambda base, cand: self.selection_loss_deltas(clusters, targets, base, cand))
+            grad, x, _ = perturbed_loss_grad(scores.detach(), s.solve, deltas, s.num_samples,
+                                             s.sigma, s.noise, s.generator(scores.device))
             with torch.no_grad():
-                losses = self.selection_loss(clusters, targets, x)
+                losses = (dict(loss_ap=ap_table.loss(x).sum()) if ap_table is not None else
+                          self.selection_loss(clusters, targets, x))
             losses['loss_select'] = perturbed_loss_surrogate(scores, grad)
         else:
             x = self.selector(c_hat)  # [B, N]
@@ -270,6 +273,11 @@ class CELDetector(BaseDetector):
         (normalised), ``scores [K]``, ``labels [K]``, ``images [K]``."""
         x, batch_inputs = self.select(batch_inputs)  # [B, N]
         self.last_selection = x.detach()
+        return self.fuse_selection(batch_inputs, x)
+
+    def fuse_selection(self, batch_inputs: dict, x: Tensor
+                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """WBF of the boxes of the members ``x [B, N]`` (0/1) selects, per image."""
         sub = select_members({k: batch_inputs[k] for k in (
             'bboxes', 'scores', 'labels', 'members', 'images', 'image_sizes')}, x)
         return FUSION_METHODS['wbf'](

@@ -1,0 +1,109 @@
+"""e2e-CEL's ``objective='coco_ap'``: each image's selection is scored by COCO AP itself.
+
+The training loss of ``CELDetector`` is by default a surrogate (a ranking loss and a box
+term on the clusters of all members, restricted to the selected ones). Where the surrogate
+and AP disagree, e2e-CEL follows the surrogate (README, *k = 3*). This objective scores
+what the report scores instead: for every selection the selector can return, the WBF of
+those members alone is run on the training images and evaluated by pycocotools, and
+:func:`mmens.evaluation.ap_switch_deltas` gives how AP over the training images changes
+when one image switches to it, against the selection at the start of training. The
+perturbed-loss gradient (:mod:`mmens.ops.perturbed_loss`) only needs these loss values.
+"""
+import itertools
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmens.evaluation.ap_deltas import ap_switch_deltas
+from mmens.evaluation.coco_eval import CocoEvaluation
+from mmens.evaluation.samples_coco import coco_from_samples
+from mmens.ops.knapsack import PerturbedSelector
+from ..utils import split_results
+
+
+def selector_subsets(selector: PerturbedSelector, num_members: int) -> Tensor:
+    """``[S, N]`` 0/1: every selection the exact selector can return (top-k: all subsets of
+    k members; knapsack: every subset within the budget, the empty one only without
+    ``at_least_one``)."""
+    if selector.k is not None:
+        rows = [[1.0 if i in c else 0.0 for i in range(num_members)]
+                for c in itertools.combinations(range(num_members), selector.k)]
+        return torch.tensor(rows)
+    if selector.subsets is None:
+        raise ValueError("CELDetector: train_cfg.objective='coco_ap' needs the enumerated "
+                         f'knapsack (at most 12 members), got {num_members} members')
+    rows = selector.subsets.float().cpu()
+    return rows[rows.sum(1) > 0] if selector.at_least_one else rows
+
+
+def subset_codes(x: Tensor) -> Tensor:
+    """``[..., N]`` 0/1 → ``[...]`` int64 bitmask (member i is bit i)."""
+    bits = 2 ** torch.arange(x.shape[-1], device=x.device)
+    return ((x > 0.5).long() * bits).sum(-1)
+
+
+class APSwitchTable:
+    """Per image, how much COCO AP over the training images drops when that image alone
+    switches to each selection (the loss of the ``coco_ap`` objective, in AP points).
+
+    Args:
+        subsets (Tensor): ``[S, N]`` 0/1 selections. table (Tensor): ``[S, B]`` loss change
+            (−ΔAP × 100 × ``weight``) of image b switching to ``subsets[s]`` from the
+            reference selection.
+    """
+
+    def __init__(self, subsets: Tensor, table: Tensor) -> None:
+        self.codes = subset_codes(subsets)  # [S]
+        order = torch.argsort(self.codes)
+        self.codes, self.table = self.codes[order], table[order]
+
+    def _rows(self, x: Tensor) -> Tensor:
+        codes = subset_codes(x)
+        rows = torch.searchsorted(self.codes, codes).clamp_max(len(self.codes) - 1)
+        if not bool((self.codes[rows] == codes).all()):
+            raise ValueError('APSwitchTable: a selection outside the tabulated subsets')
+        return rows
+
+    def loss(self, x: Tensor) -> Tensor:
+        """``[B]`` each image's table entry at its selection ``x [B, N]``."""
+        return self.table[self._rows(x), torch.arange(x.shape[0], device=x.device)]
+
+    def deltas(self, base: Tensor, candidates: Tensor) -> Tensor:
+        """``[U, B]``: image b alone at ``candidates[u]`` instead of ``base[b]`` (the
+        ``loss_deltas`` of :func:`mmens.ops.perturbed_loss.perturbed_loss_grad`)."""
+        return self.table[self._rows(candidates)] - self.loss(base)[None]
+
+    @classmethod
+    def build(cls, model, batch_inputs: dict, samples: Sequence, reference: Tensor,
+              weight: float = 1.0) -> 'APSwitchTable':
+        """The table of ``model`` (a ``CELDetector``) on a batch, against the selection
+        ``reference [B, N]``: one WBF and one pycocotools evaluation per selection."""
+        from mmens.apis.member_files import results_to_coco
+        subsets = selector_subsets(model.selector, model.num_members).to(reference.device)
+        sizes = batch_inputs['image_sizes']
+        num_images = sizes.shape[0]
+        labels = [int(batch_inputs['labels'].max()) + 1 if batch_inputs['labels'].numel()
+                  else 0] + [int(s.gt_instances.labels.max()) + 1 for s in samples
+                             if len(s.gt_instances)]
+        num_classes = max(labels)
+        coco = coco_from_samples(samples, sizes, num_classes)
+        img_ids, cat_ids = list(range(1, num_images + 1)), list(range(1, num_classes + 1))
+        evals = []
+        for row in subsets:
+            boxes, scores, labs, images = model.fuse_selection(
+                batch_inputs, row[None].expand(num_images, -1))
+            results = []
+            for b, r in enumerate(split_results(boxes, scores, labs, images, sizes,
+                                                **model.test_cfg)):
+                results += results_to_coco(r.bboxes, r.scores, r.labels,
+                                           torch.full((len(r.scores), ), b), img_ids, cat_ids)
+            evals.append(CocoEvaluation(coco, results, img_ids))
+        table = cls(subsets, torch.zeros(len(subsets), num_images))
+        ref = table._rows(reference).cpu().numpy()
+        order = torch.argsort(subset_codes(subsets)).cpu().numpy()  # evals in table order
+        delta = ap_switch_deltas([evals[i] for i in order], ref)  # [S, B] ΔAP
+        table.table = torch.as_tensor(-100.0 * weight * delta, dtype=torch.float32,
+                                      device=reference.device)
+        return table
