@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--loss-check', action='store_true',
                    help='also report e2e-CEL kept only on the folds where its training loss '
                    'prefers the best fixed subset among fixed subsets (on the training images)')
+    p.add_argument('--bags', type=int, default=1,
+                   help='train this many selection nets per fold, each on a random 80%% of '
+                   'its training images, and select by their mean scores (1: one net)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override settings of the e2e-CEL config (key=value)')
     return p.parse_args(argv)
@@ -72,6 +75,7 @@ def main(argv=None) -> None:
                            args.config, args.work_dir, args.folds, args.seed,
                            cfg_options=args.cfg_options, warm_start_gap=args.warm_start_gap,
                            gate_folds=args.gate_folds, loss_check=args.loss_check,
+                           bags=args.bags,
                            progress=lambda s: print(f'[cel_budget] {s}', flush=True))
     print(write_budget_outputs(report, args.work_dir))
     print(f'COCO val2017 images of data/coco_real ({len(batch.img_ids)}), out of fold '

@@ -4,7 +4,6 @@ Every method is scored out of fold on one split: e2e-CEL is trained on the train
 (the ``tools/train.py`` path) and the best fixed subset is chosen on the same training folds
 (exhaustively over subsets); both are applied to the held-out fold.
 """
-import copy
 import csv
 import itertools
 import json
@@ -18,19 +17,9 @@ from pycocotools.coco import COCO
 
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
 from mmens.ops.knapsack import knapsack, topk_mask
-from .cross_val import fold_config, fold_positions, subset_batch, train_from_cfg
-from mmens.models.utils import select_members
-from .inference import build_fixed_ensemble, fuse_batch, member_remap
-from .loss_check import loss_preferred_subset
+from .cel_out_of_fold import cel_out_of_fold, fuse_selected, warm_start  # noqa: F401
+from .cross_val import fold_positions, subset_batch
 from .member_files import MemberBatch
-
-
-def fuse_selected(batch: MemberBatch, selection: torch.Tensor, **fusion_cfg) -> List[dict]:
-    """WBF per image of the members ``selection [I, N]`` (0/1, batch member order) picks."""
-    sub = copy.copy(batch)
-    sub.packed = select_members(batch.packed, selection)
-    model = build_fixed_ensemble(batch.names, 'wbf', **fusion_cfg)
-    return fuse_batch(model, sub)[0]
 
 
 def cel_config(path: str) -> Config:
@@ -71,7 +60,7 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
                   settings: Sequence[dict], config: str, work_root: str,
                   num_folds: int = 5, seed: int = 0, fusion_cfg: Optional[dict] = None,
                   cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25,
-                  gate_folds: int = 0, loss_check: bool = False,
+                  gate_folds: int = 0, loss_check: bool = False, bags: int = 1,
                   progress: Optional[Callable[[str], None]] = None) -> Dict:
     """Out-of-fold AP and mean member compute per image, per budget setting and method.
 
@@ -90,6 +79,8 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
             e2e-CEL is kept only if it beats the best fixed subset in a ``gate_folds``-fold
             cross-validation inside that fold's training images (:func:`inner_gate`), and
             the fold falls back to the best fixed subset otherwise.
+        bags (int): e2e-CEL trains this many selection nets per fold, each on a random 80%
+            of the fold's training images, and selects by their mean ĉ (1: one net).
         loss_check (bool): also report ``e2e-CEL, loss-checked``: on each outer fold,
             e2e-CEL is kept only if its training loss prefers that fold's best fixed subset
             among the feasible fixed subsets on the fold's training images (its loss agrees
@@ -112,6 +103,9 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
     if gate_folds != 0 and not 2 <= gate_folds <= smallest:
         raise ValueError(f'gate_folds must be 0 (off) or 2..{smallest} (the images of the '
                          f'smallest training fold), got {gate_folds}')
+    if bags < 1 or (bags > 1 and loss_check):
+        raise ValueError(f'bags must be >= 1 (1: one net per fold) and 1 with the loss check, '
+                         f'got {bags}')
     subsets = [s for r in range(1, n + 1) for s in itertools.combinations(range(n), r)]
     say(f'scoring all {len(subsets)} fixed subsets')
     evals = {}
@@ -139,7 +133,7 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         cel_res, cel_sel, fit_s = cel_out_of_fold(
             batch, config, setting, folds, best, osp.join(work_root, name.replace(' ', '')),
             num_folds, seed, fusion_cfg, cfg_options, warm_start_gap, coco, in_sample,
-            checks, ok)
+            checks, ok, bags)
         fixed_in = [evals[b].ap(train) for b, (train, _) in zip(best, folds)]
         methods = [('e2e-CEL', cel_res, cel_sel, dict(train_AP=float(np.mean(in_sample))))]
         if loss_check:
@@ -153,7 +147,7 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
                 keep.append(inner_gate(
                     batch, coco, evals, ok, train, config, setting,
                     osp.join(work_root, name.replace(' ', ''), f'gate{k}'), gate_folds, seed,
-                    fusion_cfg, cfg_options, warm_start_gap))
+                    fusion_cfg, cfg_options, warm_start_gap, bags))
             g_res, g_sel = gated(cel_res, cel_sel, fixed, chosen, folds, keep, img_ids)
             methods.append(('e2e-CEL, gated', g_res, g_sel,
                             dict(kept=sum(g['keep'] for g in keep), gate=keep)))
@@ -204,7 +198,8 @@ def fixed_selection(best: List[tuple], folds: list, num_images: int, num_members
 def inner_gate(batch: MemberBatch, coco: COCO, evals: Dict[tuple, CocoEvaluation],
                feasible_subsets: List[tuple], train: np.ndarray, config: str, setting: dict,
                work_root: str, num_folds: int, seed: int, fusion_cfg: dict,
-               cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25) -> dict:
+               cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25,
+               bags: int = 1) -> dict:
     """Does e2e-CEL beat the best fixed subset inside one outer training fold?
 
     The outer fold's training images (``train``, positions in ``batch``) are split into
@@ -222,7 +217,7 @@ def inner_gate(batch: MemberBatch, coco: COCO, evals: Dict[tuple, CocoEvaluation
     best = [best_subset(feasible_subsets, evals, train[tr]) for tr, _ in inner]
     cel_res, _, fit_s = cel_out_of_fold(sub, config, setting, inner, best, work_root,
                                         num_folds, seed, fusion_cfg, cfg_options,
-                                        warm_start_gap)
+                                        warm_start_gap, bags=bags)
     chosen = fixed_selection(best, inner, len(sub.img_ids), len(batch.names))
     fixed_res = fuse_selected(sub, torch.as_tensor(chosen, dtype=torch.float32),
                               **fusion_cfg)
@@ -243,72 +238,6 @@ def gated(cel_res: List[dict], cel_sel: np.ndarray, fixed_res: List[dict],
         if g['keep']:
             selection[test] = cel_sel[test]
     return results, selection
-
-
-def warm_start(subset: Sequence[int], num_members: int, gap: float = 0.25) -> List[float]:
-    """ĉ ``[N]`` whose exact top-k or knapsack solution is ``subset`` (when it is feasible):
-    ``+gap/2`` for its members, ``-gap/2`` for the others (never worth adding)."""
-    return [gap / 2 if i in subset else -gap / 2 for i in range(num_members)]
-
-
-def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
-                    best_subsets: list, work_root: str, num_folds: int, seed: int,
-                    fusion_cfg: dict,
-                    cfg_options: Optional[dict] = None, warm_start_gap: float = 0.25,
-                    coco: Optional[COCO] = None, in_sample: Optional[List[float]] = None,
-                    loss_check: Optional[List[dict]] = None,
-                    feasible_subsets: Optional[List[tuple]] = None
-                    ) -> Tuple[List[dict], np.ndarray, float]:
-    """Train e2e-CEL per fold (Runner), starting from that fold's best fixed subset
-    (``best_subsets[k]``), and select + fuse the held-out images; returns the results, the
-    selection ``[I, N]`` and the total fit seconds. With ``coco`` and a list ``in_sample``,
-    also appends each fold model's AP on its own training images (a diagnostic: below the
-    best fixed subset's there, the training loss itself leads away from AP). With a list
-    ``loss_check`` and ``feasible_subsets``, also appends per fold ``keep``: whether the
-    training loss prefers that fold's best fixed subset among ``feasible_subsets`` on its
-    training images (:mod:`mmens.apis.loss_check`)."""
-    n = len(batch.names)
-    if list(batch.img_ids) != sorted(batch.img_ids):
-        raise ValueError('cel_out_of_fold: the batch images must be sorted by id')
-    results, selection, fit_s = [], np.zeros((len(batch.img_ids), n)), 0.0
-    selector = (dict(k=setting['k']) if 'k' in setting else
-                dict(budget=setting['budget']))
-    for k, ((train, test), best) in enumerate(zip(folds, best_subsets)):
-        init = warm_start(best, n, warm_start_gap)
-        cfg = fold_config(config, osp.join(work_root, f'fold{k}'),
-                          dict(num_folds=num_folds, index=k, seed=seed),
-                          copy.deepcopy(cfg_options))
-        sel_cfg = {key: v for key, v in cfg.model.selector.items()
-                   if key not in ('k', 'budget', 'costs')}
-        cfg.model.selector = dict(sel_cfg, **selector)
-        cfg.model.selection_net.init_scores = init
-        cfg.train_dataloader.dataset.img_ids = list(batch.img_ids)  # folds of these images
-        model, seconds = train_from_cfg(cfg)
-        fit_s += seconds
-        if loss_check is not None:
-            prefers = loss_preferred_subset(model, cfg.train_dataloader.dataset,
-                                            feasible_subsets, batch.names, seed)
-            loss_check.append(dict(keep=prefers == tuple(best), prefers=list(prefers),
-                                   best=list(best)))
-        remap = member_remap(model.members, batch.names)
-
-        def select_and_fuse(positions):
-            part = subset_batch(batch, [batch.img_ids[i] for i in positions])
-            with torch.no_grad():
-                packed = dict(part.packed)
-                packed['members'] = remap[packed['members']]
-                x, _ = model.select(packed)  # [I_part, N], model member order
-            x = x[:, remap].cpu().numpy()  # batch member order; rows: sorted images
-            return x, part, fuse_selected(part, torch.as_tensor(x, dtype=torch.float32),
-                                          **fusion_cfg)
-
-        x, _, res = select_and_fuse(test)
-        selection[np.sort(test)] = x
-        results += res
-        if coco is not None and in_sample is not None:
-            _, part, res = select_and_fuse(train)
-            in_sample.append(CocoEvaluation(coco, res, part.img_ids).metrics()['AP'])
-    return results, selection, fit_s
 
 
 def write_budget_outputs(report: dict, work_dir: str) -> str:

@@ -151,7 +151,9 @@ def test_cel_budget_bad_fold_counts_are_one_line_errors(tmp_path):
     # the other messages in process (run_cli turns any ValueError into that one line)
     tool = load_tool('cel_budget')
     for extra, msg in [(['--gate-folds', '1'], '--gate-folds must be 0 (off) or >= 2'),
-                       (['--folds', '100'], '100 folds need at least 100 images, got 24')]:
+                       (['--folds', '100'], '100 folds need at least 100 images, got 24'),
+                       (['--bags', '0'], 'bags must be >= 1'),
+                       (['--bags', '2', '--loss-check'], 'and 1 with the loss check')]:
         with pytest.raises(ValueError, match=re.escape(msg)):
             tool.main([*args, *extra, '--work-dir', str(tmp_path)])
 
@@ -169,3 +171,29 @@ def test_cel_tools_name_a_missing_or_non_cel_config(tmp_path):
         with pytest.raises(ValueError, match=re.escape(
                 "is not an e2e-CEL training config (model type 'FusionDetector'")):
             main(['--config', wbf, *extra])
+
+
+def test_bagged_select_is_the_exact_selection_of_the_mean_scores():
+    import torch
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+
+    from mmens.apis.cel_out_of_fold import bagged_select
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'cel', 'cel_k3_6members_coco-real-val.py'))
+    with open(osp.join(DATA, 'annotations', 'val.json'), encoding='utf-8') as f:
+        cfg.train_dataloader.dataset.img_ids = sorted(i['id'] for i in json.load(f)['images'])[:4]
+    models = []
+    for init in ([3, 0, 0, 0, 0, 0], [0, 1, 0.5, 0, 0, 0], [0, 1, 0, 0.2, 0, 0]):
+        cfg.model.selection_net.init_scores = init
+        models.append(MODELS.build(cfg.model).eval())
+    from mmdet.registry import DATASETS
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    packed = models[0].data_preprocessor(pseudo_collate([dataset[i] for i in range(4)]),
+                                         False)['inputs']
+    with torch.no_grad():
+        assert torch.equal(bagged_select(models[:1], packed), models[0].select(packed)[0])
+        # the nets start at ĉ = init: the mean is 1, 2/3, 1/6, 1/15, 0, 0 (top-3: 0, 1, 2;
+        # the median, 0, 1, 0, 0, 0, 0, or a single net would pick others)
+        x = bagged_select(models, packed)
+    assert x.tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]] * 4
