@@ -75,10 +75,9 @@ def ap_switch_deltas(evals: Sequence[CocoEvaluation], reference: np.ndarray,
         slices = [[_image_slice(f, i) for i in positions] for f in fasts]  # [S][P]
         parts = [(fasts[r], slices[r][p]) for p, r in enumerate(reference)]
 
-        def pooled(skip: int = -1, extra=None):
-            chunks = [(f, sl) for p, (f, sl) in enumerate(parts) if p != skip]
-            if extra is not None:
-                chunks.append(extra)
+        def pooled(at: int = -1, replacement=None):
+            # image order kept, so that tied scores sort as in pycocotools
+            chunks = [replacement if p == at else c for p, c in enumerate(parts)]
             chunks = [(f, sl) for f, sl in chunks if sl.stop > sl.start]
             if not chunks:
                 return None

@@ -11,7 +11,8 @@ from mmens.evaluation.coco_eval import CocoEvaluation
 
 
 def synthetic_coco(num_images=7, num_cats=3, seed=0):
-    """Ground truth with crowd boxes, and three result lists of different quality."""
+    """Ground truth with crowd boxes, and three result lists of different quality (scores
+    rounded to 0.1: ties across images, which must sort as in pycocotools)."""
     rng = np.random.RandomState(seed)
     images = [dict(id=i + 1, width=100, height=100) for i in range(num_images)]
     anns = []
@@ -36,12 +37,12 @@ def synthetic_coco(num_images=7, num_cats=3, seed=0):
             x, y, w, h = a['bbox']
             res.append(dict(image_id=a['image_id'], category_id=a['category_id'],
                             bbox=[x + rng.randn() * jitter, y + rng.randn() * jitter, w, h],
-                            score=float(rng.rand())))
+                            score=round(float(rng.rand()), 1)))
         for i in range(num_images):  # false positives, some in the image without gt
             for _ in range(rng.randint(0, 3)):
                 res.append(dict(image_id=i + 1, category_id=int(rng.randint(1, num_cats + 1)),
                                 bbox=list(rng.uniform(0, 50, 2)) + [20.0, 20.0],
-                                score=float(rng.rand())))
+                                score=round(float(rng.rand()), 1)))
         outputs.append(res)
     return coco, outputs
 

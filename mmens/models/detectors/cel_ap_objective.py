@@ -84,10 +84,11 @@ class APSwitchTable:
         subsets = selector_subsets(model.selector, model.num_members).to(reference.device)
         sizes = batch_inputs['image_sizes']
         num_images = sizes.shape[0]
-        labels = [int(batch_inputs['labels'].max()) + 1 if batch_inputs['labels'].numel()
-                  else 0] + [int(s.gt_instances.labels.max()) + 1 for s in samples
-                             if len(s.gt_instances)]
-        num_classes = max(labels)
+        labels = [batch_inputs['labels']] + [
+            inst.labels for s in samples
+            for inst in (s.gt_instances, s.get('ignored_instances', None))
+            if inst is not None and 'labels' in inst]
+        num_classes = max([int(t.max()) + 1 for t in labels if t.numel()] + [1])
         coco = coco_from_samples(samples, sizes, num_classes)
         img_ids, cat_ids = list(range(1, num_images + 1)), list(range(1, num_classes + 1))
         evals = []
