@@ -80,3 +80,10 @@ def test_coco_ap_needs_the_perturbed_loss_and_an_enumerable_selector():
     cfg.model.train_cfg.objective = 'ap'
     with pytest.raises(ValueError, match='objective must be one of'):
         MODELS.build(cfg.model)
+    budget = Config.fromfile(osp.join(ROOT, 'configs', 'cel',
+                                      'cel_budget-0.4s_6members_coco-real-val.py'))
+    budget.model.train_cfg.objective = 'coco_ap'
+    MODELS.build(budget.model)  # the enumerated knapsack: every selection is known
+    budget.model.selector.solver = 'dp'
+    with pytest.raises(ValueError, match='needs the enumerated knapsack'):
+        MODELS.build(budget.model)

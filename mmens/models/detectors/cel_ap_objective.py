@@ -20,6 +20,7 @@ from mmens.evaluation.ap_deltas import ap_switch_deltas
 from mmens.evaluation.coco_eval import CocoEvaluation
 from mmens.evaluation.samples_coco import coco_from_samples
 from mmens.ops.knapsack import PerturbedSelector
+from mmens.ops.knapsack_enum import MAX_ITEMS
 from ..utils import split_results
 
 
@@ -27,13 +28,16 @@ def selector_subsets(selector: PerturbedSelector, num_members: int) -> Tensor:
     """``[S, N]`` 0/1: every selection the exact selector can return (top-k: all subsets of
     k members; knapsack: every subset within the budget, the empty one only without
     ``at_least_one``)."""
+    if num_members > MAX_ITEMS:
+        raise ValueError("CELDetector: train_cfg.objective='coco_ap' evaluates every "
+                         f'selection: at most {MAX_ITEMS} members, got {num_members}')
     if selector.k is not None:
         rows = [[1.0 if i in c else 0.0 for i in range(num_members)]
                 for c in itertools.combinations(range(num_members), selector.k)]
         return torch.tensor(rows)
     if selector.subsets is None:
         raise ValueError("CELDetector: train_cfg.objective='coco_ap' needs the enumerated "
-                         f'knapsack (at most 12 members), got {num_members} members')
+                         "knapsack (selector solver 'auto' or 'enum'), got 'dp'")
     rows = selector.subsets.float().cpu()
     return rows[rows.sum(1) > 0] if selector.at_least_one else rows
 
