@@ -60,8 +60,7 @@ def perturbed_loss_grad(scores: Tensor, solver: Callable[[Tensor], Tensor],
         solutions = solver(torch.cat([scores[None], scores[None] + sigma * z]))  # [M+1, B, N]
         base, samples = solutions[0].to(scores.dtype), solutions[1:]
         bits = 2 ** torch.arange(n, device=scores.device)  # [N]
-        codes = (samples.long() * bits).sum(-1)  # [M, B]
-        unique, inverse = torch.unique(codes, return_inverse=True)  # [U], [M, B]
+        unique, inverse = torch.unique(subset_codes(samples), return_inverse=True)  # [U],[M,B]
         candidates = ((unique[:, None] // bits) % 2).to(scores.dtype)  # [U, N]
         deltas = loss_deltas(base, candidates)  # [U, B]
         same = (candidates[:, None, :] == base[None]).all(-1)  # [U, B]
@@ -69,6 +68,12 @@ def perturbed_loss_grad(scores: Tensor, solver: Callable[[Tensor], Tensor],
         per_sample = torch.gather(deltas, 0, inverse)  # [M, B]
         grad = (per_sample[..., None] * grad_h).mean(0) / sigma  # [B, N]
     return grad, base, per_sample.mean(0)
+
+
+def subset_codes(x: Tensor) -> Tensor:
+    """``[..., N]`` 0/1 selections → ``[...]`` int64 bitmasks (member i is bit i)."""
+    bits = 2 ** torch.arange(x.shape[-1], device=x.device)
+    return ((x > 0.5).long() * bits).sum(-1)
 
 
 def perturbed_loss_surrogate(scores: Tensor, grad: Tensor) -> Tensor:

@@ -9,10 +9,8 @@ those members alone is run on the training images and evaluated by pycocotools, 
 when one image switches to it, against the selection at the start of training. The
 perturbed-loss gradient (:mod:`mmens.ops.perturbed_loss`) only needs these loss values.
 """
-import itertools
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,7 +18,8 @@ from mmens.evaluation.ap_deltas import ap_switch_deltas
 from mmens.evaluation.coco_eval import CocoEvaluation
 from mmens.evaluation.samples_coco import coco_from_samples
 from mmens.ops.knapsack import PerturbedSelector
-from mmens.ops.knapsack_enum import MAX_ITEMS
+from mmens.ops.knapsack_enum import MAX_ITEMS, feasible_subsets
+from mmens.ops.perturbed_loss import subset_codes
 from ..utils import split_results
 
 
@@ -31,21 +30,14 @@ def selector_subsets(selector: PerturbedSelector, num_members: int) -> Tensor:
     if num_members > MAX_ITEMS:
         raise ValueError("CELDetector: train_cfg.objective='coco_ap' evaluates every "
                          f'selection: at most {MAX_ITEMS} members, got {num_members}')
-    if selector.k is not None:
-        rows = [[1.0 if i in c else 0.0 for i in range(num_members)]
-                for c in itertools.combinations(range(num_members), selector.k)]
-        return torch.tensor(rows)
+    if selector.k is not None:  # top-k: the k-member subsets of unit costs
+        rows = feasible_subsets(torch.ones(num_members), selector.k).float()
+        return rows[rows.sum(1) == selector.k]
     if selector.subsets is None:
         raise ValueError("CELDetector: train_cfg.objective='coco_ap' needs the enumerated "
                          "knapsack (selector solver 'auto' or 'enum'), got 'dp'")
     rows = selector.subsets.float().cpu()
     return rows[rows.sum(1) > 0] if selector.at_least_one else rows
-
-
-def subset_codes(x: Tensor) -> Tensor:
-    """``[..., N]`` 0/1 → ``[...]`` int64 bitmask (member i is bit i)."""
-    bits = 2 ** torch.arange(x.shape[-1], device=x.device)
-    return ((x > 0.5).long() * bits).sum(-1)
 
 
 class APSwitchTable:
@@ -86,6 +78,7 @@ class APSwitchTable:
         ``reference [B, N]``: one WBF and one pycocotools evaluation per selection."""
         from mmens.apis.member_files import results_to_coco
         subsets = selector_subsets(model.selector, model.num_members).to(reference.device)
+        subsets = subsets[torch.argsort(subset_codes(subsets))]  # the table's row order
         sizes = batch_inputs['image_sizes']
         num_images = sizes.shape[0]
         labels = [batch_inputs['labels']] + [
@@ -106,9 +99,7 @@ class APSwitchTable:
                                            torch.full((len(r.scores), ), b), img_ids, cat_ids)
             evals.append(CocoEvaluation(coco, results, img_ids))
         table = cls(subsets, torch.zeros(len(subsets), num_images))
-        ref = table._rows(reference).cpu().numpy()
-        order = torch.argsort(subset_codes(subsets)).cpu().numpy()  # evals in table order
-        delta = ap_switch_deltas([evals[i] for i in order], ref)  # [S, B] ΔAP
+        delta = ap_switch_deltas(evals, table._rows(reference).cpu().numpy())  # [S, B] ΔAP
         table.table = torch.as_tensor(-100.0 * weight * delta, dtype=torch.float32,
                                       device=reference.device)
         return table
