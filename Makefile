@@ -17,13 +17,13 @@ setup:
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/demo.py --work-dir $(WORK_DIR)
+	$(PY) tools/analysis_tools/demo.py --work-dir $(WORK_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
 
 bench: $(STAMP)
-	$(PY) tools/benchmark_fusion.py
+	$(PY) tools/analysis_tools/benchmark_fusion.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,8 +4,6 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = osp.join(ROOT, 'data', 'coco_real')
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 os.environ.setdefault('OMP_NUM_THREADS', '2')
 
 try:  # the mmdet layer (ops tests run without it)
@@ -17,10 +15,11 @@ except ImportError:  # pragma: no cover
 
 
 def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (tools are scripts, not a package)."""
+    """Import ``tools/analysis_tools/<name>.py`` as a module (tools are scripts, not a
+    package)."""
     import importlib.util
-    tools = osp.join(ROOT, 'tools')
-    if tools not in sys.path:
+    tools = osp.join(ROOT, 'tools', 'analysis_tools')
+    if tools not in sys.path:  # as when run as a script: its own folder first
         sys.path.insert(0, tools)
     spec = importlib.util.spec_from_file_location(name, osp.join(tools, f'{name}.py'))
     mod = importlib.util.module_from_spec(spec)

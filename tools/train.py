@@ -1,17 +1,15 @@
 """Train an mmens ensemble (mmdet/mmyolo ``tools/train.py`` shape)."""
 import argparse
 import os.path as osp
-import sys
 
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
-import mmens  # noqa: E402,F401  (registers the mmens modules)
-from mmens.utils import (init_cpu_distributed, run_cli,  # noqa: E402
+import mmens,F401  (registers the mmens modules)
+from mmens.utils import (init_cpu_distributed, run_cli,
                          shutdown_distributed)
-from mmens.utils.runner_args import (add_runner_args, load_runner_cfg,  # noqa: E402
+from mmens.utils.runner_args import (add_runner_args, load_runner_cfg,
                                      parse_runner_args)
 
 

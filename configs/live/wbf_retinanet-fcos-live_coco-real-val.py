@@ -3,8 +3,8 @@
 # plus each one on the horizontally flipped image:
 #   python tools/test.py configs/live/wbf_retinanet-fcos-live_coco-real-val.py
 # The checkpoints are downloaded from the mmdet model zoo on first use. Members too large to
-# co-host, or on other devices, go through files instead: tools/dump_predictions.py per
-# member, then tools/fuse_results.py or a cached-prediction config (configs/wbf/).
+# co-host, or on other devices, go through files instead: tools/analysis_tools/dump_predictions.py per
+# member, then tools/analysis_tools/fuse_results.py or a cached-prediction config (configs/wbf/).
 _base_ = ['../_base_/datasets/coco_real_images.py', '../_base_/default_runtime.py']
 
 zoo = 'https://download.openmmlab.com/mmdetection/v2.0/'

@@ -2,7 +2,7 @@
 
 A COCO-results file is a JSON list of ``{image_id, category_id, bbox: [x, y, w, h], score}``
 in pixels, as written by mmdet's ``CocoMetric(format_only=True)``, detectron2, YOLO exporters or
-``tools/dump_predictions.py``. Every check is vectorised over entries and every failure names the
+``tools/analysis_tools/dump_predictions.py``. Every check is vectorised over entries and every failure names the
 member, the file, the entry index, the image id and the field.
 
 Policy (documented, tested in ``tests/test_datasets/test_coco_results.py``):

@@ -40,7 +40,7 @@ SELECTIONS = ('perturbed', 'random')
 
 @dataclass
 class CelDigitsConfig:
-    """All knobs of the digits experiment (defaults: the ``tools/cel_digits.py`` run)."""
+    """All knobs of the digits experiment (defaults: the ``tools/analysis_tools/cel_digits.py`` run)."""
     seed: int = 0
     sizes: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
     num_learners: int = 10

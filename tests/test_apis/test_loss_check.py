@@ -1,4 +1,4 @@
-"""mmens.apis.loss_check: the training loss of fixed subsets on a fold's training images."""
+"""mmens.experiments.loss_check: the training loss of fixed subsets on a fold's training images."""
 import json
 import os.path as osp
 
@@ -8,7 +8,7 @@ from conftest import DATA, ROOT
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from mmens.apis.loss_check import fixed_subset_losses, loss_preferred_subset, training_inputs
+from mmens.experiments.loss_check import fixed_subset_losses, loss_preferred_subset, training_inputs
 
 
 def test_fixed_subset_losses_are_the_detectors_loss_and_leave_the_global_rng_alone():

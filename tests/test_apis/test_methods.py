@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from mmens.apis import load_coco, load_member_batch
-from mmens.apis.cross_val import subset_batch
-from mmens.apis.methods import run_ensemble_boxes_wbf, run_fixed, weight_grid
+from mmens.experiments.cross_val import subset_batch
+from mmens.experiments.methods import run_ensemble_boxes_wbf, run_fixed, weight_grid
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
 
 from conftest import DATA

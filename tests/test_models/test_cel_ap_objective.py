@@ -10,8 +10,8 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 
 from mmens.apis import load_coco, load_member_batch
-from mmens.apis.cel_budget import fuse_selected
-from mmens.apis.cross_val import subset_batch
+from mmens.experiments.cel_budget import fuse_selected
+from mmens.experiments.cross_val import subset_batch
 from mmens.evaluation.coco_eval import CocoEvaluation
 from mmens.models.detectors.cel_ap_objective import selector_subsets
 

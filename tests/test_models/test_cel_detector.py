@@ -94,7 +94,7 @@ def test_cel_learns_per_image_selection_and_beats_every_fixed_member():
 
 def test_selected_fusion_of_all_members_is_wbf_and_budget_is_respected():
     from mmens.apis import load_coco, load_member_batch
-    from mmens.apis.cross_val import subset_batch
+    from mmens.experiments.cross_val import subset_batch
     from mmens.ops.selected_fusion import selected_fusion
     coco = load_coco(osp.join(DATA, 'annotations', 'val.json'))
     batch = load_member_batch(coco, [osp.join(DATA, 'predictions', 'val', f'{m}.json')

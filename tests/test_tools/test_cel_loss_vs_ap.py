@@ -1,4 +1,4 @@
-"""tools/cel_loss_vs_ap.py: its rank correlation and a small run of its table."""
+"""tools/analysis_tools/cel_loss_vs_ap.py: its rank correlation and a small run of its table."""
 import numpy as np
 from conftest import load_tool
 

@@ -30,7 +30,7 @@ def test_default_cel_config_trains_tests_and_drives_fuse_results(tmp_path):
     for extra, limit in [([], 0.4), (['--budget-seconds', '0.2'], 0.2),
                          (['--k', '2'], None)]:
         metrics = tmp_path / 'm.json'
-        run([sys.executable, 'tools/fuse_results.py', '--ann', ann, '--preds', *preds,
+        run([sys.executable, 'tools/analysis_tools/fuse_results.py', '--ann', ann, '--preds', *preds,
              '--method', 'cel', '--checkpoint', ckpt, '--metrics-out', str(metrics), *extra])
         m = json.loads(metrics.read_text())['fusion']
         assert m['AP'] > 0.15
@@ -45,7 +45,7 @@ def test_default_cel_config_trains_tests_and_drives_fuse_results(tmp_path):
 
 def test_cel_budget_report_smoke(tmp_path):
     work = str(tmp_path / 'budget')
-    out = run([sys.executable, 'tools/cel_budget.py', '--work-dir', work, '--ks', '2',
+    out = run([sys.executable, 'tools/analysis_tools/cel_budget.py', '--work-dir', work, '--ks', '2',
                '--budgets', '0.2', '--folds', '2', '--max-images', '24',
                '--gate-folds', '2', '--loss-check', '--cfg-options', *FAST])
     rows = json.load(open(osp.join(work, 'budget.json')))['rows']
@@ -89,7 +89,7 @@ def test_cel_budget_report_smoke(tmp_path):
 
 
 def test_gated_takes_each_fold_from_its_choice():
-    from mmens.apis.cel_budget import gated
+    from mmens.experiments.cel_budget import gated
     img_ids = [10, 11, 12, 13]
     folds = [(np.array([2, 3]), np.array([0, 1])), (np.array([0, 1]), np.array([2, 3]))]
     cel = [dict(image_id=i, score=1.0) for i in img_ids]
@@ -107,7 +107,7 @@ def test_warm_start_selects_the_best_fixed_subset_under_every_budget():
 
     import torch
 
-    from mmens.apis.cel_budget import feasible, warm_start
+    from mmens.experiments.cel_budget import feasible, warm_start
     from mmens.ops.knapsack import PerturbedSelector
     seconds = np.array([m['seconds_per_image']
                         for m in json.load(open(osp.join(DATA, 'members.json')))])
@@ -128,7 +128,7 @@ def test_warm_start_selects_the_best_fixed_subset_under_every_budget():
 def test_fuse_results_budget_options_need_cel():
     import subprocess
     preds = sorted(glob.glob(osp.join(DATA, 'predictions', 'val', '*.json')))
-    proc = subprocess.run([sys.executable, 'tools/fuse_results.py', '--ann',
+    proc = subprocess.run([sys.executable, 'tools/analysis_tools/fuse_results.py', '--ann',
                            osp.join(DATA, 'annotations', 'val.json'), '--preds', *preds,
                            '--method', 'wbf', '--k', '2'], cwd=ROOT, capture_output=True,
                           text=True)
@@ -143,7 +143,7 @@ def test_cel_budget_bad_fold_counts_are_one_line_errors(tmp_path):
     from conftest import load_tool
     args = ['--ks', '1', '--budgets', '--folds', '2', '--max-images', '24']
     # through the CLI: exit 2, one line, no traceback
-    proc = subprocess.run([sys.executable, 'tools/cel_budget.py', *args, '--gate-folds', '30'],
+    proc = subprocess.run([sys.executable, 'tools/analysis_tools/cel_budget.py', *args, '--gate-folds', '30'],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and 'gate_folds must be 0 (off) or 2..12' in proc.stderr, \
         proc.stderr
@@ -179,7 +179,7 @@ def test_bagged_select_is_the_exact_selection_of_the_mean_scores():
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
 
-    from mmens.apis.cel_out_of_fold import bagged_select
+    from mmens.experiments.cel_out_of_fold import bagged_select
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'cel', 'cel_k3_6members_coco-real-val.py'))
     with open(osp.join(DATA, 'annotations', 'val.json'), encoding='utf-8') as f:
         cfg.train_dataloader.dataset.img_ids = sorted(i['id'] for i in json.load(f)['images'])[:4]

@@ -1,4 +1,4 @@
-"""tools/demo.py: its cache is invalidated by a change to mmens' code or to any config."""
+"""tools/analysis_tools/demo.py: its cache is invalidated by a change to mmens' code or to any config."""
 import os.path as osp
 
 from conftest import ROOT, load_tool

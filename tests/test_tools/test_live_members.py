@@ -66,7 +66,7 @@ def live_specs(ckpts):
 def test_dump_validate_fuse_equals_live_ensemble(setup):
     tmp, ann_file, ckpts = setup
     outs = [str(tmp / 'preds' / 'tiny_retinanet.json'), str(tmp / 'preds' / 'tiny_fcos.json')]
-    out = run([sys.executable, 'tools/dump_predictions.py',
+    out = run([sys.executable, 'tools/analysis_tools/dump_predictions.py',
                osp.join(MEMBERS, 'tiny_retinanet.py'), ckpts['tiny_retinanet'],
                osp.join(MEMBERS, 'tiny_fcos.py'), ckpts['tiny_fcos'],
                '--ann', ann_file, '--img-dir', IMG_DIR, '--out', *outs, '--tta-flip'])
@@ -83,11 +83,11 @@ def test_dump_validate_fuse_equals_live_ensemble(setup):
     # a flipped member is not its unflipped self
     a, b = (json.load(open(files[i])) for i in (0, 1))
     assert [e['bbox'] for e in a[:20]] != [e['bbox'] for e in b[:20]]
-    out = run([sys.executable, 'tools/validate_predictions.py', '--ann', ann_file,
+    out = run([sys.executable, 'tools/analysis_tools/validate_predictions.py', '--ann', ann_file,
                '--preds', *files])
     assert out.count(': valid,') == 4, out
     fused = str(tmp / 'fused.json')
-    run([sys.executable, 'tools/fuse_results.py', '--ann', ann_file, '--preds', *files,
+    run([sys.executable, 'tools/analysis_tools/fuse_results.py', '--ann', ann_file, '--preds', *files,
          '--method', 'wbf', '--out', fused])
 
     # the live ensemble: tools/test.py on the raw images, with the example config's
@@ -189,7 +189,7 @@ def test_bad_live_member_specs(setup):
 def test_dump_tool_errors(setup, tmp_path):
     tmp, ann_file, ckpts = setup
     cfg = osp.join(MEMBERS, 'tiny_retinanet.py')
-    args = [sys.executable, 'tools/dump_predictions.py', cfg, ckpts['tiny_retinanet'],
+    args = [sys.executable, 'tools/analysis_tools/dump_predictions.py', cfg, ckpts['tiny_retinanet'],
             '--ann', ann_file, '--img-dir', IMG_DIR]
     import subprocess
     for extra, message in [(['--out', 'a.json', 'b.json'], '--out names 2 files for 1'),

@@ -1,4 +1,4 @@
-"""tools/profile_wbf.py: its counters are right and its spatial split is conservative."""
+"""tools/analysis_tools/profile_wbf.py: its counters are right and its spatial split is conservative."""
 import os.path as osp
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import mmens.ops as mo
 from conftest import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TOOL = osp.join(ROOT, 'tools', 'profile_wbf.py')
+TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'profile_wbf.py')
 
 
 def _tool():

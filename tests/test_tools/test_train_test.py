@@ -68,7 +68,7 @@ def test_dist_test_matches_single_process(tmp_path):
 
 def test_default_learned_config_trains_full_batch_and_fuse_results_uses_it(tmp_path):
     """The first learned config (the recommended default) trains with nothing but
-    --work-dir; its checkpoint alone drives tools/fuse_results.py, files in any order."""
+    --work-dir; its checkpoint alone drives tools/analysis_tools/fuse_results.py, files in any order."""
     work = str(tmp_path / 'default')
     out = run([sys.executable, 'tools/train.py', DEFAULT, '--work-dir', work,
                '--cfg-options', *TINY])
@@ -78,7 +78,7 @@ def test_default_learned_config_trains_full_batch_and_fuse_results_uses_it(tmp_p
     preds = sorted(glob.glob(osp.join(ROOT, 'data', 'coco_real', 'predictions', 'val',
                                       '*.json')), reverse=True)
     metrics = tmp_path / 'm.json'
-    out = run([sys.executable, 'tools/fuse_results.py', '--ann',
+    out = run([sys.executable, 'tools/analysis_tools/fuse_results.py', '--ann',
                osp.join(ROOT, 'data', 'coco_real', 'annotations', 'val.json'), '--preds',
                *preds, '--method', 'learned', '--checkpoint', ckpt, '--metrics-out',
                str(metrics)])
@@ -87,7 +87,7 @@ def test_default_learned_config_trains_full_batch_and_fuse_results_uses_it(tmp_p
     assert set(m['members']) == {osp.basename(p)[:-5] for p in preds}
     assert m['fusion']['method'] == 'learned' and m['fusion']['AP'] > 0.2
     # a missing member is a clear error, not a traceback
-    proc = subprocess.run([sys.executable, 'tools/fuse_results.py', '--ann',
+    proc = subprocess.run([sys.executable, 'tools/analysis_tools/fuse_results.py', '--ann',
                            osp.join(ROOT, 'data', 'coco_real', 'annotations', 'val.json'),
                            '--preds', *preds[:-1], '--method', 'learned', '--checkpoint',
                            ckpt], cwd=ROOT, capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""tools/validate_predictions.py: clear errors, counted repairs, repaired files that validate."""
+"""tools/analysis_tools/validate_predictions.py: clear errors, counted repairs, repaired files that validate."""
 import json
 import os.path as osp
 import subprocess
@@ -11,7 +11,7 @@ GOOD = osp.join(DATA, 'predictions', 'val', 'nanodet-416.json')
 
 
 def run(*args):
-    return subprocess.run([sys.executable, 'tools/validate_predictions.py', '--ann', ANN,
+    return subprocess.run([sys.executable, 'tools/analysis_tools/validate_predictions.py', '--ann', ANN,
                            *args], cwd=ROOT, capture_output=True, text=True)
 
 

@@ -2,15 +2,15 @@
 
 Examples::
 
-    python tools/dump_predictions.py retinanet.py retinanet.pth \\
+    python tools/analysis_tools/dump_predictions.py retinanet.py retinanet.pth \\
         --ann data/coco_real/annotations/val.json --img-dir data/coco_real/images/val \\
         --out work_dirs/preds/retinanet.json --tta-flip
-    python tools/dump_predictions.py a.py a.pth b.py b.pth --ann GT.json --img-dir DIR \\
+    python tools/analysis_tools/dump_predictions.py a.py a.pth b.py b.pth --ann GT.json --img-dir DIR \\
         --out a.json b.json
 
 The files hold every box the detector keeps under ``--score-thr`` / ``--max-per-img``
 (low-score boxes matter to fusion), in the format the cached-prediction path of the
-ensemble reads (``CocoEnsembleDataset``, ``tools/fuse_results.py``); each written file is
+ensemble reads (``CocoEnsembleDataset``, ``tools/analysis_tools/fuse_results.py``); each written file is
 validated against the annotation file. ``--tta-flip`` also writes ``<out>-hflip.json``,
 the member run on horizontally flipped images with its boxes flipped back.
 """
@@ -18,15 +18,13 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
-import mmens  # noqa: E402,F401
-from mmens.apis.dump import dump_members, flip_member  # noqa: E402
-from mmens.apis.member_files import load_coco  # noqa: E402
-from mmens.datasets.coco_results import validate_coco_results  # noqa: E402
-from mmens.models.live_members import LiveMembers  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
+import mmens,F401
+from mmens.apis.dump import dump_members, flip_member
+from mmens.apis.member_files import load_coco
+from mmens.datasets.coco_results import validate_coco_results
+from mmens.models.live_members import LiveMembers
+from mmens.utils import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:

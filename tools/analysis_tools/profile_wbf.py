@@ -16,20 +16,18 @@ Prints, for one call of ``weighted_boxes_fusion_packed`` over all images:
 
 Example::
 
-    python tools/profile_wbf.py --images 500 --compile
+    python tools/analysis_tools/profile_wbf.py --images 500 --compile
 """
 import argparse
 import os.path as osp
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-import benchmark_fusion as bf  # noqa: E402
-import mmens.ops as mo  # noqa: E402
-from mmens.ops import clustering, greedy  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
+import benchmark_fusion as bf
+import mmens.ops as mo
+from mmens.ops import clustering, greedy
+from mmens.utils import run_cli
 
 
 def segment_cummax_before(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,9 @@
 
 Examples::
 
-    python tools/fuse_results.py --ann data/coco_real/annotations/val.json \\
+    python tools/analysis_tools/fuse_results.py --ann data/coco_real/annotations/val.json \\
         --preds data/coco_real/predictions/val/*.json --method wbf --out fused.json
-    python tools/fuse_results.py --ann GT.json --preds A.json B.json \\
+    python tools/analysis_tools/fuse_results.py --ann GT.json --preds A.json B.json \\
         --method learned --checkpoint work_dirs/learned/epoch_1.pth
 
 Files are any framework's COCO-results JSON (``image_id``, ``category_id``,
@@ -13,15 +13,13 @@ Files are any framework's COCO-results JSON (``image_id``, ``category_id``,
 import argparse
 import json
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
-import mmens  # noqa: E402,F401
-from mmens.apis import (build_fixed_ensemble, fuse_batch, load_coco,  # noqa: E402
+import mmens,F401
+from mmens.apis import (build_fixed_ensemble, fuse_batch, load_coco,
                         load_ensemble_checkpoint, load_member_batch, member_remap,
                         member_results)
-from mmens.evaluation.coco_eval import coco_metrics  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
+from mmens.evaluation.coco_eval import coco_metrics
+from mmens.utils import run_cli
 
 FIXED = ('wbf', 'nms', 'soft_nms', 'nmw')
 

@@ -1,25 +1,23 @@
 """How the default learned fusion's settings were chosen: 5-fold out-of-fold AP on val.
 
-    python tools/select_learned_weights.py
+    python tools/analysis_tools/select_learned_weights.py
 
 Runs ``configs/learned/learned-weights_6members_coco-real-val.py`` with the member weights
 tied within a detector and its flip variant or not, and with shrinkage power 1 or 0.5, each
 cross-validated exactly as in ``make demo``, and prints the out-of-fold COCO AP of each.
 """
 import os.path as osp
-import sys
 import tempfile
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
-import mmens  # noqa: E402,F401
-from mmengine.registry import init_default_scope  # noqa: E402
+import mmens,F401
+from mmengine.registry import init_default_scope
 
-from mmens.apis import load_coco, load_member_batch  # noqa: E402
-from mmens.apis.cross_val import cross_validate, runner_fit_predict  # noqa: E402
-from mmens.evaluation.coco_eval import CocoEvaluation  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
+from mmens.apis import load_coco, load_member_batch
+from mmens.experiments.cross_val import cross_validate, runner_fit_predict
+from mmens.evaluation.coco_eval import CocoEvaluation
+from mmens.utils import run_cli
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 CONFIG = osp.join(ROOT, 'configs', 'learned', 'learned-weights_6members_coco-real-val.py')
 MEMBERS = ['centernet-512', 'centernet-512-hflip', 'nanodet-416', 'nanodet-416-hflip',

@@ -19,7 +19,7 @@ from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
 from mmens.ops.knapsack import knapsack, topk_mask
 from .cel_out_of_fold import cel_out_of_fold, fuse_selected, warm_start  # noqa: F401
 from .cross_val import fold_positions, subset_batch
-from .member_files import MemberBatch
+from mmens.apis.member_files import MemberBatch
 
 
 def cel_config(path: str) -> Config:

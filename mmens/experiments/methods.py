@@ -10,8 +10,8 @@ from pycocotools.coco import COCO
 
 from mmens.evaluation.coco_eval import CocoEvaluation
 from .cross_val import subset_batch
-from .inference import build_fixed_ensemble, fuse_batch
-from .member_files import MemberBatch, results_to_coco
+from mmens.apis.inference import build_fixed_ensemble, fuse_batch
+from mmens.apis.member_files import MemberBatch, results_to_coco
 
 
 def run_fixed(batch: MemberBatch, method: str, **fusion_cfg) -> Tuple[List[dict], float]:

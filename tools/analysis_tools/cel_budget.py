@@ -1,6 +1,6 @@
 """Out-of-fold AP against member-compute budget on the embedded val split (e2e-CEL issue).
 
-    python tools/cel_budget.py --work-dir work_dirs/cel_budget
+    python tools/analysis_tools/cel_budget.py --work-dir work_dirs/cel_budget
 
 For k = 1..N-1 members (unit costs) and time budgets (default 0.2 s and 0.4 s of member
 compute per image, from ``members.json``) it reports e2e-CEL (trained per fold with
@@ -14,15 +14,13 @@ import glob
 import json
 import os
 import os.path as osp
-import sys
 
-ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '..')
-sys.path.insert(0, ROOT)
-import mmens  # noqa: E402,F401
-from mmengine.config import DictAction  # noqa: E402
-from mmens.apis import load_coco, load_member_batch  # noqa: E402
-from mmens.apis.cel_budget import budget_report, write_budget_outputs  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+import mmens,F401
+from mmengine.config import DictAction
+from mmens.apis import load_coco, load_member_batch
+from mmens.experiments.cel_budget import budget_report, write_budget_outputs
+from mmens.utils import run_cli
 
 DATA = osp.join(ROOT, 'data', 'coco_real')
 
@@ -64,7 +62,7 @@ def main(argv=None) -> None:
     files = [osp.join(DATA, 'predictions', 'val', f'{n}.json') for n in names]
     batch = load_member_batch(coco, files, names)
     if args.max_images:
-        from mmens.apis.cross_val import subset_batch
+        from mmens.experiments.cross_val import subset_batch
         batch = subset_batch(batch, batch.img_ids[:args.max_images])
     if args.gate_folds == 1 or args.gate_folds < 0:
         raise ValueError(f'--gate-folds must be 0 (off) or >= 2, got {args.gate_folds}')

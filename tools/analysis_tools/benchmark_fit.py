@@ -1,7 +1,7 @@
 """Fit time of learned WBF weights vs grid-searching them, on one fold of the embedded val.
 
-    python tools/benchmark_fit.py            # learned weights, tied grid (27), full grid (3^6)
-    python tools/benchmark_fit.py --no-full-grid
+    python tools/analysis_tools/benchmark_fit.py            # learned weights, tied grid (27), full grid (3^6)
+    python tools/analysis_tools/benchmark_fit.py --no-full-grid
 
 Times one training fold (64 images): the learned weights through mmengine's Runner exactly
 as ``tools/train.py`` (runner start-up included), and the grid search with mmens WBF and
@@ -9,20 +9,18 @@ pycocotools AP on the same images. Prints the seconds and the ratios.
 """
 import argparse
 import os.path as osp
-import sys
 import tempfile
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
-import mmens  # noqa: E402,F401
-from mmengine.registry import init_default_scope  # noqa: E402
+import mmens,F401
+from mmengine.registry import init_default_scope
 
-from mmens.apis import load_coco, load_member_batch  # noqa: E402
-from mmens.apis.cross_val import fold_config, train_from_cfg  # noqa: E402
-from mmens.apis.methods import grid_search_wbf, weight_grid  # noqa: E402
-from mmens.datasets.ensemble_dataset import fold_image_ids  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
+from mmens.apis import load_coco, load_member_batch
+from mmens.experiments.cross_val import fold_config, train_from_cfg
+from mmens.experiments.methods import grid_search_wbf, weight_grid
+from mmens.datasets.ensemble_dataset import fold_image_ids
+from mmens.utils import run_cli
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 CONFIG = osp.join(ROOT, 'configs', 'learned', 'learned-weights_6members_coco-real-val.py')
 MEMBERS = ['centernet-512', 'centernet-512-hflip', 'nanodet-416', 'nanodet-416-hflip',

@@ -1,6 +1,6 @@
 """Member compute saved by e2e-CEL with an image-only selection net over live members.
 
-    python tools/benchmark_live.py [--images 8] [--k 1 2]
+    python tools/analysis_tools/benchmark_live.py [--images 8] [--k 1 2]
 
 Runs four live members (small RetinaNet and FCOS built from mmdet's own configs, each also
 on the flipped image; random weights: only the compute is measured) on real images of
@@ -11,20 +11,18 @@ and member forwards per image for each.
 import argparse
 import json
 import os.path as osp
-import sys
 import time
 
 import torch
 
-ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '..')
-sys.path.insert(0, ROOT)
-import mmens  # noqa: E402,F401
-from mmdet.registry import MODELS  # noqa: E402
-from mmdet.structures import DetDataSample  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+import mmens,F401
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmengine.registry import init_default_scope
 
-from mmens.apis.dump import load_image  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
+from mmens.apis.dump import load_image
+from mmens.utils import run_cli
 
 DATA = osp.join(ROOT, 'data', 'coco_real')
 MEMBERS = osp.join(ROOT, 'tests', 'data', 'members')

@@ -9,7 +9,7 @@ subset, a random subset and all members (``budget.md``, ``ap_vs_budget.png``,
 ``selection_frequency.png``). Results are cached in the work dir; a second run reuses them
 and says so.
 
-    python tools/demo.py --work-dir work_dirs/demo
+    python tools/analysis_tools/demo.py --work-dir work_dirs/demo
 """
 import argparse
 import csv
@@ -18,27 +18,25 @@ import hashlib
 import json
 import os
 import os.path as osp
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
-import mmens  # noqa: E402,F401
-from mmengine.registry import init_default_scope  # noqa: E402
+import mmens,F401
+from mmengine.registry import init_default_scope
 
-from mmens.apis import load_coco, load_member_batch, member_results  # noqa: E402
-from mmens.apis.cel_budget import budget_report, write_budget_outputs  # noqa: E402
-from mmens.apis.cross_val import (cross_validate, runner_fit_predict,  # noqa: E402
+from mmens.apis import load_coco, load_member_batch, member_results
+from mmens.experiments.cel_budget import budget_report, write_budget_outputs
+from mmens.experiments.cross_val import (cross_validate, runner_fit_predict,
                                   subset_batch)
-from mmens.apis.inference import build_fixed_ensemble, fuse_batch  # noqa: E402
-from mmens.apis.methods import (grid_search_wbf, run_ensemble_boxes_wbf,  # noqa: E402
+from mmens.apis.inference import build_fixed_ensemble, fuse_batch
+from mmens.experiments.methods import (grid_search_wbf, run_ensemble_boxes_wbf,
                                 run_fixed, weight_grid)
-from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
-from mmens.visualization import draw_examples, plot_ap_bars, plot_theta  # noqa: E402
+from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
+from mmens.utils import run_cli
+from mmens.visualization import draw_examples, plot_ap_bars, plot_theta
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 MEMBERS = ['centernet-512', 'centernet-512-hflip', 'nanodet-416', 'nanodet-416-hflip',
            'yolofastestv2-352', 'yolofastestv2-352-hflip']
@@ -244,7 +242,7 @@ def main(argv=None) -> None:
 
 def run_budget_report(batch, coco, seconds: dict, cache, wd: str, args) -> dict:
     """e2e-CEL against the best fixed subset, a random subset and all members, at
-    k = 1..N-1 and the time budgets (tools/cel_budget.py); cached as a whole."""
+    k = 1..N-1 and the time budgets (tools/analysis_tools/cel_budget.py); cached as a whole."""
     spec = (spec_of(CEL_CONFIG) + f'|{CEL_SETTINGS}|{args.folds}|{args.seed}'
             f'|gate{CEL_GATE_FOLDS}')
     report = cache.get('budget report', spec)

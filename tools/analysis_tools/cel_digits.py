@@ -2,7 +2,7 @@
 
 Example::
 
-    python tools/cel_digits.py --seed 0 --sizes 1 2 3 4 5 6 7 8 9 --out work_dirs/cel_digits.md
+    python tools/analysis_tools/cel_digits.py --seed 0 --sizes 1 2 3 4 5 6 7 8 9 --out work_dirs/cel_digits.md
 
 See :mod:`mmens.experiments.cel_digits` for the setting and the methods.
 """

@@ -1,6 +1,6 @@
 """Check COCO-results files (any framework's) against an annotation file.
 
-    python tools/validate_predictions.py --ann GT.json --preds A.json B.json [--repair --out-dir DIR]
+    python tools/analysis_tools/validate_predictions.py --ann GT.json --preds A.json B.json [--repair --out-dir DIR]
 
 Each file is checked for: valid JSON list, the four fields, finite boxes with positive size,
 scores in [0, 1], known image and category ids. Errors name the file, entry index, image id
@@ -12,12 +12,10 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
-from mmens.apis.member_files import load_coco, member_results  # noqa: E402
-from mmens.datasets.coco_results import load_member_predictions  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
+from mmens.apis.member_files import load_coco, member_results
+from mmens.datasets.coco_results import load_member_predictions
+from mmens.utils import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:

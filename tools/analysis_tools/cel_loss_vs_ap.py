@@ -1,6 +1,6 @@
 """Does e2e-CEL's training loss rank fixed member subsets the way COCO AP does?
 
-    python tools/cel_loss_vs_ap.py
+    python tools/analysis_tools/cel_loss_vs_ap.py
 
 e2e-CEL learns by lowering a surrogate loss of the fused output of the members it selects
 (``CELDetector.selection_loss``: a ranking or BCE term plus a box term). Its
@@ -15,21 +15,19 @@ import glob
 import itertools
 import json
 import os.path as osp
-import sys
 
-ROOT = osp.join(osp.dirname(osp.abspath(__file__)), '..')
-sys.path.insert(0, ROOT)
-import mmens  # noqa: E402,F401
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
-from mmengine.utils import ProgressBar  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+import mmens,F401
+import numpy as np
+import torch
+from mmengine.registry import init_default_scope
+from mmengine.utils import ProgressBar
 
-from mmens.apis import load_coco, load_member_batch  # noqa: E402
-from mmens.apis.cel_budget import cel_config, fuse_selected  # noqa: E402
-from mmens.apis.loss_check import fixed_subset_losses, training_inputs  # noqa: E402
-from mmens.evaluation.coco_eval import CocoEvaluation  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
+from mmens.apis import load_coco, load_member_batch
+from mmens.experiments.cel_budget import cel_config, fuse_selected
+from mmens.experiments.loss_check import fixed_subset_losses, training_inputs
+from mmens.evaluation.coco_eval import CocoEvaluation
+from mmens.utils import run_cli
 
 DATA = osp.join(ROOT, 'data', 'coco_real')
 #: name -> CELDetector.train_cfg overrides
@@ -73,7 +71,7 @@ def main(argv=None) -> None:
     if args.max_images is not None:
         if args.max_images < 1:
             raise ValueError(f'--max-images must be >= 1, got {args.max_images}')
-        from mmens.apis.cross_val import subset_batch
+        from mmens.experiments.cross_val import subset_batch
         batch = subset_batch(batch, batch.img_ids[:args.max_images])
     cfg.train_dataloader.dataset.img_ids = list(batch.img_ids)
     model = MODELS.build(cfg.model)

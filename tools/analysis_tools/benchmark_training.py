@@ -6,7 +6,7 @@ the matching into clusters Ŷ, a fixed WBF, and a learned head's forward + backw
 optimiser step), and reports peak memory. Each N runs in a fresh process so that the peak
 resident memory is its own. COCO train2017 has 118,287 images: the epoch time is derived.
 
-    python tools/benchmark_training.py --members 3 5 10 20
+    python tools/analysis_tools/benchmark_training.py --members 3 5 10 20
 """
 import argparse
 import json
@@ -16,8 +16,7 @@ import subprocess
 import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 COCO_TRAIN_IMAGES = 118287
 
 

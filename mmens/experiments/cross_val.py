@@ -18,8 +18,8 @@ from mmengine.logging import MMLogger
 from mmengine.runner import Runner
 
 from mmens.datasets.ensemble_dataset import fold_image_ids
-from .inference import fuse_batch
-from .member_files import MemberBatch
+from mmens.apis.inference import fuse_batch
+from mmens.apis.member_files import MemberBatch
 
 
 def subset_batch(batch: MemberBatch, img_ids: Sequence[int]) -> MemberBatch:

@@ -20,7 +20,7 @@ run:
 
 Example::
 
-    python tools/benchmark_fusion.py --images 500 --methods wbf nms soft_nms
+    python tools/analysis_tools/benchmark_fusion.py --images 500 --methods wbf nms soft_nms
 """
 import argparse
 import ctypes

@@ -17,9 +17,9 @@ from pycocotools.coco import COCO
 from mmens.evaluation.coco_eval import CocoEvaluation
 from mmens.models.utils import select_members
 from .cross_val import fold_config, subset_batch, train_from_cfg
-from .inference import build_fixed_ensemble, fuse_batch, member_remap
+from mmens.apis.inference import build_fixed_ensemble, fuse_batch, member_remap
 from .loss_check import loss_preferred_subset
-from .member_files import MemberBatch
+from mmens.apis.member_files import MemberBatch
 
 
 def fuse_selected(batch: MemberBatch, selection: torch.Tensor, **fusion_cfg) -> List[dict]:
@@ -51,7 +51,7 @@ def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
     best fixed subset's there, the training loss itself leads away from AP). With a list
     ``loss_check`` and ``feasible_subsets``, also appends per fold ``keep``: whether the
     training loss prefers that fold's best fixed subset among ``feasible_subsets`` on its
-    training images (:mod:`mmens.apis.loss_check`). With ``bags > 1``, ``bags`` nets per
+    training images (:mod:`mmens.experiments.loss_check`). With ``bags > 1``, ``bags`` nets per
     fold, each on a random ``bag_fraction`` of its training images (seeded by ``seed`` and
     the fold), select by their mean ĉ (:func:`bagged_select`)."""
     n = len(batch.names)

@@ -2,7 +2,7 @@
 
 e2e-CEL follows the gradient of its training loss. Where that loss prefers another fixed
 subset than AP does on the very images it trains on, its per-image departures from the best
-fixed subset follow the loss, not AP (``tools/cel_loss_vs_ap.py`` shows this on all val
+fixed subset follow the loss, not AP (``tools/analysis_tools/cel_loss_vs_ap.py`` shows this on all val
 images). :func:`loss_preferred_subset` answers the question per training fold, in sample
 and without a held-out image, so that the budget report can keep e2e-CEL only where the
 answer is yes (``budget_report(..., loss_check=True)``). It is a report row, not a default:
