@@ -6,7 +6,7 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import mmens,F401  (registers the mmens modules)
+import mmens  # noqa: F401  (registers the mmens modules)
 from mmens.utils import (init_cpu_distributed, run_cli,
                          shutdown_distributed)
 from mmens.utils.runner_args import (add_runner_args, load_runner_cfg,

@@ -16,7 +16,7 @@ import time
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-import mmens,F401
+import mmens  # noqa: F401  (registers the mmens modules)
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmengine.registry import init_default_scope

@@ -16,7 +16,7 @@ import os
 import os.path as osp
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-import mmens,F401
+import mmens  # noqa: F401  (registers the mmens modules)
 from mmengine.config import DictAction
 from mmens.apis import load_coco, load_member_batch
 from mmens.experiments.cel_budget import budget_report, write_budget_outputs

@@ -17,7 +17,7 @@ import json
 import os.path as osp
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-import mmens,F401
+import mmens  # noqa: F401  (registers the mmens modules)
 import numpy as np
 import torch
 from mmengine.registry import init_default_scope

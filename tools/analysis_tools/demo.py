@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-import mmens,F401
+import mmens  # noqa: F401  (registers the mmens modules)
 from mmengine.registry import init_default_scope
 
 from mmens.apis import load_coco, load_member_batch, member_results

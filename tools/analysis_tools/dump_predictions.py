@@ -19,7 +19,7 @@ import json
 import os
 import os.path as osp
 
-import mmens,F401
+import mmens  # noqa: F401  (registers the mmens modules)
 from mmens.apis.dump import dump_members, flip_member
 from mmens.apis.member_files import load_coco
 from mmens.datasets.coco_results import validate_coco_results

@@ -14,7 +14,7 @@ import argparse
 import json
 import os.path as osp
 
-import mmens,F401
+import mmens  # noqa: F401  (registers the mmens modules)
 from mmens.apis import (build_fixed_ensemble, fuse_batch, load_coco,
                         load_ensemble_checkpoint, load_member_batch, member_remap,
                         member_results)

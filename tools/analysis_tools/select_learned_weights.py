@@ -9,7 +9,7 @@ cross-validated exactly as in ``make demo``, and prints the out-of-fold COCO AP 
 import os.path as osp
 import tempfile
 
-import mmens,F401
+import mmens  # noqa: F401  (registers the mmens modules)
 from mmengine.registry import init_default_scope
 
 from mmens.apis import load_coco, load_member_batch
