@@ -25,12 +25,14 @@ def load_ensemble_checkpoint(checkpoint: str, config: Optional[str] = None,
     """Build a trained ensemble from its checkpoint alone.
 
     mmengine checkpoints carry the training config (``meta['cfg']``); ``config`` overrides
-    it. Loading uses ``torch.load(weights_only=True)`` with mmens' allow-list.
+    it. Loading uses ``torch.load(weights_only=True)`` with mmens' allow-list; a checkpoint
+    needing anything else is refused (:class:`mmens.utils.UnsafeCheckpointError`).
     """
-    import os.path as osp
-    if not osp.isfile(checkpoint):
-        raise ValueError(f'checkpoint {checkpoint} does not exist')
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    from mmens.utils.setup_env import safe_torch_load
+    ckpt = safe_torch_load(checkpoint, map_location='cpu')  # one-line errors (ValueError)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'checkpoint {checkpoint} holds a {type(ckpt).__name__}, not an '
+                         'mmengine checkpoint dict')
     if config is not None:
         cfg = Config.fromfile(config)
     else:
