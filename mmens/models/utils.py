@@ -1,23 +1,12 @@
-"""Helpers shared by the ensemble detectors: normalisation and packing of results."""
+"""Helpers shared by the ensemble detectors: member selection and packing of results.
+
+The normalised member boxes of a packed batch: :meth:`mmens.ops.PackedDetections.from_batch_inputs`.
+"""
 from typing import List
 
 import torch
 from mmengine.structures import InstanceData
 from torch import Tensor
-
-
-def normalized_member_boxes(inputs: dict) -> Tensor:
-    """Member boxes of a packed batch divided by their image's size.
-
-    Args:
-        inputs (dict): packed batch with ``bboxes [M, 4]`` pixels, ``images [M]`` and
-            ``image_sizes [B, 2]`` ``(width, height)``.
-
-    Returns:
-        Tensor[M, 4]: boxes in ``[0, 1]``.
-    """
-    wh = inputs['image_sizes'][inputs['images']]  # [M, 2]
-    return inputs['bboxes'] / wh.repeat(1, 2)  # [M, 4]
 
 
 def select_members(packed: dict, selection: Tensor) -> dict:

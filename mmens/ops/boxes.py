@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    'box_area', 'box_iou', 'box_iou_aligned', 'xywh_to_xyxy', 'xyxy_to_xywh',
+    'box_area', 'box_iou', 'xywh_to_xyxy', 'xyxy_to_xywh',
     'normalize_boxes', 'denormalize_boxes'
 ]
 
@@ -28,47 +28,56 @@ def box_area(boxes: Tensor) -> Tensor:
         boxes (Tensor[..., 4]): ``(x1, y1, x2, y2)`` boxes.
 
     Returns:
-        Tensor[...]: ``(x2 - x1) * (y2 - y1)``.
+        Tensor[...]: ``(x2 - x1) * (y2 - y1)``, widths and heights clamped
+        at 0 (a degenerate box has area 0).
     """
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return (boxes[..., 2] - boxes[..., 0]).clamp_min(0) * (
+        boxes[..., 3] - boxes[..., 1]).clamp_min(0)
 
 
-def box_iou_aligned(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Element-wise IoU of two broadcastable box tensors.
+def box_iou(boxes1: Tensor,
+            boxes2: Tensor,
+            aligned: bool = False,
+            mode: str = 'iou',
+            eps: float = 0.0) -> Tensor:
+    """IoU (Jaccard index) of two sets of boxes, pairwise or element-wise.
 
-    ``boxes1`` plays the role of ensemble-boxes' cluster / kept box ("A") and
-    ``boxes2`` of the new box ("B"); the operation order is the reference's.
+    The only IoU of :mod:`mmens.ops`. Its operation order is ensemble-boxes'
+    with ``boxes1`` as the cluster / kept box ("A") and ``boxes2`` as the new
+    box ("B"), so float64 results are bit-identical to the reference. Widths
+    and heights are clamped at 0 (a degenerate box has area 0) and there is
+    no ``+1`` (COCO / torchvision convention).
 
     Args:
-        boxes1 (Tensor[..., 4]): first boxes.
-        boxes2 (Tensor[..., 4]): second boxes, broadcastable with ``boxes1``.
+        boxes1 (Tensor[..., N, 4]): ``(x1, y1, x2, y2)`` boxes.
+        boxes2 (Tensor[..., M, 4]): ``(x1, y1, x2, y2)`` boxes; with
+            ``aligned``, any shape broadcastable with ``boxes1``.
+        aligned (bool): IoU of each broadcast pair ``(boxes1[i],
+            boxes2[i])`` instead of every pair.
+        mode (str): ``'iou'``, or ``'iof'``: intersection over the area of
+            ``boxes1`` (COCO's crowd overlap).
+        eps (float): lower bound of the denominator (0: none, so two
+            zero-area boxes give NaN like torchvision).
 
     Returns:
-        Tensor[...]: IoU of each broadcast pair (NaN if both areas are 0).
+        Tensor[..., N, M]: IoU of every pair; with ``aligned``, Tensor[...]
+        of each broadcast pair.
     """
+    if mode not in ('iou', 'iof'):
+        raise ValueError(f"mode must be 'iou' or 'iof', got {mode!r}")
+    if boxes1.shape[-1] != 4 or boxes2.shape[-1] != 4:
+        raise ValueError(f'boxes must end in 4, got {tuple(boxes1.shape)} '
+                         f'and {tuple(boxes2.shape)}')
+    if not aligned:  # [..., N, 1, 4], [..., 1, M, 4]
+        boxes1, boxes2 = boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)
     xa = torch.maximum(boxes1[..., 0], boxes2[..., 0])
     ya = torch.maximum(boxes1[..., 1], boxes2[..., 1])
     xb = torch.minimum(boxes1[..., 2], boxes2[..., 2])
     yb = torch.minimum(boxes1[..., 3], boxes2[..., 3])
     inter = (xb - xa).clamp_min(0) * (yb - ya).clamp_min(0)
-    return inter / (box_area(boxes1) + box_area(boxes2) - inter)
-
-
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise IoU (Jaccard index) of two sets of boxes.
-
-    Args:
-        boxes1 (Tensor[N, 4]): ``(x1, y1, x2, y2)`` boxes.
-        boxes2 (Tensor[M, 4]): ``(x1, y1, x2, y2)`` boxes.
-
-    Returns:
-        Tensor[N, M]: IoU of every pair.
-    """
-    if boxes1.numel() == 0 or boxes2.numel() == 0:
-        dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
-        return boxes1.new_zeros((boxes1.shape[0], boxes2.shape[0]),
-                                dtype=dtype)
-    return box_iou_aligned(boxes1[:, None, :], boxes2[None, :, :])  # [N, M]
+    area1 = box_area(boxes1)
+    den = area1 if mode == 'iof' else area1 + box_area(boxes2) - inter
+    return inter / (den.clamp_min(eps) if eps else den)
 
 
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:

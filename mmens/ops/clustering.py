@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from .greedy import GreedyResult, greedy_cluster
-from .layout import (build_layout, cluster_slots, concat_order,
-                     sort_desc_ties_last_first, take)
-from .prepare import Prepared, group_key, prepare_packed
+from .layout import cluster_slots, concat_order, sort_desc_ties_last_first, take
+from .packed import PackedDetections
+from .prepare import Prepared, layout_groups, prepare_packed
 
 __all__ = ['Clusters', 'match_boxes', 'wbf_clusters', 'CONF_TYPES']
 
@@ -53,20 +53,19 @@ def wbf_clusters(prep: Prepared,
         raise ValueError(f'conf_type must be one of {CONF_TYPES}, got '
                          f'{conf_type!r}')
     w = prep.weights
-    kept = torch.nonzero(prep.valid & (prep.scores >= skip_box_thr))[:, 0]
-    ws = take(prep.scores, kept) * take(w, take(prep.members, kept))  # [K]
-    lay = build_layout(
-        group_key(take(prep.labels, kept), take(prep.images, kept),
-                  class_agnostic), ws)
-    idx = take(kept, lay.order)  # [K] packed index per layout position
+    lay, idx, ws = layout_groups(prep,
+                                 prep.valid & (prep.scores >= skip_box_thr),
+                                 class_agnostic,
+                                 prep.scores * take(w, prep.members))
     mem = take(prep.members, idx)  # [K]
-    res = greedy_cluster(lay, take(prep.boxes, idx), take(ws, lay.order),
+    dev = idx.device
+    res = greedy_cluster(lay, take(prep.boxes, idx), ws,
                          take(w, mem), iou_thr, fused=True)
     cslot = cluster_slots(lay, res.num_clusters)  # [C]
     cl_of_slot = torch.full_like(lay.rank, -1).index_copy_(
-        0, cslot, torch.arange(cslot.shape[0], device=kept.device))  # [K]
+        0, cslot, torch.arange(cslot.shape[0], device=dev))  # [K]
     present = torch.zeros(cslot.shape[0], prep.num_members, dtype=torch.bool,
-                          device=kept.device)
+                          device=dev)
     present[take(cl_of_slot, res.slot), mem] = True  # [C, N]
     score = _wbf_scores(res, cslot, present, w, conf_type, allows_overflow)
     lead = take(idx, take(res.leader, cslot))  # [C] packed index, 1st box
@@ -75,7 +74,7 @@ def wbf_clusters(prep: Prepared,
                                      concat_order(lay, cslot))  # [C]
     cluster_of_slot = torch.full_like(lay.rank, -1).index_copy_(
         0, take(cslot, perm), torch.arange(perm.shape[0],
-                                           device=kept.device))  # [K]
+                                           device=dev))  # [K]
     return dict(boxes=take(res.ref, take(cslot, perm)),
                 scores=take(score, perm),
                 labels=take(prep.labels, take(lead, perm)),
@@ -123,13 +122,8 @@ def _wbf_scores(res: GreedyResult, cslot: Tensor, present: Tensor,
 
 
 @torch.no_grad()
-def match_boxes(boxes: Tensor,
-                scores: Tensor,
-                labels: Tensor,
-                members: Tensor,
-                images: Optional[Tensor],
-                num_members: int,
-                num_images: int = 1,
+def match_boxes(dets: PackedDetections,
+                *,
                 weights: Optional[Tensor] = None,
                 iou_thr: float = 0.55,
                 skip_box_thr: float = 0.0,
@@ -154,14 +148,9 @@ def match_boxes(boxes: Tensor,
     ``[0, 1]``, with a warning) are not clustered (``box_cluster == -1``).
 
     Args:
-        boxes (Tensor[M, 4]): ``(x1, y1, x2, y2)``, normalised to ``[0, 1]``
-            or, with ``image_sizes``, in pixels.
-        scores (Tensor[M]): scores in ``[0, 1]``.
-        labels (Tensor[M]): integral labels.
-        members (Tensor[M]): member of each box, ``0..N-1``.
-        images (Tensor[M] | None): image of each box, ``0..I-1``.
-        num_members (int): ``N``.
-        num_images (int): ``I``.
+        dets (PackedDetections): boxes ``Tensor[M, 4]`` ``(x1, y1, x2,
+            y2)`` normalised to ``[0, 1]`` or, with ``image_sizes``, in
+            pixels; scores, labels, members, images ``[M]``; ``N``, ``I``.
         weights (Tensor[N], optional): member weights (default ones).
         iou_thr (float): match threshold (strict ``>``).
         skip_box_thr (float): drop boxes with ``score < skip_box_thr``.
@@ -186,11 +175,10 @@ def match_boxes(boxes: Tensor,
     if member_reduce not in ('mean', 'best'):
         raise ValueError(f"member_reduce must be 'mean' or 'best', got "
                          f'{member_reduce!r}')
-    prep = prepare_packed(boxes, scores, labels, members, images, num_members,
-                          num_images, weights, image_sizes)
+    prep = prepare_packed(dets, weights, image_sizes)
     r = wbf_clusters(prep, iou_thr, skip_box_thr, conf_type, allows_overflow,
                      class_agnostic)
-    n = num_members
+    n = prep.num_members
     c = r['scores'].shape[0]
     dev = prep.boxes.device
     flat = r['cluster'] * n + r['members']  # [K]

@@ -32,7 +32,8 @@ from typing import List
 import torch
 from torch import Tensor
 
-from .targets import PAIR_BUDGET, box_iou, group_chunks, group_positions
+from .boxes import box_iou
+from .targets import PAIR_BUDGET, group_chunks, group_positions
 
 __all__ = ['feature_names', 'cluster_features']
 
@@ -77,7 +78,7 @@ def _suppression(boxes: Tensor, scores: Tensor, labels: Tensor, image_index: Ten
         valid = tab >= 0  # [I', L]
         b = boxes[tab.clamp(min=0)]  # [I', L, 4]
         lab = labels[tab.clamp(min=0)]  # [I', L]
-        ious = box_iou(b, b)  # [I', L, L]
+        ious = box_iou(b, b, eps=1e-9)  # [I', L, L]
         earlier = torch.ones(ll, ll, dtype=torch.bool, device=dev).tril(-1)  # [L, L] j < i
         ok = earlier & valid.unsqueeze(1) & valid.unsqueeze(2)  # [I', L, L]
         same = lab.unsqueeze(2) == lab.unsqueeze(1)  # [I', L, L]
@@ -126,7 +127,8 @@ def cluster_features(y_hat: Tensor, mask: Tensor, labels: Tensor, image_index: T
     scores = yh[..., 4]  # [C, N], 0 if absent
     n_present = mf.sum(1)  # [C]
     n_boxes = (counts * m).sum(1).to(dt)  # [C]
-    iou_fused = box_iou(yh[..., :4], fb.unsqueeze(1).expand(c, n, 4), aligned=True) * mf
+    iou_fused = box_iou(yh[..., :4], fb.unsqueeze(1).expand(c, n, 4), aligned=True,
+                        eps=1e-9) * mf
     max_score = scores.amax(1)  # [C], 0 if none present
     mean_score = scores.sum(1) / n_present.clamp(min=1)  # [C]
     w = (fb[:, 2] - fb[:, 0]).clamp(min=_SIZE_EPS)  # [C]

@@ -1,10 +1,10 @@
 """Registry of the packed fusion ops, for the MMDetection detector.
 
-Every entry has the packed signature ``fn(boxes, scores, labels, members,
-images, num_members, num_images=1, weights=None, **method_kwargs) ->
-(boxes [K, 4], scores [K], labels [K], images [K])`` with normalised output
-boxes sorted by image then score descending; see each function for its
-method-specific keyword arguments (``iou_thr``, ``skip_box_thr``,
+Every entry has the packed signature ``fn(dets, *, weights=None,
+**method_kwargs) -> (boxes [K, 4], scores [K], labels [K], images [K])``
+with ``dets`` a :class:`~mmens.ops.packed.PackedDetections` and normalised
+output boxes sorted by image then score descending; see each function for
+its method-specific keyword arguments (``iou_thr``, ``skip_box_thr``,
 ``conf_type``, ...) and the shared ``class_agnostic`` / ``image_sizes``.
 """
 from typing import Callable, Dict

@@ -13,12 +13,12 @@ Cluster ``k`` of group ``g`` lives in slot ``start[g] + k`` (a group never has
 more clusters than boxes), so all state is flat ``[K, F]`` (slot-major: one
 ``index_select``/``index_copy_`` along dim 0, the fastest gathers on CPU,
 moves every field of a step). Unused slots hold a sentinel box ``(inf, inf,
--inf, -inf)`` of infinite area whose IoU with any box is exactly 0, so no
+-inf, -inf)`` whose IoU with any (non-empty) box is exactly 0, so no
 validity mask is needed (this is why ``iou_thr`` must be ``>= 0``).
 Per-cluster counts, weight sums, max scores and leaders are order-free or
 index-ordered reductions computed after the loop (``index_add_`` adds in
-index order, i.e. in the reference's order). The IoU is inlined with
-:func:`~mmens.ops.boxes.box_iou_aligned`'s operation order.
+index order, i.e. in the reference's order). The IoU is
+:func:`~mmens.ops.boxes.box_iou`, whose operation order is the reference's.
 
 Fused mode reproduces ensemble-boxes' arithmetic bit for bit in float64: its
 ``get_weighted_box`` accumulates ``score * box`` in a float32 array (each
@@ -32,6 +32,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .boxes import box_iou
 from .layout import GroupLayout
 
 __all__ = ['GreedyResult', 'greedy_cluster']
@@ -92,18 +93,16 @@ def greedy_cluster(layout: GroupLayout,
         raise ValueError(f'iou_thr must be >= 0, got {iou_thr}')
     k_all, dev = boxes.shape[0], boxes.device
     start = layout.start
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [K]
-    cols = [boxes, area[:, None]]  # box (4), area (1)
+    cols = [boxes]  # box (4)
     if fused:  # score * box (4), score (1): added to sum (4), conf (1)
         cols += [wscores[:, None] * boxes, wscores[:, None]]
     data = torch.cat(cols, 1)  # [K, F]
-    geo = torch.empty(k_all, 5, dtype=boxes.dtype, device=dev)  # ref, area
+    geo = torch.empty(k_all, 4, dtype=boxes.dtype, device=dev)  # ref box
     geo[:, :2], geo[:, 2:] = float('inf'), float('-inf')  # sentinel box
-    geo[:, 4] = float('inf')
-    geo.index_copy_(0, start, data.index_select(0, start)[:, :5])  # step 0:
+    geo.index_copy_(0, start, data.index_select(0, start)[:, :4])  # step 0:
     if fused:  # every group opens cluster 0 with its first box
         acc = torch.zeros(k_all, 5, dtype=boxes.dtype, device=dev)
-        first = data.index_select(0, start)[:, 5:]  # [G, 5]
+        first = data.index_select(0, start)[:, 4:]  # [G, 5]
         first[:, :4] = first[:, :4].float()
         acc.index_copy_(0, start, first)  # [K, 5] float32 sums (4), conf
         zeros = bool((wscores == 0).any())
@@ -117,11 +116,8 @@ def greedy_cluster(layout: GroupLayout,
         bi = sa + j  # [A] layout position of the new box
         nb = data.index_select(0, bi)  # [A, F]
         ix = (sa[:, None] + steps[:width]).view(-1)  # [A * W] slots
-        cand = geo.index_select(0, ix).view(a, width, 5)  # [A, W, 5]
-        lo = torch.maximum(cand[..., :2], nb[:, None, :2])  # [A, W, 2]
-        hi = torch.minimum(cand[..., 2:4], nb[:, None, 2:4])  # [A, W, 2]
-        inter = (hi - lo).clamp_(min=0).prod(-1)  # [A, W] w * h
-        iou = inter / (cand[..., 4] + nb[:, 4:5] - inter)  # [A, W]
+        cand = geo.index_select(0, ix).view(a, width, 4)  # [A, W, 4]
+        iou = box_iou(cand, nb[:, None, :4], aligned=True)  # [A, W]
         best_iou, best = iou.max(1)  # [A], first max like np.argmax
         join = best_iou > iou_thr  # [A]
         k = torch.where(join, best, ncl[:a])  # [A]
@@ -133,15 +129,14 @@ def greedy_cluster(layout: GroupLayout,
                 0, sl,
                 torch.where(join[:, None], geo.index_select(0, sl), nb))
             continue
-        new = acc.index_select(0, sl) + nb[:, 5:]  # [A, 5] sum, conf
+        new = acc.index_select(0, sl) + nb[:, 4:]  # [A, 5] sum, conf
         new[:, :4] = new[:, :4].float()  # ensemble-boxes' float32 sums
         fb = (new[:, :4] / new[:, 4:]).float()  # [A, 4] stored as float32
         ref = torch.where(join[:, None], fb, nb[:, :4])  # [A, 4]
         if zeros:  # all-zero-score clusters keep their first box (ref: NaN)
             keep = (join & (new[:, 4] == 0))[:, None]
-            ref = torch.where(keep, geo.index_select(0, sl)[:, :4], ref)
-        ref_area = (ref[:, 2:] - ref[:, :2]).prod(1, keepdim=True)  # [A, 1]
-        geo.index_copy_(0, sl, torch.cat([ref, ref_area], 1))
+            ref = torch.where(keep, geo.index_select(0, sl), ref)
+        geo.index_copy_(0, sl, ref)
         acc.index_copy_(0, sl, new)
     slot = torch.repeat_interleave(start, layout.size) + kk  # [K]
     pos = torch.arange(k_all, device=dev)  # [K]
@@ -151,5 +146,5 @@ def greedy_cluster(layout: GroupLayout,
     smax = torch.zeros_like(wscores).scatter_reduce_(0, slot, wscores,
                                                      'amax')  # [K]
     conf = acc[:, 4] if fused else wsum
-    return GreedyResult(slot, ncl, geo[:, :4], leader, conf, wsum, count,
+    return GreedyResult(slot, ncl, geo, leader, conf, wsum, count,
                         smax)

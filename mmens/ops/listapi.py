@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .packed import PackedDetections
 from .validation import check_member_lists
 
 __all__ = ['PackedLists', 'pack_images', 'run_packed', 'unpack_images']
@@ -21,10 +22,8 @@ class PackedLists(NamedTuple):
     """Flat version of a batch of per-member lists.
 
     Attributes:
-        boxes (Tensor[M, 4]), scores (Tensor[M]), labels (Tensor[M]),
-        members (Tensor[M]), images (Tensor[M]): packed member-major per
-            image, i.e. ensemble-boxes' concatenation order.
-        num_members (int), num_images (int): ``N`` and ``I``.
+        dets (PackedDetections): the detections, packed member-major per
+            image, i.e. ensemble-boxes' concatenation order (``images`` set).
         is_torch (bool): the input held torch tensors.
         device (torch.device): where results go.
         dtype: output float dtype (torch dtype when ``is_torch``).
@@ -32,13 +31,7 @@ class PackedLists(NamedTuple):
             boxes, scores, labels (the dtypes ``np.concatenate`` of that
             image's member arrays gives), for NumPy output.
     """
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    members: Tensor
-    images: Tensor
-    num_members: int
-    num_images: int
+    dets: PackedDetections
     is_torch: bool
     device: torch.device
     dtype: Any
@@ -142,8 +135,9 @@ def pack_images(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
     ids = torch.arange(len(sizes), dtype=torch.long, device=dev)
     flat = torch.repeat_interleave(ids, cnt)  # [M] (image, member) id
     n = max(num_members, 1)
-    return PackedLists(boxes, scores, labels, flat % n, flat // n, num_members,
-                       num_images, ref is not None, dev, dtype, np_dtypes)
+    dets = PackedDetections(boxes, scores, labels, flat % n, flat // n,
+                            num_members, num_images)
+    return PackedLists(dets, ref is not None, dev, dtype, np_dtypes)
 
 
 def unpack_images(packed: PackedLists,
@@ -168,7 +162,8 @@ def unpack_images(packed: PackedLists,
     Returns:
         list[tuple]: ``(boxes [k, 4], scores [k], labels [k])`` per image.
     """
-    counts = torch.bincount(images, minlength=packed.num_images).tolist()
+    counts = torch.bincount(images,
+                            minlength=packed.dets.num_images).tolist()
     if packed.is_torch:
         b = boxes.to(packed.dtype).split(counts)
         s = scores.to(packed.dtype).split(counts)
@@ -200,6 +195,5 @@ def run_packed(packed_fn, images: Sequence[Tuple[Sequence, Sequence, Sequence]],
     Returns the packing (for :func:`unpack_images`) and the method's outputs.
     """
     p = pack_images(images, report_image)
-    out = packed_fn(p.boxes, p.scores, p.labels, p.members, p.images, p.num_members,
-                    p.num_images, _report_image=report_image, **kwargs)
+    out = packed_fn(p.dets, _report_image=report_image, **kwargs)
     return p, out

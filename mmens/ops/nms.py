@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 
 from .greedy import greedy_cluster
-from .layout import argsort_stable, build_layout, take
-from .listapi import PackedLists, run_packed, unpack_images
-from .prepare import Prepared, group_key, prepare_packed
+from .layout import argsort_stable, take
+from .listapi import run_packed, unpack_images
+from .packed import PackedDetections
+from .prepare import Prepared, layout_groups, prepare_packed
 
 __all__ = ['nms', 'nms_batch', 'nms_packed']
 
@@ -55,22 +56,23 @@ def finish(prep: Prepared, r: Dict[str, Tensor],
     return (out[0].to(prep.dtype), out[1].to(prep.dtype), out[2], out[3])
 
 
-def unpack_nms(p: PackedLists, out: Tuple, weighted: bool) -> List[Tuple]:
-    """Split NMS-family results per image with ensemble-boxes' dtypes."""
-    dts = (None, np.float64 if weighted else None, None)
+def run_nms_batch(packed_fn, images: Sequence[Tuple[Sequence, Sequence,
+                                                   Sequence]],
+                  report_image: bool, weights, **kwargs) -> List[Tuple]:
+    """Run an NMS-family ``*_packed`` op on a batch of member lists.
+
+    Results per image, in ensemble-boxes' order and with its dtypes.
+    """
+    p, out = run_packed(packed_fn, images, report_image, weights=weights,
+                        _packed_order=False, **kwargs)
+    dts = (None, np.float64 if weights is not None else None, None)
     return unpack_images(p, *out, np_dtypes=dts, np_empty_dtype=None)
 
 
 def _hard_nms(prep: Prepared, weighted: bool, iou_thr: float,
               class_agnostic: bool) -> Dict[str, Tensor]:
     scores = nms_scores(prep, weighted)
-    kept = torch.nonzero(prep.valid)[:, 0]
-    ws = take(scores, kept)  # [K]
-    lay = build_layout(
-        group_key(take(prep.labels, kept), take(prep.images, kept),
-                  class_agnostic), ws)
-    idx = take(kept, lay.order)  # [K] packed index per layout position
-    ls = take(ws, lay.order)  # [K]
+    lay, idx, ls = layout_groups(prep, prep.valid, class_agnostic, scores)
     res = greedy_cluster(lay, take(prep.boxes, idx), ls, ls, iou_thr,
                          fused=False)
     pos = torch.arange(idx.shape[0], device=idx.device)  # [K]
@@ -82,13 +84,8 @@ def _hard_nms(prep: Prepared, weighted: bool, iou_thr: float,
 
 
 @torch.no_grad()
-def nms_packed(boxes: Tensor,
-               scores: Tensor,
-               labels: Tensor,
-               members: Tensor,
-               images: Optional[Tensor],
-               num_members: int,
-               num_images: int = 1,
+def nms_packed(dets: PackedDetections,
+               *,
                weights: Optional[Tensor] = None,
                iou_thr: float = 0.5,
                class_agnostic: bool = False,
@@ -103,8 +100,7 @@ def nms_packed(boxes: Tensor,
     ensemble-boxes. No ``skip_box_thr`` (ensemble-boxes' ``nms`` has none).
 
     Args:
-        boxes, scores, labels, members, images, num_members, num_images,
-        class_agnostic, image_sizes: see
+        dets, class_agnostic, image_sizes: see
             :func:`~mmens.ops.wbf.weighted_boxes_fusion_packed`.
         weights (Tensor[N], optional): member weights.
         iou_thr (float): suppression threshold (strict ``>``).
@@ -113,8 +109,7 @@ def nms_packed(boxes: Tensor,
         tuple: ``boxes [K, 4]`` (normalised), ``scores [K]``, ``labels [K]``
         (long), ``images [K]``; sorted by image then score descending.
     """
-    prep = prepare_packed(boxes, scores, labels, members, images, num_members,
-                          num_images, weights, image_sizes, _report_image)
+    prep = prepare_packed(dets, weights, image_sizes, _report_image)
     r = _hard_nms(prep, weights is not None, iou_thr, class_agnostic)
     return finish(prep, r, _packed_order)
 
@@ -133,9 +128,8 @@ def nms_batch(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
     Returns:
         list[tuple]: ``(boxes, scores, labels)`` per image.
     """
-    p, out = run_packed(nms_packed, images, _report_image, weights=weights,
-                        iou_thr=iou_thr, _packed_order=False)
-    return unpack_nms(p, out, weights is not None)
+    return run_nms_batch(nms_packed, images, _report_image, weights,
+                         iou_thr=iou_thr)
 
 
 def nms(boxes: Sequence,

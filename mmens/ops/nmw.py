@@ -5,12 +5,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .boxes import box_iou_aligned
+from .boxes import box_iou
 from .greedy import greedy_cluster
-from .layout import (build_layout, concat_order, sort_desc_ties_last_first,
-                     take)
+from .layout import concat_order, sort_desc_ties_last_first, take
 from .listapi import run_packed, unpack_images
-from .prepare import group_key, prepare_packed
+from .packed import PackedDetections
+from .prepare import layout_groups, prepare_packed
 
 __all__ = [
     'non_maximum_weighted', 'non_maximum_weighted_batch',
@@ -20,13 +20,8 @@ __all__ = [
 
 @torch.no_grad()
 def non_maximum_weighted_packed(
-        boxes: Tensor,
-        scores: Tensor,
-        labels: Tensor,
-        members: Tensor,
-        images: Optional[Tensor],
-        num_members: int,
-        num_images: int = 1,
+        dets: PackedDetections,
+        *,
         weights: Optional[Tensor] = None,
         iou_thr: float = 0.55,
         skip_box_thr: float = 0.0,
@@ -42,8 +37,7 @@ def non_maximum_weighted_packed(
     score is the first box's weighted score (float32, like ensemble-boxes).
 
     Args:
-        boxes, scores, labels, members, images, num_members, num_images,
-        weights, class_agnostic, image_sizes: see
+        dets, weights, class_agnostic, image_sizes: see
             :func:`~mmens.ops.wbf.weighted_boxes_fusion_packed`.
         iou_thr (float): match threshold (strict ``>``).
         skip_box_thr (float): drop boxes with ``score < skip_box_thr``.
@@ -52,19 +46,15 @@ def non_maximum_weighted_packed(
         tuple: ``boxes [K, 4]``, ``scores [K]``, ``labels [K]`` (long),
         ``images [K]``; sorted by image then score descending.
     """
-    prep = prepare_packed(boxes, scores, labels, members, images, num_members,
-                          num_images, weights, image_sizes, _report_image)
+    prep = prepare_packed(dets, weights, image_sizes, _report_image)
     w = prep.weights
     if prep.num_members:
         w = w / w.max()  # [N] ensemble-boxes divides by the max weight
-    kept = torch.nonzero(prep.valid & (prep.scores >= skip_box_thr))[:, 0]
-    ws = take(prep.scores, kept) * take(w, take(prep.members, kept))  # [K]
-    lay = build_layout(
-        group_key(take(prep.labels, kept), take(prep.images, kept),
-                  class_agnostic), ws)
-    idx = take(kept, lay.order)  # [K] packed index per layout position
+    lay, idx, s = layout_groups(prep,
+                                prep.valid & (prep.scores >= skip_box_thr),
+                                class_agnostic,
+                                prep.scores * take(w, prep.members))
     b = take(prep.boxes, idx)  # [K, 4]
-    s = take(ws, lay.order)  # [K]
     res = greedy_cluster(lay, b, s, s, iou_thr, fused=False)
     leader = take(res.leader, res.slot)  # [K] layout position of the leader
     lead = torch.nonzero(leader == torch.arange(
@@ -73,7 +63,7 @@ def non_maximum_weighted_packed(
     cl = take(
         torch.full_like(leader, -1).index_copy_(
             0, lead, torch.arange(c, device=b.device)), leader)  # [K]
-    wt = s * box_iou_aligned(b, take(b, leader))  # [K] score * IoU(leader)
+    wt = s * box_iou(b, take(b, leader), aligned=True)  # [K] score * IoU(leader)
     num = b.new_zeros(c, 4).index_add_(0, cl, wt[:, None] * b)  # [C, 4]
     conf = s.new_zeros(c).index_add_(0, cl, wt)  # [C]
     fused = torch.where(conf[:, None] > 0,

@@ -1,13 +1,15 @@
 """Common front end of the packed fusion ops: validate, normalise, repair."""
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .boxes import normalize_boxes
+from .layout import GroupLayout, build_layout, take
+from .packed import PackedDetections
 from .validation import check_packed, check_weights, repair_boxes
 
-__all__ = ['Prepared', 'prepare_packed', 'group_key']
+__all__ = ['Prepared', 'prepare_packed', 'group_key', 'layout_groups']
 
 
 class Prepared(NamedTuple):
@@ -37,28 +39,15 @@ class Prepared(NamedTuple):
     num_images: int
 
 
-def prepare_packed(boxes: Tensor,
-                   scores: Tensor,
-                   labels: Tensor,
-                   members: Tensor,
-                   images: Optional[Tensor],
-                   num_members: int,
-                   num_images: int = 1,
+def prepare_packed(dets: PackedDetections,
                    weights=None,
                    image_sizes: Optional[Tensor] = None,
                    report_image: bool = True) -> Prepared:
     """Validate and normalise packed detections.
 
     Args:
-        boxes (Tensor[M, 4]): ``(x1, y1, x2, y2)``, normalised, or pixels
+        dets (PackedDetections): the detections; boxes normalised, or pixels
             when ``image_sizes`` is given.
-        scores (Tensor[M]): scores in ``[0, 1]``.
-        labels (Tensor[M]): integral labels.
-        members (Tensor[M]): member of each box, ``0..N-1``.
-        images (Tensor[M] | None): image of each box, ``0..I-1`` (``None``:
-            all 0).
-        num_members (int): ``N``.
-        num_images (int): ``I``.
         weights (Tensor[N] | Sequence[float] | None): member weights.
         image_sizes (Tensor[I, 2], optional): ``(width, height)`` per image.
         report_image (bool): name the image in error messages.
@@ -69,6 +58,7 @@ def prepare_packed(boxes: Tensor,
     Raises:
         ValueError: malformed input (see :mod:`mmens.ops.validation`).
     """
+    boxes, scores, labels, members, images, num_members, num_images = dets
     boxes = torch.as_tensor(boxes)
     dev = boxes.device
     dtype = boxes.dtype if boxes.is_floating_point() else torch.float32
@@ -80,8 +70,9 @@ def prepare_packed(boxes: Tensor,
     if images is None:
         images = torch.zeros_like(members)
     images = torch.as_tensor(images, device=dev).long()
-    check_packed(boxes, scores, labels, members, images, num_members,
-                 num_images, report_image)
+    check_packed(
+        PackedDetections(boxes, scores, labels, members, images, num_members,
+                         num_images), report_image)
     labels = labels.long()
     w = check_weights(weights, num_members, dev)
     if image_sizes is not None:
@@ -113,3 +104,33 @@ def group_key(labels: Tensor,
         return images.clone()
     lo, hi = torch.stack((labels.min(), labels.max())).tolist()
     return images * (hi - lo + 1) + (labels - lo)
+
+
+def layout_groups(
+        prep: Prepared,
+        keep: Tensor,
+        class_agnostic: bool = False,
+        key: Optional[Tensor] = None
+) -> Tuple[GroupLayout, Tensor, Optional[Tensor]]:
+    """Lay the kept boxes out by ``(image, label)`` group (see
+    :func:`~mmens.ops.layout.build_layout`).
+
+    Args:
+        prep (Prepared): the prepared detections.
+        keep (Tensor[M]): bool, boxes to lay out.
+        class_agnostic (bool): group by image only.
+        key (Tensor[M], optional): order inside a group (descending, ties
+            later packed box first); ``None`` keeps the packed order.
+
+    Returns:
+        tuple: the ``GroupLayout`` of the ``K`` kept boxes, the packed index
+        of the box at each layout position ``[K]`` and ``key`` in layout
+        order ``[K]`` (``None`` without ``key``).
+    """
+    kept = torch.nonzero(keep)[:, 0]  # [K]
+    kk = None if key is None else take(key, kept)  # [K]
+    lay = build_layout(
+        group_key(take(prep.labels, kept), take(prep.images, kept),
+                  class_agnostic), kk)
+    idx = take(kept, lay.order)  # [K] packed index per layout position
+    return lay, idx, None if kk is None else take(kk, lay.order)

@@ -18,11 +18,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .boxes import box_iou_aligned
-from .layout import build_layout, take
-from .listapi import run_packed
-from .nms import finish, nms_scores, unpack_nms
-from .prepare import Prepared, group_key, prepare_packed
+from .boxes import box_iou
+from .layout import take
+from .nms import finish, nms_scores, run_nms_batch
+from .packed import PackedDetections
+from .prepare import Prepared, layout_groups, prepare_packed
 
 __all__ = ['soft_nms', 'soft_nms_batch', 'soft_nms_packed']
 
@@ -66,7 +66,7 @@ def _soft_nms_bucket(boxes: Tensor, scores: Tensor, start: Tensor,
             sw = swap.view(-1, *([1] * (vi.dim() - 1)))
             t[rows, q] = torch.where(sw, vi, vq)
             t[rows, i] = torch.where(sw, vq, vi)
-        ovr = box_iou_aligned(bx[:a, i:i + 1], bx[:a, i + 1:])  # [A, P-i-1]
+        ovr = box_iou(bx[:a, i:i + 1], bx[:a, i + 1:], aligned=True)  # [A, P-i-1]
         if method == 1:
             wgt = torch.where(ovr > iou_thr, 1 - ovr, 1.0)
         else:
@@ -81,11 +81,8 @@ def _soft_nms(prep: Prepared, weighted: bool, method: int, iou_thr: float,
               sigma: float, thresh: float, class_agnostic: bool,
               decayed: bool) -> Dict[str, Tensor]:
     scores = nms_scores(prep, weighted)
-    kept = torch.nonzero(prep.valid)[:, 0]
-    lay = build_layout(
-        group_key(take(prep.labels, kept), take(prep.images, kept),
-                  class_agnostic))  # input order kept inside groups
-    idx = take(kept, lay.order)  # [K] packed index per layout position
+    lay, idx, _ = layout_groups(prep, prep.valid,
+                                class_agnostic)  # packed order in groups
     lb, ls = take(prep.boxes, idx), take(scores, idx)  # [K, 4], [K]
     # buckets of groups with size in (2^(e-1), 2^e]
     expo = torch.ceil(torch.log2(lay.size.double())).long()  # [G]
@@ -110,13 +107,8 @@ def _soft_nms(prep: Prepared, weighted: bool, method: int, iou_thr: float,
 
 
 @torch.no_grad()
-def soft_nms_packed(boxes: Tensor,
-                    scores: Tensor,
-                    labels: Tensor,
-                    members: Tensor,
-                    images: Optional[Tensor],
-                    num_members: int,
-                    num_images: int = 1,
+def soft_nms_packed(dets: PackedDetections,
+                    *,
                     weights: Optional[Tensor] = None,
                     method: int = 2,
                     iou_thr: float = 0.5,
@@ -130,8 +122,7 @@ def soft_nms_packed(boxes: Tensor,
     """Soft-NMS on packed detections of many images at once.
 
     Args:
-        boxes, scores, labels, members, images, num_members, num_images,
-        class_agnostic, image_sizes: see
+        dets, class_agnostic, image_sizes: see
             :func:`~mmens.ops.wbf.weighted_boxes_fusion_packed`.
         weights (Tensor[N], optional): scores become ``score * w / sum(w)``.
         method (int): 1 linear (``1 - IoU`` if ``IoU > iou_thr``), 2
@@ -151,8 +142,7 @@ def soft_nms_packed(boxes: Tensor,
     if method not in (1, 2, 3):
         raise ValueError(f'method must be 1 (linear), 2 (gaussian) or 3 '
                          f'(hard), got {method!r}')
-    prep = prepare_packed(boxes, scores, labels, members, images, num_members,
-                          num_images, weights, image_sizes, _report_image)
+    prep = prepare_packed(dets, weights, image_sizes, _report_image)
     if method == 3:
         from .nms import _hard_nms
         r = _hard_nms(prep, weights is not None, iou_thr, class_agnostic)
@@ -181,10 +171,10 @@ def soft_nms_batch(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
     Returns:
         list[tuple]: ``(boxes, scores, labels)`` per image.
     """
-    p, out = run_packed(soft_nms_packed, images, _report_image, weights=weights,
-                        method=method, iou_thr=iou_thr, sigma=sigma, thresh=thresh,
-                        return_decayed_scores=return_decayed_scores, _packed_order=False)
-    return unpack_nms(p, out, weights is not None)
+    return run_nms_batch(soft_nms_packed, images, _report_image, weights,
+                         method=method, iou_thr=iou_thr, sigma=sigma,
+                         thresh=thresh,
+                         return_decayed_scores=return_decayed_scores)
 
 
 def soft_nms(boxes: Sequence,

@@ -1,6 +1,6 @@
 """Training targets for learned fusion: match fused clusters to ground truth.
 
-theory.md §3: each cluster's fused box is matched to a ground-truth box of the
+docs/theory.md §3: each cluster's fused box is matched to a ground-truth box of the
 same class in the same image, IoU >= ``iou_thr``, greedily by fused score, the
 way ``pycocotools`` COCOeval matches detections:
 
@@ -24,41 +24,12 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .boxes import box_iou
+
 __all__ = ['TargetAssignment', 'assign_targets']
 
 #: Max elements of one padded pairwise tensor (chunks of groups stay below).
 PAIR_BUDGET = 1 << 22
-
-
-def box_iou(a: Tensor, b: Tensor, mode: str = 'iou', aligned: bool = False,
-            eps: float = 1e-9) -> Tensor:
-    """IoU (or IoF = inter / area(a)) of x1y1x2y2 boxes, COCO style (no +1).
-
-    Args:
-        a: ``Tensor[..., P, 4]``.
-        b: ``Tensor[..., Q, 4]`` (``Tensor[..., P, 4]`` when ``aligned``).
-        mode: ``'iou'`` or ``'iof'``.
-        aligned: elementwise instead of pairwise.
-
-    Returns:
-        ``Tensor[..., P, Q]``, or ``Tensor[..., P]`` when ``aligned``.
-        Degenerate boxes give 0.
-    """
-    if mode not in ('iou', 'iof'):
-        raise ValueError(f"mode must be 'iou' or 'iof', got {mode!r}")
-    if a.shape[-1] != 4 or b.shape[-1] != 4:
-        raise ValueError(f'boxes must end in 4, got {tuple(a.shape)} and {tuple(b.shape)}')
-    if not aligned:
-        a, b = a.unsqueeze(-2), b.unsqueeze(-3)  # [..., P, 1, 4], [..., 1, Q, 4]
-    lt = torch.maximum(a[..., :2], b[..., :2])  # [..., P, Q, 2]
-    rb = torch.minimum(a[..., 2:], b[..., 2:])  # [..., P, Q, 2]
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # [..., P, Q]
-    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
-    if mode == 'iof':
-        return inter / area_a.clamp(min=eps)
-    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
-    return inter / (area_a + area_b - inter).clamp(min=eps)
 
 
 def group_positions(group: Tensor, num_groups: int, key: Optional[Tensor] = None
@@ -250,7 +221,7 @@ def assign_targets(fused_boxes: Tensor, fused_scores: Tensor, labels: Tensor,
             gb = gt_boxes[gt_tab.clamp(min=0)]  # [k', Lg, 4]
             ign = gt_ignore[gt_tab.clamp(min=0)] & gvalid  # [k', Lg]
             pos_gt = gvalid & ~ign  # [k', Lg]
-            ious = box_iou(cb, gb)  # [k', Lc, Lg]
+            ious = box_iou(cb, gb, eps=1e-9)  # [k', Lc, Lg]
             ious_pos = torch.where(pos_gt.unsqueeze(1), ious, torch.full_like(ious, -1.))
             mx = ious_pos.max(-1).values.clamp(min=0)  # [k', Lc]
             max_iou[cl_tab[cvalid]] = mx[cvalid]
@@ -260,7 +231,7 @@ def assign_targets(fused_boxes: Tensor, fused_scores: Tensor, labels: Tensor,
             matched_gt[cl_tab[hit]] = gt_tab[rows[:, None].expand_as(m_loc)[hit], m_loc[hit]]
             iou_out[cl_tab[hit]] = m_iou[hit]
             if bool(ign.any()):
-                iof = box_iou(cb, gb, mode='iof')  # [k', Lc, Lg]
+                iof = box_iou(cb, gb, mode='iof', eps=1e-9)  # [k', Lc, Lg]
                 crowd = ((iof >= iou_thr) & ign.unsqueeze(1)).any(-1)  # [k', Lc]
                 flag = crowd & cvalid & ~hit
                 ignored[cl_tab[flag]] = True

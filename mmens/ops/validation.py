@@ -24,6 +24,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .packed import PackedDetections
+
 __all__ = [
     'check_member_lists', 'check_packed', 'check_weights', 'repair_boxes'
 ]
@@ -102,30 +104,20 @@ def check_weights(weights, num_members: int, device: torch.device) -> Tensor:
     return w
 
 
-def check_packed(boxes: Tensor,
-                 scores: Tensor,
-                 labels: Tensor,
-                 members: Tensor,
-                 images: Tensor,
-                 num_members: int,
-                 num_images: int,
-                 report_image: bool = True) -> None:
+def check_packed(dets: PackedDetections, report_image: bool = True) -> None:
     """Validate packed (flat) detections in one vectorised pass.
 
     Args:
-        boxes (Tensor[M, 4]): ``(x1, y1, x2, y2)`` boxes.
-        scores (Tensor[M]): scores, must lie in ``[0, 1]``.
-        labels (Tensor[M]): integral labels.
-        members (Tensor[M]): member index of each box, in ``[0, N)``.
-        images (Tensor[M]): image index of each box, in ``[0, I)``.
-        num_members (int): ``N``.
-        num_images (int): ``I``.
+        dets (PackedDetections): the detections as tensors on one device
+            (``images`` not ``None``); scores must lie in ``[0, 1]``,
+            members in ``[0, N)``, images in ``[0, I)``.
         report_image (bool): name the image in messages (batch calls).
 
     Raises:
         ValueError: on the first offending box (in packed order), naming its
             image, member, index within the member's list and the field.
     """
+    boxes, scores, labels, members, images, num_members, num_images = dets
     m = boxes.shape[0]
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"field 'boxes' must have shape [M, 4], got "

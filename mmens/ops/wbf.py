@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .clustering import wbf_clusters
 from .listapi import run_packed, unpack_images
+from .packed import PackedDetections
 from .prepare import prepare_packed
 
 __all__ = [
@@ -17,13 +18,8 @@ __all__ = [
 
 @torch.no_grad()
 def weighted_boxes_fusion_packed(
-        boxes: Tensor,
-        scores: Tensor,
-        labels: Tensor,
-        members: Tensor,
-        images: Optional[Tensor],
-        num_members: int,
-        num_images: int = 1,
+        dets: PackedDetections,
+        *,
         weights: Optional[Tensor] = None,
         iou_thr: float = 0.55,
         skip_box_thr: float = 0.0,
@@ -38,14 +34,9 @@ def weighted_boxes_fusion_packed(
     applied to each image (see :func:`~mmens.ops.clustering.match_boxes`).
 
     Args:
-        boxes (Tensor[M, 4]): ``(x1, y1, x2, y2)`` normalised (pixels with
-            ``image_sizes``).
-        scores (Tensor[M]): scores in ``[0, 1]``.
-        labels (Tensor[M]): integral labels.
-        members (Tensor[M]): member index ``0..N-1``.
-        images (Tensor[M] | None): image index ``0..I-1``.
-        num_members (int): ``N``.
-        num_images (int): ``I``.
+        dets (PackedDetections): boxes ``Tensor[M, 4]`` normalised (pixels
+            with ``image_sizes``), scores, labels, members, images ``[M]``,
+            ``N`` and ``I``.
         weights (Tensor[N], optional): member weights.
         iou_thr, skip_box_thr, conf_type, allows_overflow: as in
             ensemble-boxes.
@@ -57,8 +48,7 @@ def weighted_boxes_fusion_packed(
         tuple: ``boxes [K, 4]`` (normalised), ``scores [K]``, ``labels [K]``
         (long), ``images [K]``; sorted by image then score descending.
     """
-    prep = prepare_packed(boxes, scores, labels, members, images, num_members,
-                          num_images, weights, image_sizes, _report_image)
+    prep = prepare_packed(dets, weights, image_sizes, _report_image)
     r = wbf_clusters(prep, iou_thr, skip_box_thr, conf_type, allows_overflow,
                      class_agnostic)
     return (r['boxes'].to(prep.dtype), r['scores'].to(prep.dtype), r['labels'],

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmens.ops import (box_area, box_iou, box_iou_aligned, denormalize_boxes,
+from mmens.ops import (box_area, box_iou, denormalize_boxes,
                        normalize_boxes, xywh_to_xyxy, xyxy_to_xywh)
 
 
@@ -31,7 +31,7 @@ def test_box_iou_matches_reference_formula():
         for j in range(5):
             # float64, same operation order as ensemble-boxes: bit-exact
             assert iou[i, j].item() == _iou_np(a[i].tolist(), b[j].tolist())
-    assert torch.equal(box_iou_aligned(a[:5], b), iou[:5].diagonal())
+    assert torch.equal(box_iou(a[:5], b, aligned=True), iou[:5].diagonal())
 
 
 def test_box_iou_known_values():
@@ -39,6 +39,33 @@ def test_box_iou_known_values():
     b = torch.tensor([[1., 1., 3., 3.], [2., 2., 3., 3.], [0., 0., 2., 2.]])
     assert torch.allclose(box_iou(a, b), torch.tensor([[1 / 7, 0., 1.]]))
     assert torch.equal(box_area(b), torch.tensor([4., 1., 4.]))
+
+
+def test_box_iou_aligned_iof_degenerate_and_batched():
+    f = torch.float32
+    a = torch.tensor([[0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 0, 0]], dtype=f)
+    b = torch.tensor([[0, 0, 1, 0.5], [5, 5, 6, 6]], dtype=f)
+    torch.testing.assert_close(box_iou(a, b),
+                               torch.tensor([[0.5, 0], [0.125, 0], [0, 0]]))
+    torch.testing.assert_close(box_iou(a[:2], b, aligned=True),
+                               torch.tensor([0.5, 0]))
+    torch.testing.assert_close(box_iou(b, a, mode='iof')[0],
+                               torch.tensor([1., 1, 0]))
+    # a degenerate (inverted) box has area 0; eps bounds the denominator
+    inv = torch.tensor([[1., 1, 0, 0]])
+    assert box_iou(inv, inv, eps=1e-9).item() == 0
+    assert box_area(inv).item() == 0
+    assert torch.isnan(box_iou(a[2:], a[2:])).all()  # 0 / 0 without eps
+    # leading batch dims: one pairwise table per batch entry
+    batch = torch.stack([a, a.flip(0)])  # [2, 3, 4]
+    out = box_iou(batch, batch[:, :2])  # [2, 3, 2]
+    assert out.shape == (2, 3, 2)
+    torch.testing.assert_close(out[1], box_iou(a.flip(0), a.flip(0)[:2]),
+                               rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match='mode'):
+        box_iou(a, b, mode='giou')
+    with pytest.raises(ValueError, match='end in 4'):
+        box_iou(a[:, :3], b)
 
 
 @pytest.mark.parametrize('n,m', [(0, 3), (3, 0), (0, 0)])

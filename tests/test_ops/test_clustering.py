@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmens.ops import (CONF_TYPES, Clusters, match_boxes, normalize_boxes,
-                       weighted_boxes_fusion_batch)
+from mmens.ops import (CONF_TYPES, Clusters, PackedDetections, match_boxes,
+                       normalize_boxes, weighted_boxes_fusion_batch)
 
 
 def make_batch(seed, n_images=6, n_members=4, n_obj=5, n_cls=3):
@@ -41,16 +41,16 @@ def pack(images):
             m += [mm] * len(ss)
             i += [ii] * len(ss)
     t = torch.from_numpy
-    return (t(np.concatenate(b)), t(np.concatenate(s)),
-            t(np.concatenate(lab)).long(), torch.tensor(m), torch.tensor(i),
-            len(images[0][0]), len(images))
+    return PackedDetections(t(np.concatenate(b)), t(np.concatenate(s)),
+                            t(np.concatenate(lab)).long(), torch.tensor(m),
+                            torch.tensor(i), len(images[0][0]), len(images))
 
 
 def test_fused_equals_ensemble_boxes_and_image_order():
     images = make_batch(0)
     w = [1.0, 2.0, 0.5, 1.5]
     for ct in CONF_TYPES:
-        c = match_boxes(*pack(images),
+        c = match_boxes(pack(images),
                         weights=torch.tensor(w),
                         conf_type=ct,
                         iou_thr=0.5)
@@ -76,14 +76,9 @@ def test_fused_equals_ensemble_boxes_and_image_order():
 @pytest.mark.parametrize('reduce', ['mean', 'best'])
 def test_yhat_mask_counts_consistency(reduce):
     images = make_batch(1)
-    boxes, scores, labels, members, imgs, n, ni = pack(images)
-    c = match_boxes(boxes,
-                    scores,
-                    labels,
-                    members,
-                    imgs,
-                    n,
-                    ni,
+    dets = pack(images)
+    boxes, scores, labels, members, imgs, n, ni = dets
+    c = match_boxes(dets,
                     skip_box_thr=0.2,
                     member_reduce=reduce)
     cc = c.fused_scores.shape[0]
@@ -120,8 +115,8 @@ def test_yhat_mask_counts_consistency(reduce):
 
 def test_best_and_mean_share_clusters():
     args = pack(make_batch(2))
-    a = match_boxes(*args, member_reduce='mean')
-    b = match_boxes(*args, member_reduce='best')
+    a = match_boxes(args, member_reduce='mean')
+    b = match_boxes(args, member_reduce='best')
     for f in ('mask', 'labels', 'image_index', 'fused_boxes', 'fused_scores',
               'counts', 'box_cluster'):
         assert torch.equal(getattr(a, f), getattr(b, f))
@@ -137,20 +132,16 @@ def test_pixels_with_image_sizes_equal_normalised():
                          dtype=torch.float64)
     pixels = boxes * sizes[imgs].repeat(1, 2)
     norm = normalize_boxes(pixels, sizes, imgs)
-    a = match_boxes(norm, scores, labels, members, imgs, n, ni)
-    b = match_boxes(pixels,
-                    scores,
-                    labels,
-                    members,
-                    imgs,
-                    n,
-                    ni,
+    a = match_boxes(PackedDetections(norm, scores, labels, members, imgs, n,
+                                     ni))
+    b = match_boxes(PackedDetections(pixels, scores, labels, members, imgs, n,
+                                     ni),
                     image_sizes=sizes)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
     assert torch.allclose(
         a.fused_boxes,
-        match_boxes(boxes, scores, labels, members, imgs, n, ni).fused_boxes)
+        match_boxes(pack(images)).fused_boxes)
 
 
 def test_identical_members_return_their_input():
@@ -160,9 +151,10 @@ def test_identical_members_return_their_input():
     s, lab = rng.random(4), np.array([0, 1, 0, 2])
     n = 5
     t = torch.from_numpy
-    c = match_boxes(t(np.tile(b, (n, 1))), t(np.tile(s, n)), t(np.tile(lab,
-                                                                       n)),
-                    torch.arange(n).repeat_interleave(4), None, n)
+    c = match_boxes(
+        PackedDetections(t(np.tile(b, (n, 1))), t(np.tile(s, n)),
+                         t(np.tile(lab, n)),
+                         torch.arange(n).repeat_interleave(4), None, n))
     order = np.argsort(-s)
     np.testing.assert_allclose(c.fused_boxes.numpy(), b[order], atol=1e-7)
     np.testing.assert_allclose(c.fused_scores.numpy(), s[order], atol=1e-7)
@@ -176,18 +168,18 @@ def test_identical_members_return_their_input():
 def test_batched_equals_per_image_and_class_agnostic():
     images = make_batch(5)
     args = pack(images)
-    full = match_boxes(*args)
+    full = match_boxes(args)
     for i, img in enumerate(images):
-        one = match_boxes(*pack([img]))
+        one = match_boxes(pack([img]))
         sel = full.image_index == i
         assert torch.equal(one.fused_boxes, full.fused_boxes[sel])
         assert torch.equal(one.y_hat, full.y_hat[sel])
-    ag = match_boxes(*args, class_agnostic=True)
+    ag = match_boxes(args, class_agnostic=True)
     assert ag.fused_scores.shape[0] <= full.fused_scores.shape[0]
     # class-agnostic == WBF on relabelled input (all labels 0), label = the
     # label of the cluster's first (highest weighted score) box
     b, s, lab, m, im, n, ni = args
-    zero = match_boxes(b, s, torch.zeros_like(lab), m, im, n, ni)
+    zero = match_boxes(args._replace(labels=torch.zeros_like(lab)))
     assert torch.equal(ag.fused_boxes, zero.fused_boxes)
     assert torch.equal(ag.box_cluster, zero.box_cluster)
     for cl in range(ag.labels.shape[0]):
@@ -197,8 +189,9 @@ def test_batched_equals_per_image_and_class_agnostic():
 
 def test_zero_score_cluster_and_float32_input():
     b = torch.tensor([[.1, .1, .5, .5], [.1, .1, .5, .52], [.6, .6, .9, .9]])
-    c = match_boxes(b, torch.tensor([0., 0., .5]),
-                    torch.zeros(3).long(), torch.tensor([0, 1, 0]), None, 2)
+    c = match_boxes(
+        PackedDetections(b, torch.tensor([0., 0., .5]), torch.zeros(3).long(),
+                         torch.tensor([0, 1, 0]), None, 2))
     assert c.fused_boxes.dtype == torch.float32
     assert torch.isfinite(c.fused_boxes).all()  # ensemble-boxes gives NaN
     assert torch.equal(c.counts, torch.tensor([[1, 0], [1, 1]]))
@@ -208,9 +201,9 @@ def test_zero_score_cluster_and_float32_input():
 def test_match_boxes_bad_arguments():
     args = pack(make_batch(6, n_images=1))
     with pytest.raises(ValueError, match='member_reduce'):
-        match_boxes(*args, member_reduce='max')
+        match_boxes(args, member_reduce='max')
     with pytest.raises(ValueError, match='conf_type'):
-        match_boxes(*args, conf_type='median')
+        match_boxes(args, conf_type='median')
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        match_boxes(*args)  # in-range input: no warning
+        match_boxes(args)  # in-range input: no warning

@@ -88,7 +88,7 @@ def random_case(seed, c=300, n=3, n_img=7):
 
 def reference_suppression(case):
     """Loop reference for sup_same, sup_other, rank_frac, log1p_rank."""
-    from mmens.ops.targets import box_iou
+    from mmens.ops.boxes import box_iou
     b, s, lab, img = (case[k] for k in ('fused_boxes', 'fused_scores', 'labels', 'image_index'))
     out = torch.zeros(len(s), 4)
     for i in range(len(s)):

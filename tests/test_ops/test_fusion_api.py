@@ -77,8 +77,7 @@ def test_packed_api_and_registry(name):
     images = [image(s) for s in range(4)]
     p = pack_images(images)
     fn = mo.FUSION_METHODS[name]
-    b, s, lab, img = fn(p.boxes, p.scores, p.labels, p.members, p.images,
-                        p.num_members, p.num_images)
+    b, s, lab, img = fn(p.dets)
     assert b.shape == (s.shape[0], 4) and lab.dtype == torch.long
     outs = LIST_FNS[name][1](images)
     for i, (rb, rs, rl) in enumerate(outs):
@@ -182,8 +181,9 @@ def test_bad_lengths_and_weights():
         mo.weighted_boxes_fusion(b, s, lab, iou_thr=-0.1)
     with pytest.raises(ValueError, match="box 1: field 'members'"):
         mo.match_boxes(
-            torch.rand(2, 4).sort(1).values, torch.rand(2),
-            torch.ones(2).long(), torch.tensor([0, 5]), None, 2)
+            mo.PackedDetections(torch.rand(2, 4).sort(1).values, torch.rand(2),
+                                torch.ones(2).long(), torch.tensor([0, 5]),
+                                None, 2))
 
 
 @pytest.mark.parametrize('name', list(LIST_FNS))

@@ -247,17 +247,9 @@ def test_real_data_packed_pixels_equal_list_api(real_val):
     import torch
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        b1, s1, l1, i1 = mo.weighted_boxes_fusion_packed(
-            p.boxes, p.scores, p.labels, p.members, p.images, p.num_members,
-            p.num_images)
+        b1, s1, l1, i1 = mo.weighted_boxes_fusion_packed(p.dets)
         b2, s2, l2, i2 = mo.weighted_boxes_fusion_packed(
-            torch.from_numpy(pix),
-            p.scores,
-            p.labels,
-            p.members,
-            p.images,
-            p.num_members,
-            p.num_images,
+            p.dets._replace(boxes=torch.from_numpy(pix)),
             image_sizes=torch.from_numpy(sizes))
     for x, y in ((b1, b2), (s1, s2), (l1, l2), (i1, i2)):
         assert torch.equal(x, y)

@@ -36,7 +36,8 @@ def test_split_groups_never_separates_a_wbf_cluster():
         labels = torch.randint(0, 3, (m,), generator=g)
         members = torch.randint(0, 4, (m,), generator=g)
         images = torch.randint(0, 5, (m,), generator=g)
-        cl = mo.match_boxes(boxes, scores, labels, members, images, 4, 5, iou_thr=thr)
+        cl = mo.match_boxes(mo.PackedDetections(boxes, scores, labels, members, images, 4, 5),
+                            iou_thr=thr)
         sub = tool.split_groups(boxes, images * 3 + labels, thr)  # [M]
         ok = cl.box_cluster >= 0
         c, s = cl.box_cluster[ok], sub[ok]

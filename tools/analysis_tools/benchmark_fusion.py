@@ -185,13 +185,9 @@ def same(ref: Tuple, ours: Tuple, tol: float = 1e-5) -> bool:
     return close(kr, ko)
 
 
-def pack(load, device: str) -> Tuple:
-    p = mo.listapi.pack_images(load)
-    t = [
-        x.to(device)
-        for x in (p.boxes, p.scores, p.labels.long(), p.members, p.images)
-    ]
-    return (*t, p.num_members, p.num_images)
+def pack(load, device: str) -> mo.PackedDetections:
+    dets = mo.listapi.pack_images(load).dets
+    return dets._replace(labels=dets.labels.long()).to(device)
 
 
 def _sync(device: str) -> None:
@@ -249,7 +245,7 @@ def run_method(name: str, load, args, quiet: bool = False) -> Dict:
     t_list, mem_list = time_mmens(lambda: batch_fn(load_dev), dev,
                                   args.repeat)
     packed = pack(load, dev)
-    t_pack, mem_pack = time_mmens(lambda: packed_fn(*packed), dev,
+    t_pack, mem_pack = time_mmens(lambda: packed_fn(packed), dev,
                                   args.repeat)
     ours = batch_fn(load_dev)
     n_same = sum(same(r, o) for r, o in zip(ref, ours[:n_ref]))

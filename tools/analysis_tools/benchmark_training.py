@@ -42,8 +42,7 @@ def measure(n: int, args) -> dict:
     from mmengine.registry import init_default_scope
     from mmengine.structures import InstanceData
     from mmdet.structures import DetDataSample
-    from mmens.ops import FUSION_METHODS
-    from mmens.models.utils import normalized_member_boxes
+    from mmens.ops import FUSION_METHODS, PackedDetections
     from mmens.testing import synthetic_batch
     torch.set_num_threads(args.threads)
     init_default_scope('mmdet')
@@ -77,9 +76,7 @@ def measure(n: int, args) -> dict:
         return args.iters * args.batch / (time.perf_counter() - t0)
 
     def wbf(packed, _):
-        FUSION_METHODS['wbf'](normalized_member_boxes(packed), packed['scores'],
-                              packed['labels'], packed['members'], packed['images'],
-                              num_members=n, num_images=args.batch)
+        FUSION_METHODS['wbf'](PackedDetections.from_batch_inputs(packed, n))
 
     def step(packed, samples):
         losses = model.loss(packed, samples)

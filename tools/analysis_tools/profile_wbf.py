@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     def run() -> tuple:
         spent[0] = 0.0
         t0 = time.perf_counter()
-        mo.weighted_boxes_fusion_packed(*packed, iou_thr=args.iou_thr)
+        mo.weighted_boxes_fusion_packed(packed, iou_thr=args.iou_thr)
         return time.perf_counter() - t0, spent[0]
 
     clustering.greedy_cluster = timed

@@ -8,7 +8,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from torch import Tensor
 
-from mmens.ops import FUSION_METHODS
+from mmens.ops import FUSION_METHODS, PackedDetections
 from mmens.ops.clustering import Clusters, match_boxes
 from mmens.ops.iou_thresholds import iou_threshold_misses
 from mmens.ops.knapsack import PerturbedSelector
@@ -19,7 +19,7 @@ from mmens.ops.selected_fusion import selected_fusion
 from mmens.ops.selection_features import selection_features
 from mmens.ops.targets import assign_targets
 from ..live_members import parse_members, register_members, with_member_predictions
-from ..utils import normalized_member_boxes, select_members, split_results
+from ..utils import select_members, split_results
 from .cel_ap_objective import APSwitchTable, selector_subsets
 from .cel_train_cfg import cel_train_cfg
 from .ensemble_detector import pack_gt
@@ -114,10 +114,7 @@ class CELDetector(BaseDetector):
     def extract_feat(self, batch_inputs: dict) -> Clusters:
         """Clusters of all members' boxes (no gradient)."""
         with torch.no_grad():
-            return match_boxes(normalized_member_boxes(batch_inputs), batch_inputs['scores'],
-                               batch_inputs['labels'], batch_inputs['members'],
-                               batch_inputs['images'], num_members=self.num_members,
-                               num_images=batch_inputs['image_sizes'].shape[0],
+            return match_boxes(PackedDetections.from_batch_inputs(batch_inputs, self.num_members),
                                weights=self.weights, **self.fusion_cfg)
 
     def selection_inputs(self, batch_inputs: dict, clusters: Optional[Clusters] = None
@@ -280,10 +277,8 @@ class CELDetector(BaseDetector):
         """WBF of the boxes of the members ``x [B, N]`` (0/1) selects, per image."""
         sub = select_members({k: batch_inputs[k] for k in (
             'bboxes', 'scores', 'labels', 'members', 'images', 'image_sizes')}, x)
-        return FUSION_METHODS['wbf'](
-            normalized_member_boxes(sub), sub['scores'], sub['labels'], sub['members'],
-            sub['images'], num_members=self.num_members,
-            num_images=sub['image_sizes'].shape[0], weights=self.weights, **self.fusion_cfg)
+        return FUSION_METHODS['wbf'](PackedDetections.from_batch_inputs(sub, self.num_members),
+                                     weights=self.weights, **self.fusion_cfg)
 
     def _forward(self, batch_inputs: dict, batch_data_samples: SampleList = None):
         return self.fuse(batch_inputs)

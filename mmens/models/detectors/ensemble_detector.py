@@ -8,9 +8,10 @@ from mmdet.structures import SampleList
 from torch import Tensor
 
 from mmens.ops.clustering import match_boxes
+from mmens.ops.packed import PackedDetections
 from mmens.ops.targets import assign_targets
 from ..live_members import parse_members, register_members, with_member_predictions
-from ..utils import normalized_member_boxes, split_results
+from ..utils import split_results
 
 
 def pack_gt(samples: SampleList, image_sizes: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -84,10 +85,7 @@ class EnsembleDetector(BaseDetector):
         """Match the members' boxes of a packed batch into clusters (no gradient)."""
         batch_inputs = with_member_predictions(self.live_members, batch_inputs)
         with torch.no_grad():
-            return match_boxes(normalized_member_boxes(batch_inputs), batch_inputs['scores'],
-                               batch_inputs['labels'], batch_inputs['members'],
-                               batch_inputs['images'], num_members=self.num_members,
-                               num_images=batch_inputs['image_sizes'].shape[0],
+            return match_boxes(PackedDetections.from_batch_inputs(batch_inputs, self.num_members),
                                weights=self.head.matching_weights(), **self.matching)
 
     def fuse(self, batch_inputs: dict) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

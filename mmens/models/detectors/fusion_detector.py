@@ -7,9 +7,9 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from torch import Tensor
 
-from mmens.ops import FUSION_METHODS
+from mmens.ops import FUSION_METHODS, PackedDetections
 from ..live_members import parse_members, register_members, with_member_predictions
-from ..utils import normalized_member_boxes, split_results
+from ..utils import split_results
 
 
 @MODELS.register_module()
@@ -73,10 +73,7 @@ class FusionDetector(BaseDetector):
         ``labels [K]``, ``images [K]``."""
         fn = FUSION_METHODS[self.method]
         batch_inputs = with_member_predictions(self.live_members, batch_inputs)
-        return fn(normalized_member_boxes(batch_inputs), batch_inputs['scores'],
-                  batch_inputs['labels'], batch_inputs['members'], batch_inputs['images'],
-                  num_members=self.num_members,
-                  num_images=batch_inputs['image_sizes'].shape[0],
+        return fn(PackedDetections.from_batch_inputs(batch_inputs, self.num_members),
                   weights=self.weights, **self.fusion_cfg)
 
     def _forward(self, batch_inputs: dict, batch_data_samples: SampleList = None):
