@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .knapsack_enum import MAX_ITEMS, feasible_subsets, knapsack_exhaustive
-from .perturbed import NOISE_TYPES, perturbed_select
+from .perturbed import check_perturbation, perturbed_select
 
 #: Tolerance, in bins, absorbed before rounding a cost up (float error, e.g. 0.3 / 0.1).
 BIN_TOL = 1e-6
@@ -197,12 +197,7 @@ class PerturbedSelector(nn.Module):
             _check_costs_budget(costs, torch.as_tensor(float(budget)))
         elif budget is not None:
             raise ValueError('budget is only used with costs (knapsack); use k for top-k')
-        if int(num_samples) < 1:
-            raise ValueError(f'num_samples must be >= 1, got {num_samples}')
-        if not float(sigma) > 0:
-            raise ValueError(f'sigma must be > 0, got {sigma}')
-        if noise not in NOISE_TYPES:
-            raise ValueError(f'noise must be one of {NOISE_TYPES}, got {noise!r}')
+        check_perturbation(num_samples, sigma, noise)
         if int(num_bins) < 1:
             raise ValueError(f'num_bins must be >= 1, got {num_bins}')
         self.k = None if k is None else int(k)

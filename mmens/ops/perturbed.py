@@ -102,6 +102,17 @@ class PerturbedFunction(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
+def check_perturbation(num_samples: int, sigma: float, noise: str) -> None:
+    """Raise :class:`ValueError` unless ``num_samples >= 1``, ``sigma > 0`` and
+    ``noise`` is one of :data:`NOISE_TYPES`."""
+    if int(num_samples) < 1:
+        raise ValueError(f'num_samples must be >= 1, got {num_samples}')
+    if not float(sigma) > 0:
+        raise ValueError(f'sigma must be > 0, got {sigma}')
+    if noise not in NOISE_TYPES:
+        raise ValueError(f'noise must be one of {NOISE_TYPES}, got {noise!r}')
+
+
 def perturbed_select(scores: Tensor,
                      solver: Solver,
                      num_samples: int = 1000,
@@ -134,11 +145,6 @@ def perturbed_select(scores: Tensor,
         raise ValueError(f'scores must be floating point, got {scores.dtype}')
     if scores.dim() < 1:
         raise ValueError('scores must have at least one dim [..., N]')
-    if int(num_samples) < 1:
-        raise ValueError(f'num_samples must be >= 1, got {num_samples}')
-    if not float(sigma) > 0:
-        raise ValueError(f'sigma must be > 0, got {sigma}')
-    if noise not in NOISE_TYPES:
-        raise ValueError(f'noise must be one of {NOISE_TYPES}, got {noise!r}')
+    check_perturbation(num_samples, sigma, noise)
     return PerturbedFunction.apply(scores, solver, int(num_samples), float(sigma), noise,
                                    bool(hard), generator, bool(control_variate))
