@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mmens.datasets.coco_results import (MemberPredictions, index_in,
                                          load_member_predictions)
+from mmens.evaluation.coco_eval import results_to_coco  # noqa: F401  (re-exported)
 
 
 def load_coco(ann_file: str) -> COCO:
@@ -90,25 +91,6 @@ def select_images(packed: Dict[str, Tensor], start: int, stop: int) -> Dict[str,
     out['images'] = out['images'] - start
     out['image_sizes'] = packed['image_sizes'][start:stop]
     return out
-
-
-def results_to_coco(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
-                    img_ids: Sequence[int], cat_ids: Sequence[int],
-                    rounded: bool = True) -> List[dict]:
-    """Pixel ``x1, y1, x2, y2`` detections → COCO-results entries (``bbox`` as xywh).
-
-    ``rounded``: boxes to 1e-3 pixel and scores to 1e-6 (compact files); False keeps the
-    float32 values exactly (member dumps, compared with live members).
-    """
-    b = boxes.detach().cpu().double().numpy()
-    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
-    ids = np.asarray(img_ids)[images.cpu().numpy()]
-    cats = np.asarray(cat_ids)[labels.cpu().numpy()]
-    sc = scores.detach().cpu().double().numpy()
-    if rounded:
-        xywh, sc = xywh.round(3), sc.round(6)
-    return [dict(image_id=int(i), category_id=int(c), bbox=bb.tolist(), score=float(s))
-            for i, c, bb, s in zip(ids, cats, xywh, sc)]
 
 
 def member_results(preds: MemberPredictions) -> List[dict]:
