@@ -3,5 +3,4 @@
 #   python tools/train.py configs/cel/cel_k3_6members_coco-real-val.py --work-dir work_dirs/cel_k3
 _base_ = './cel_budget-0.4s_6members_coco-real-val.py'
 
-model = dict(selector=dict(_delete_=True, k=3, num_samples=1000, sigma=0.1, noise='normal',
-                           hard=True, l2_normalize=False, seed=0))
+model = dict(selector=dict(_delete_=True, k=3))

@@ -1,4 +1,4 @@
-"""Exact batched selection solvers and the e2e-CEL selection layer (theory.md §5).
+"""Exact batched selection solvers and the e2e-CEL selection layer (docs/theory.md §5).
 
 ``K(ĉ) = argmax_x ĉᵀx  s.t.  wᵀx ≤ B,  x ∈ {0,1}^N``, batched over leading dims ``[..., N]``:
 
@@ -141,11 +141,15 @@ def _check_costs_budget(costs: Tensor, budget: Tensor) -> None:
 
 
 class PerturbedSelector(nn.Module):
-    """e2e-CEL selection layer: perturbed top-k or knapsack over scores ĉ (theory.md §5).
+    """e2e-CEL selection layer: perturbed top-k or knapsack over scores ĉ (docs/theory.md §5).
 
     Exactly one of ``k`` (top-k, unit costs) or ``costs`` + ``budget`` (knapsack) is given.
-    Defaults follow the authors' code: M = 1000, σ = 0.1, normal noise, hard forward, ĉ
-    L2-normalised over the N members first (the normalisation is differentiated by autograd).
+    Defaults are mmens' recommended e2e-CEL settings (docs/experiments.md): M = 1000,
+    σ = 0.1, normal noise, the soft forward ``K_σ(ĉ)`` (a hard forward's Monte Carlo gradient
+    vanishes once the scores separate by more than σ), raw ĉ (L2 normalisation shrinks the
+    warm start's lead so that σ never flips it), a seeded generator and at least one member
+    under a budget. The authors' code: ``hard=True, l2_normalize=True, at_least_one=False,
+    seed=None``.
 
     Without gradient (``torch.no_grad()`` or ``scores`` not requiring grad) a hard selector
     skips the sampling and returns the exact solution (inference).
@@ -160,7 +164,8 @@ class PerturbedSelector(nn.Module):
         hard: hard forward (exact ``K(ĉ)``) if True, else the Monte-Carlo mean ``K_σ(ĉ)``.
         l2_normalize: normalise ĉ to unit L2 norm over the last dim before selecting.
         num_bins: knapsack budget resolution (see :func:`knapsack`).
-        seed: if given, a per-device ``torch.Generator`` seeded with it drives the noise.
+        seed: if not None, a per-device ``torch.Generator`` seeded with it drives the noise
+            (None: torch's global generator).
         solver: knapsack solver, ``'auto'`` (enumeration of the feasible subsets when
             N ≤ 12: exact on the real costs and fast; else the DP), ``'enum'`` or ``'dp'``.
         control_variate: subtract the unperturbed solution in the Monte Carlo gradient
@@ -178,13 +183,13 @@ class PerturbedSelector(nn.Module):
                  num_samples: int = 1000,
                  sigma: float = 0.1,
                  noise: str = 'normal',
-                 hard: bool = True,
-                 l2_normalize: bool = True,
+                 hard: bool = False,
+                 l2_normalize: bool = False,
                  num_bins: int = 100,
-                 seed: Optional[int] = None,
+                 seed: Optional[int] = 0,
                  solver: str = 'auto',
                  control_variate: bool = True,
-                 at_least_one: bool = False) -> None:
+                 at_least_one: bool = True) -> None:
         super().__init__()
         if (k is None) == (costs is None):
             raise ValueError('give exactly one of k (top-k) or costs + budget (knapsack)')

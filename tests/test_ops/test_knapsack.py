@@ -114,7 +114,7 @@ def test_bad_arguments():
                                 dict(costs=[1., 2., 0.5, 1., 3., 1.], budget=3., solver='dp')])
 def test_hard_forward_equals_exact(kw):
     scores = torch.randn(4, 6, generator=_gen(4), requires_grad=True)  # [4, 6]
-    sel = PerturbedSelector(**kw, num_samples=16, seed=0)
+    sel = PerturbedSelector(**kw, num_samples=16, seed=0, hard=True, l2_normalize=True)
     expected = sel.solve(F.normalize(scores.detach(), dim=-1))  # [4, 6]
     assert torch.equal(sel(scores), expected)
     with torch.no_grad():
@@ -202,7 +202,7 @@ def test_gradients_flow_batched_and_seeded():
     grads = []
     for _ in range(2):
         net.zero_grad()
-        sel = PerturbedSelector(k=2, num_samples=64, seed=123)
+        sel = PerturbedSelector(k=2, num_samples=64, seed=123, hard=True)
         x = sel(net(feats))  # [2, 3, 6]
         assert x.shape == (2, 3, 6) and torch.all(x.sum(-1) == 2)
         (x * torch.arange(6.)).sum().backward()
@@ -212,7 +212,8 @@ def test_gradients_flow_batched_and_seeded():
     assert torch.equal(grads[0], grads[1])  # same seed → same noise → same gradient
     # batched call = per-slice calls (hard forward)
     scores = net(feats).detach().requires_grad_()  # [2, 3, 6]
-    sel = PerturbedSelector(costs=torch.rand(6, generator=_gen(13)), budget=1.0, num_samples=8)
+    sel = PerturbedSelector(costs=torch.rand(6, generator=_gen(13)), budget=1.0, num_samples=8,
+                            hard=True)
     full = sel(scores)
     for i in range(2):
         assert torch.equal(full[i], sel(scores[i]))
@@ -295,7 +296,7 @@ def test_at_least_one_is_the_best_nonempty_feasible_subset(solver):
     sel = PerturbedSelector(costs=icosts, budget=4.0, l2_normalize=False, num_bins=4,
                             solver=solver, at_least_one=True)
     plain = PerturbedSelector(costs=icosts, budget=4.0, l2_normalize=False, num_bins=4,
-                              solver=solver)
+                              solver=solver, at_least_one=False)
     x = sel.solve(scores)  # [300, 6]
     xs = _subsets(6)[1:]  # [63, 6] non-empty
     ok = (xs @ icosts) <= 4.0  # [63]

@@ -43,71 +43,58 @@ def test_default_cel_config_trains_tests_and_drives_fuse_results(tmp_path):
             assert m['members_per_image'] == 2.0
 
 
-def test_cel_budget_report_smoke(tmp_path):
+def test_cel_budget_report_smoke_and_train_py_reproduces_its_fold_model(tmp_path):
+    """The report's e2e-CEL of a fold is what tools/train.py trains on that fold: the
+    warm start is computed inside training and equals the report's best fixed subset."""
+    import torch
     work = str(tmp_path / 'budget')
-    out = run([sys.executable, 'tools/analysis_tools/cel_budget.py', '--work-dir', work, '--ks', '2',
-               '--budgets', '0.2', '--folds', '2', '--max-images', '24',
-               '--gate-folds', '2', '--loss-check', '--cfg-options', *FAST])
-    rows = json.load(open(osp.join(work, 'budget.json')))['rows']
-    methods = {(r['setting'], r['method']) for r in rows}
-    assert ('k=2', 'e2e-CEL') in methods and ('0.2 s', 'best fixed subset') in methods
-    assert ('all', 'all-member fusion') in methods and ('k=2', 'random subset') in methods
-    for r in rows:
-        assert 0.0 <= r['AP'] <= 1.0
-        if r['setting'] == '0.2 s':
-            assert r['seconds'] <= 0.2 + 1e-6
-        if r['setting'] == 'k=2':
-            assert r['members'] == 2.0
-    for png in ['ap_vs_budget.png', 'selection_frequency.png']:
-        assert osp.getsize(osp.join(work, png)) > 10000
-    assert '| k=2 | e2e-CEL |' in out
+    out = run([sys.executable, 'tools/analysis_tools/cel_budget.py', '--work-dir', work,
+               '--ks', '2', '--budgets', '0.2', '--folds', '2', '--max-images', '24',
+               '--cfg-options', *FAST])
+    report = json.load(open(osp.join(work, 'budget.json')))
+    rows = report['rows']
     by = {(r['setting'], r['method']): r for r in rows}
+    assert set(by) == {(s, m) for s in ('k=2', '0.2 s') for m in (
+        'e2e-CEL', 'best fixed subset', 'random subset')} | {('all', 'all-member fusion')}
+    seconds = np.array([m['seconds_per_image']
+                        for m in json.load(open(osp.join(DATA, 'members.json')))])
     for setting in ('k=2', '0.2 s'):
-        g = by[(setting, 'e2e-CEL, gated')]
-        assert len(g['gate']) == 2 and g['kept'] == sum(x['keep'] for x in g['gate'])
-        for x in g['gate']:
-            assert x['keep'] == (x['cel_ap'] > x['fixed_ap'])
         assert by[(setting, 'best fixed subset')]['differs'] == 0.0
-        assert 0.0 <= by[(setting, 'e2e-CEL')]['differs'] <= 1.0
         for method in ('e2e-CEL', 'best fixed subset'):  # AP on their own training folds
             assert 0.0 < by[(setting, method)]['train_AP'] <= 1.0
         assert 'train_AP' not in by[(setting, 'random subset')]
-        if g['kept'] == 0:  # every fold fell back to the best fixed subset
-            assert g['AP'] == by[(setting, 'best fixed subset')]['AP']
-            assert g['differs'] == 0.0
-    assert f"| k=2 | e2e-CEL, gated (e2e-CEL kept on {by[('k=2', 'e2e-CEL, gated')]['kept']}/2" \
-        in out
-    for setting in ('k=2', '0.2 s'):  # kept where the loss prefers the best fixed subset
-        c = by[(setting, 'e2e-CEL, loss-checked')]
-        assert len(c['gate']) == 2 and c['kept'] == sum(x['keep'] for x in c['gate'])
-        for x in c['gate']:
-            assert x['keep'] == (x['prefers'] == x['best'])
-            assert len(x['prefers']) == 2 if setting == 'k=2' else len(x['prefers']) >= 1
-        if c['kept'] in (0, 2):  # all folds fell back, or none did
-            other = 'best fixed subset' if c['kept'] == 0 else 'e2e-CEL'
-            assert c['AP'] == by[(setting, other)]['AP']
-
-
-def test_gated_takes_each_fold_from_its_choice():
-    from mmens.experiments.cel_budget import gated
-    img_ids = [10, 11, 12, 13]
-    folds = [(np.array([2, 3]), np.array([0, 1])), (np.array([0, 1]), np.array([2, 3]))]
-    cel = [dict(image_id=i, score=1.0) for i in img_ids]
-    fixed = [dict(image_id=i, score=0.5) for i in img_ids]
-    cel_sel, fixed_sel = np.eye(4)[:, :3], np.ones((4, 3))
-    res, sel = gated(cel, cel_sel, fixed, fixed_sel, folds,
-                     [dict(keep=True), dict(keep=False)], img_ids)
-    assert sorted((r['image_id'], r['score']) for r in res) == [
-        (10, 1.0), (11, 1.0), (12, 0.5), (13, 0.5)]
-    assert np.array_equal(sel, np.vstack([cel_sel[:2], fixed_sel[2:]]))
+        # each fold's warm start (computed in training) is that fold's best fixed subset
+        warm = report['warm_starts'][setting]
+        assert warm == report['best_fixed'][setting] and len(warm) == 2
+        for subset in warm:
+            assert (len(subset) == 2 if setting == 'k=2'
+                    else seconds[subset].sum() <= 0.2 + 1e-9)
+    assert by[('0.2 s', 'e2e-CEL')]['seconds'] <= 0.2 + 1e-6
+    assert by[('k=2', 'e2e-CEL')]['members'] == 2.0
+    for png in ['ap_vs_budget.png', 'selection_frequency.png']:
+        assert osp.getsize(osp.join(work, png)) > 10000
+    assert '| k=2 | e2e-CEL |' in out
+    # fold 0 of the 0.2 s row, trained by tools/train.py with the same settings
+    with open(osp.join(DATA, 'annotations', 'val.json'), encoding='utf-8') as f:
+        ids = sorted(i['id'] for i in json.load(f)['images'])[:24]
+    train = str(tmp_path / 'train')
+    run([sys.executable, 'tools/train.py', CEL_DEFAULT, '--work-dir', train, '--cfg-options',
+         *FAST, 'model.selector.budget=0.2', f"train_dataloader.dataset.img_ids={ids}",
+         'train_dataloader.dataset.fold.num_folds=2', 'train_dataloader.dataset.fold.index=0',
+         'train_dataloader.dataset.fold.seed=0', 'train_dataloader.dataset.fold.split=train'])
+    mine = torch.load(osp.join(train, 'epoch_1.pth'), weights_only=True)['state_dict']
+    theirs = torch.load(osp.join(work, '0.2s', 'fold0', 'epoch_1.pth'),
+                        weights_only=True)['state_dict']
+    assert mine.keys() == theirs.keys() and 'selection_net.init_scores' in mine
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key
 
 
 def test_warm_start_selects_the_best_fixed_subset_under_every_budget():
-    import itertools
-
     import torch
 
-    from mmens.experiments.cel_budget import feasible, warm_start
+    from mmens.models.detectors.cel_warm_start import (feasible_fixed_subsets,
+                                                       warm_start_scores)
     from mmens.ops.knapsack import PerturbedSelector
     seconds = np.array([m['seconds_per_image']
                         for m in json.load(open(osp.join(DATA, 'members.json')))])
@@ -115,11 +102,11 @@ def test_warm_start_selects_the_best_fixed_subset_under_every_budget():
     for setting in [dict(k=k) for k in range(1, n)] + [dict(budget=0.2), dict(budget=0.4)]:
         selector = PerturbedSelector(**(setting if 'k' in setting else dict(
             setting, costs=torch.as_tensor(seconds))))
-        for subset in itertools.combinations(range(n), 2 if 'k' not in setting
-                                             else setting['k']):
-            if not feasible(subset, setting, seconds):
-                continue
-            x = selector.exact(torch.tensor([warm_start(subset, n)]))[0]
+        feasible = feasible_fixed_subsets(n, k=setting.get('k'), costs=seconds,
+                                          budget=setting.get('budget'))
+        assert feasible
+        for subset in feasible:
+            x = selector.exact(torch.tensor([warm_start_scores(subset, n)]))[0]
             # e.g. 0.2 s: a CenterNet and a YOLO fit with room for the other YOLO, which
             # all-positive scores would have added
             assert x.nonzero().flatten().tolist() == list(subset), (setting, subset)
@@ -135,27 +122,14 @@ def test_fuse_results_budget_options_need_cel():
     assert proc.returncode == 2 and '--k / --budget-seconds are for --method cel' in proc.stderr
 
 
-def test_cel_budget_bad_fold_counts_are_one_line_errors(tmp_path):
-    import re
+def test_cel_budget_bad_fold_count_is_a_one_line_error():
     import subprocess
-
-    import pytest
-    from conftest import load_tool
-    args = ['--ks', '1', '--budgets', '--folds', '2', '--max-images', '24']
-    # through the CLI: exit 2, one line, no traceback
-    proc = subprocess.run([sys.executable, 'tools/analysis_tools/cel_budget.py', *args, '--gate-folds', '30'],
+    proc = subprocess.run([sys.executable, 'tools/analysis_tools/cel_budget.py', '--ks', '1',
+                           '--budgets', '--folds', '100', '--max-images', '24'],
                           cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and 'gate_folds must be 0 (off) or 2..12' in proc.stderr, \
-        proc.stderr
-    assert 'Traceback' not in proc.stderr
-    # the other messages in process (run_cli turns any ValueError into that one line)
-    tool = load_tool('cel_budget')
-    for extra, msg in [(['--gate-folds', '1'], '--gate-folds must be 0 (off) or >= 2'),
-                       (['--folds', '100'], '100 folds need at least 100 images, got 24'),
-                       (['--bags', '0'], 'bags must be >= 1'),
-                       (['--bags', '2', '--loss-check'], 'and 1 with the loss check')]:
-        with pytest.raises(ValueError, match=re.escape(msg)):
-            tool.main([*args, *extra, '--work-dir', str(tmp_path)])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().endswith('100 folds need at least 100 images, got 24')
+    assert 'Traceback' not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_cel_tools_name_a_missing_or_non_cel_config(tmp_path):
@@ -164,36 +138,10 @@ def test_cel_tools_name_a_missing_or_non_cel_config(tmp_path):
     import pytest
     from conftest import load_tool
     wbf = osp.join(ROOT, 'configs', 'wbf', 'wbf_6members_coco-real-val.py')
-    for tool, extra in [('cel_budget', ['--work-dir', str(tmp_path)]), ('cel_loss_vs_ap', [])]:
+    for tool, extra in [('cel_budget', ['--work-dir', str(tmp_path)])]:
         main = load_tool(tool).main
         with pytest.raises(ValueError, match='config nope.py does not exist'):
             main(['--config', 'nope.py', *extra])
         with pytest.raises(ValueError, match=re.escape(
                 "is not an e2e-CEL training config (model type 'FusionDetector'")):
             main(['--config', wbf, *extra])
-
-
-def test_bagged_select_is_the_exact_selection_of_the_mean_scores():
-    import torch
-    from mmdet.registry import MODELS
-    from mmengine.config import Config
-    from mmengine.dataset import pseudo_collate
-
-    from mmens.experiments.cel_out_of_fold import bagged_select
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'cel', 'cel_k3_6members_coco-real-val.py'))
-    with open(osp.join(DATA, 'annotations', 'val.json'), encoding='utf-8') as f:
-        cfg.train_dataloader.dataset.img_ids = sorted(i['id'] for i in json.load(f)['images'])[:4]
-    models = []
-    for init in ([3, 0, 0, 0, 0, 0], [0, 1, 0.5, 0, 0, 0], [0, 1, 0, 0.2, 0, 0]):
-        cfg.model.selection_net.init_scores = init
-        models.append(MODELS.build(cfg.model).eval())
-    from mmdet.registry import DATASETS
-    dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    packed = models[0].data_preprocessor(pseudo_collate([dataset[i] for i in range(4)]),
-                                         False)['inputs']
-    with torch.no_grad():
-        assert torch.equal(bagged_select(models[:1], packed), models[0].select(packed)[0])
-        # the nets start at ĉ = init: the mean is 1, 2/3, 1/6, 1/15, 0, 0 (top-3: 0, 1, 2;
-        # the median, 0, 1, 0, 0, 0, 0, or a single net would pick others)
-        x = bagged_select(models, packed)
-    assert x.tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]] * 4

@@ -36,18 +36,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--folds', type=int, default=5)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--max-images', type=int, help='use the first images only (smoke runs)')
-    p.add_argument('--warm-start-gap', type=float, default=0.25,
-                   help='e2e-CEL starts at +gap/2 for the members of the best fixed subset '
-                   'and -gap/2 for the others')
-    p.add_argument('--gate-folds', type=int, default=0,
-                   help='also report e2e-CEL gated by an inner cross-validation with this '
-                   'many folds inside each training fold (>= 2; 0: off)')
-    p.add_argument('--loss-check', action='store_true',
-                   help='also report e2e-CEL kept only on the folds where its training loss '
-                   'prefers the best fixed subset among fixed subsets (on the training images)')
-    p.add_argument('--bags', type=int, default=1,
-                   help='train this many selection nets per fold, each on a random 80%% of '
-                   'its training images, and select by their mean scores (1: one net)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override settings of the e2e-CEL config (key=value)')
     return p.parse_args(argv)
@@ -64,16 +52,12 @@ def main(argv=None) -> None:
     if args.max_images:
         from mmens.experiments.cross_val import subset_batch
         batch = subset_batch(batch, batch.img_ids[:args.max_images])
-    if args.gate_folds == 1 or args.gate_folds < 0:
-        raise ValueError(f'--gate-folds must be 0 (off) or >= 2, got {args.gate_folds}')
     ks = args.ks if args.ks is not None else list(range(1, len(names)))
     settings = [dict(k=k) for k in ks] + [dict(budget=b) for b in args.budgets]
     os.makedirs(args.work_dir, exist_ok=True)
     report = budget_report(batch, coco, [m['seconds_per_image'] for m in meta], settings,
                            args.config, args.work_dir, args.folds, args.seed,
-                           cfg_options=args.cfg_options, warm_start_gap=args.warm_start_gap,
-                           gate_folds=args.gate_folds, loss_check=args.loss_check,
-                           bags=args.bags,
+                           cfg_options=args.cfg_options,
                            progress=lambda s: print(f'[cel_budget] {s}', flush=True))
     print(write_budget_outputs(report, args.work_dir))
     print(f'COCO val2017 images of data/coco_real ({len(batch.img_ids)}), out of fold '

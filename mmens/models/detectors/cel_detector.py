@@ -10,18 +10,17 @@ from torch import Tensor
 
 from mmens.ops import FUSION_METHODS, PackedDetections
 from mmens.ops.clustering import Clusters, match_boxes
-from mmens.ops.iou_thresholds import iou_threshold_misses
 from mmens.ops.knapsack import PerturbedSelector
 from mmens.ops.perturbed_loss import perturbed_loss_grad, perturbed_loss_surrogate
-from mmens.ops.ranking import (pairwise_rank_loss, positive_weights, rank_loss_deltas,
-                               rank_pairs)
+from mmens.ops.ranking import pairwise_rank_loss, rank_loss_deltas, rank_pairs
 from mmens.ops.selected_fusion import selected_fusion
 from mmens.ops.selection_features import selection_features
 from mmens.ops.targets import assign_targets
 from ..live_members import parse_members, register_members, with_member_predictions
 from ..utils import select_members, split_results
-from .cel_ap_objective import APSwitchTable, selector_subsets
 from .cel_train_cfg import cel_train_cfg
+from .cel_warm_start import (apply_warm_start, best_fixed_subset, broadcast_subset,
+                             warm_start_scores)
 from .ensemble_detector import pack_gt
 
 
@@ -31,13 +30,13 @@ class CELDetector(BaseDetector):
 
     Training (members frozen; cached or live): all members' boxes are matched once into
     clusters; the selection net scores each image's members (ĉ), the perturbed selector
-    turns ĉ into a selection x that multiplies the member mask, and the loss is theory.md
-    §4's on the fused output of the selected members: BCE (or a ranking surrogate of AP) of
-    the fused score against match/no-match with the ground truth, plus a box term. ĉ gets
-    the gradient through the perturbed optimizer's Jacobian (theory.md §5.3; x is
-    ``K_σ(ĉ)`` with ``hard=False``, the exact solution with ``hard=True``), or with
-    ``train_cfg.selection_grad='perturbed_loss'`` (recommended) the gradient of each
-    image's expected loss over perturbed selections, without linearising the loss in x.
+    turns ĉ into a selection x that multiplies the member mask, and the loss is that of the
+    fused output of the selected members (docs/theory.md §5.4): a ranking surrogate of AP
+    (or BCE) of the fused score against match/no-match with the ground truth, plus an L1 box
+    term and an anchor to the warm start. ĉ starts at the best fixed subset of the training
+    images (:meth:`warm_start`) and gets the gradient of each image's expected loss over
+    perturbed selections (default), or the perturbed optimizer's Jacobian
+    (``train_cfg.selection_grad='jacobian'``; docs/theory.md §5.3).
     Inference: hard selection, then WBF of the selected members' boxes only (live members
     with an image-only net: unselected members are not run).
 
@@ -93,8 +92,8 @@ class CELDetector(BaseDetector):
         self.register_buffer('weights', torch.ones(n) if weights is None else
                              torch.as_tensor(weights, dtype=torch.float32), persistent=False)
         self.train_cfg = cel_train_cfg(train_cfg)
-        if self.train_cfg['objective'] == 'coco_ap':
-            selector_subsets(self.selector, n)  # a ValueError unless enumerable
+        # set once the warm start is computed; saved, so that resuming does not redo it
+        self.register_buffer('warm_started', torch.tensor(False))
         self.test_cfg = dict(dict(max_per_img=100, score_thr=0.0), **(test_cfg or {}))
 
     def set_budget(self, k: Optional[int] = None, budget: Optional[float] = None) -> None:
@@ -156,45 +155,57 @@ class CELDetector(BaseDetector):
     @torch.no_grad()
     def loss_inputs(self, batch_inputs: dict, batch_data_samples: SampleList) -> tuple:
         """What :meth:`loss_by_feat` takes: the clusters of all members, their targets, the
-        meta-features ``[B, F]`` (or None), the images (or None) and, for
-        ``objective='coco_ap'``, the :class:`APSwitchTable` against the current selection.
-        None of it depends on the selection, so a full-batch loop computes it once."""
+        meta-features ``[B, F]`` (or None) and the images (or None). None of it depends on
+        the selection, so a full-batch loop computes it once. The first call also sets the
+        warm start (``train_cfg.warm_start``) from this batch: with
+        ``FullBatchTrainLoop``, all the training images."""
         batch_inputs = with_member_predictions(self.live_members, batch_inputs)
+        if self.train_cfg['warm_start'] and not bool(self.warm_started):
+            self.warm_start(batch_inputs, batch_data_samples)
         clusters = self.extract_feat(batch_inputs)
         gt_boxes, gt_labels, gt_images, gt_ignore = pack_gt(batch_data_samples,
                                                             batch_inputs['image_sizes'])
         targets = assign_targets(clusters.fused_boxes, clusters.fused_scores, clusters.labels,
                                  clusters.image_index, gt_boxes, gt_labels, gt_images,
                                  iou_thr=self.train_cfg['iou_thr'], gt_ignore=gt_ignore)
-        inputs = (clusters, targets) + self.selection_inputs(batch_inputs, clusters)
-        if self.train_cfg['objective'] == 'coco_ap':
-            reference = self.selector.exact(self.selection_net(*inputs[2:]))  # [B, N]
-            inputs += (APSwitchTable.build(self, batch_inputs, batch_data_samples, reference,
-                                           self.train_cfg['loss_ap']), )
-        return inputs
+        return (clusters, targets) + self.selection_inputs(batch_inputs, clusters)
+
+    @torch.no_grad()
+    def warm_start(self, batch_inputs: dict, batch_data_samples: SampleList) -> None:
+        """Start ĉ at the best fixed subset of these images by COCO AP (±gap/2; see
+        :mod:`.cel_warm_start`) and anchor it there. Sets ``warm_start_subset`` (member
+        indices) and ``warm_start_ap``."""
+        subset, ap = best_fixed_subset(self, batch_inputs, batch_data_samples)
+        subset = broadcast_subset(subset, self.num_members, self.warm_started.device)
+        apply_warm_start(self.selection_net, warm_start_scores(
+            subset, self.num_members, self.train_cfg['warm_start_gap']))
+        self.warm_started.fill_(True)
+        self.warm_start_subset, self.warm_start_ap = subset, ap
+        from mmengine.logging import print_log
+        print_log(f'e2e-CEL warm start: best fixed subset of the '
+                  f'{batch_inputs["image_sizes"].shape[0]} training images: '
+                  f'{[self.members[i] for i in subset]} (AP {100 * ap:.1f})', 'current')
 
     def loss_by_feat(self, clusters: Clusters, targets, meta: Optional[Tensor],
-                     img: Optional[Tensor], ap_table: Optional[APSwitchTable] = None
-                     ) -> Dict[str, Tensor]:
-        """theory.md §4's loss (or COCO AP from ``ap_table``, ``objective='coco_ap'``) of
-        the selected members' fused output, plus the anchor of ĉ to its warm start.
+                     img: Optional[Tensor]) -> Dict[str, Tensor]:
+        """The loss of the selected members' fused output (docs/theory.md §5.4), plus the
+        anchor of ĉ to its warm start.
 
-        'jacobian': the loss of the selector's output x, differentiated through the
-        perturbed optimizer. 'perturbed_loss': the loss of the exact selection is reported
-        (``loss_ap``: AP points lost against the starting selection), and ĉ gets the
-        gradient of each image's expected loss under perturbation as ``loss_select`` (0).
+        'perturbed_loss' (default): the loss of the exact selection is reported, and ĉ gets
+        the gradient of each image's expected loss under perturbation (docs/theory.md §5.3)
+        as ``loss_select`` (0). 'jacobian': the loss of the selector's output x,
+        differentiated through the perturbed optimizer (docs/theory.md §5.3).
         """
         c_hat = self.selection_net(meta, img)  # [B, N]
         if self.train_cfg['selection_grad'] == 'perturbed_loss':
             s = self.selector
             scores = F.normalize(c_hat, p=2.0, dim=-1) if s.l2_normalize else c_hat
-            deltas = ap_table.deltas if ap_table is not None else (
-                lambda base, cand: self.selection_loss_deltas(clusters, targets, base, cand))
-            grad, x, _ = perturbed_loss_grad(scores.detach(), s.solve, deltas, s.num_samples,
-                                             s.sigma, s.noise, s.generator(scores.device))
+            grad, x, _ = perturbed_loss_grad(
+                scores.detach(), s.solve,
+                lambda base, cand: self.selection_loss_deltas(clusters, targets, base, cand),
+                s.num_samples, s.sigma, s.noise, s.generator(scores.device))
             with torch.no_grad():
-                losses = (dict(loss_ap=ap_table.loss(x).sum()) if ap_table is not None else
-                          self.selection_loss(clusters, targets, x))
+                losses = self.selection_loss(clusters, targets, x)
             losses['loss_select'] = perturbed_loss_surrogate(scores, grad)
         else:
             x = self.selector(c_hat)  # [B, N]
@@ -206,44 +217,34 @@ class CELDetector(BaseDetector):
                 'members_selected': x.detach().sum(1).mean(),
                 'member_seconds': (x.detach() @ self.member_seconds).mean()}
 
-    def cluster_terms(self, boxes: Tensor, scores: Tensor, targets,
-                      labels: Tensor) -> Tuple[Optional[Tensor], Tensor]:
+    def cluster_terms(self, boxes: Tensor, scores: Tensor,
+                      targets) -> Tuple[Optional[Tensor], Tensor]:
         """Per-cluster terms ``[..., C]`` of ``loss_cls`` (None for 'rank', which is not a
-        sum over clusters) and of ``loss_box``: each loss is the sum of its terms over C.
+        sum over clusters) and of ``loss_box`` (L1 of matched fused boxes): each loss is the
+        sum of its terms over C.
 
         Args:
             boxes (Tensor): ``[..., C, 4]`` fused boxes; scores ``[..., C]`` fused scores.
         """
         keep = (~targets.ignored).to(scores.dtype)  # [C]
         pos = targets.y_cls * keep  # [C]
-        if self.train_cfg['box_loss'] == 'iou_thresholds':  # AP's IoU thresholds missed
-            box = iou_threshold_misses(boxes, targets.y_box, tau=self.train_cfg['iou_tau']) * (
-                self.train_cfg['loss_box'] * positive_weights(
-                    pos > 0.5, labels, self.train_cfg['rank_class_balanced']))  # [..., C]
-        else:
-            box = (boxes - targets.y_box).abs().sum(-1) * pos * (
-                self.train_cfg['loss_box'] / pos.sum().clamp_min(1.0))  # [..., C]
-        mode = self.train_cfg['loss_cls']
-        if mode == 'rank':
+        box = (boxes - targets.y_box).abs().sum(-1) * pos * (
+            self.train_cfg['loss_box'] / pos.sum().clamp_min(1.0))  # [..., C]
+        if self.train_cfg['loss_cls'] == 'rank':
             return None, box
         bce = F.binary_cross_entropy(scores.clamp(1e-6, 1 - 1e-6),
                                      targets.y_cls.expand_as(scores), reduction='none')
-        if mode == 'balanced_bce':  # positives and negatives weigh the same
-            neg = keep - pos  # [C]
-            weight = 0.5 * (pos / pos.sum().clamp_min(1.0) + neg / neg.sum().clamp_min(1.0))
-        else:
-            weight = keep / keep.sum().clamp_min(1.0)
-        return bce * weight, box
+        return bce * keep / keep.sum().clamp_min(1.0), box
 
     def selection_loss(self, clusters: Clusters, targets, x: Tensor) -> Dict[str, Tensor]:
         """``loss_cls`` and ``loss_box`` of the fused output of the selection ``x [B, N]``
         (hard or soft; differentiable in ``x``)."""
         boxes, scores = selected_fusion(clusters, x, self.weights)
-        cls, box = self.cluster_terms(boxes, scores, targets, clusters.labels)
+        cls, box = self.cluster_terms(boxes, scores, targets)
         if cls is None:  # AP's ranking of matched above unmatched, per class
             cls = pairwise_rank_loss(scores, targets.y_cls, clusters.labels, ~targets.ignored,
                                      tau=self.train_cfg['rank_tau'],
-                                     class_balanced=self.train_cfg['rank_class_balanced'])
+                                     class_balanced=True)
         return {'loss_cls': cls.sum(), 'loss_box': box.sum()}
 
     @torch.no_grad()
@@ -255,12 +256,12 @@ class CELDetector(BaseDetector):
         u, b = candidates.shape[0], base.shape[0]
         select = torch.cat([base[None], candidates[:, None, :].expand(u, b, -1)])  # [U+1,B,N]
         boxes, scores = selected_fusion(clusters, select, self.weights)  # [U+1, C, (4)]
-        cls, box = self.cluster_terms(boxes, scores, targets, clusters.labels)
+        cls, box = self.cluster_terms(boxes, scores, targets)
         terms = box if cls is None else box + cls  # [U+1, C]
         out = terms.new_zeros(u, b).index_add_(1, clusters.image_index, terms[1:] - terms[:1])
         if cls is None:
             pairs = rank_pairs(targets.y_cls, clusters.labels, ~targets.ignored,
-                               class_balanced=self.train_cfg['rank_class_balanced'])
+                               class_balanced=True)
             out += rank_loss_deltas(scores[0], scores[1:], clusters.image_index, b, pairs,
                                     tau=self.train_cfg['rank_tau'])
         return out

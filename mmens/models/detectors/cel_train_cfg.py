@@ -1,37 +1,41 @@
 """``CELDetector``'s ``train_cfg``: its defaults, and a ValueError for a bad setting."""
 from typing import Optional
 
-#: Defaults of every ``CELDetector.train_cfg`` key:
+#: Defaults of every ``CELDetector.train_cfg`` key, the recommended settings (each chosen
+#: out of fold on the embedded val split; the rejected ones are in docs/experiments.md):
 #:
 #: - ``iou_thr``: IoU of a fused box with its ground truth to be a positive (targets);
-#: - ``loss_box``: weight of ``box_loss``: 'l1' (L1 of matched fused boxes, theory.md §4)
-#:   or 'iou_thresholds' (the share of COCO's IoU thresholds each matched fused box misses,
-#:   smoothed by ``iou_tau``, weighted as the ranking loss's positives);
-#: - ``loss_cls``: 'bce', 'balanced_bce' or 'rank' (AP's ranking of matched above
-#:   unmatched, per class; ``rank_tau``; ``rank_class_balanced``: False, each positive
-#:   weighs the same; True, each class, as COCO's mean over classes);
-#: - ``anchor``: weight of ``(ĉ - init_scores)²`` (0: off);
-#: - ``selection_grad``: 'jacobian' (the perturbed optimizer's, theory.md §5.3) or
-#:   'perturbed_loss' (each image's expected loss, :mod:`mmens.ops.perturbed_loss`);
-#: - ``objective``: 'surrogate' (the loss terms above) or 'coco_ap' (COCO AP itself, from
-#:   the WBF of each selection on the training images, in AP points times ``loss_ap``;
-#:   :mod:`mmens.models.detectors.cel_ap_objective`; needs 'perturbed_loss').
-CEL_TRAIN_DEFAULTS = dict(iou_thr=0.5, loss_box=1.0, box_loss='l1', iou_tau=0.02,
-                          loss_cls='bce', rank_tau=0.05, rank_class_balanced=False,
-                          anchor=0.0, selection_grad='jacobian', objective='surrogate',
-                          loss_ap=1.0)
+#: - ``loss_cls``: 'rank' (AP's ranking of matched above unmatched fused boxes, per class,
+#:   each class weighing the same as in COCO's mean over classes; ``rank_tau`` smooths it)
+#:   or 'bce' (docs/theory.md §4's J_cls on the fused score);
+#: - ``loss_box``: weight of the L1 term of matched fused boxes (docs/theory.md §4, J_reg);
+#: - ``anchor``: weight of ``(ĉ - init_scores)²``, which keeps ĉ near its warm start
+#:   unless the loss pays for leaving it (0: off);
+#: - ``selection_grad``: 'perturbed_loss' (each image's expected loss over perturbed
+#:   selections, :mod:`mmens.ops.perturbed_loss`) or 'jacobian' (the perturbed
+#:   optimizer's Jacobian, docs/theory.md §5.3, as in the e2e-CEL paper);
+#: - ``warm_start``: before the first step, start ĉ at the best fixed subset of the
+#:   training images by COCO AP, ``±warm_start_gap / 2`` (:mod:`.cel_warm_start`);
+#:   False keeps the selection net's ``init_scores``.
+CEL_TRAIN_DEFAULTS = dict(iou_thr=0.5, loss_cls='rank', rank_tau=0.05, loss_box=1.0,
+                          anchor=0.1, selection_grad='perturbed_loss', warm_start=True,
+                          warm_start_gap=0.25)
 
-_CHOICES = (('selection_grad', ('jacobian', 'perturbed_loss')),
-            ('loss_cls', ('bce', 'balanced_bce', 'rank')),
-            ('box_loss', ('l1', 'iou_thresholds')),
-            ('objective', ('surrogate', 'coco_ap')))
+_CHOICES = (('selection_grad', ('perturbed_loss', 'jacobian')),
+            ('loss_cls', ('rank', 'bce')),
+            ('warm_start', (True, False)))
 #: numbers that must be > 0, or >= 0 where ``True``
-_NUMBERS = (('anchor', True), ('iou_tau', False), ('rank_tau', False), ('loss_ap', False))
+_NUMBERS = (('anchor', True), ('rank_tau', False), ('loss_box', True),
+            ('warm_start_gap', False), ('iou_thr', False))
 
 
 def cel_train_cfg(train_cfg: Optional[dict] = None) -> dict:
     """``train_cfg`` over :data:`CEL_TRAIN_DEFAULTS`, checked before any training: a
-    ValueError names the key, its value and what it may be."""
+    ValueError names the key, its value and what it may be (an unknown key too)."""
+    unknown = sorted(set(train_cfg or {}) - set(CEL_TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(f'CELDetector: unknown train_cfg key(s) {unknown}; the keys are '
+                         f'{sorted(CEL_TRAIN_DEFAULTS)}')
     cfg = dict(CEL_TRAIN_DEFAULTS, **(train_cfg or {}))
     for key, allowed in _CHOICES:
         if cfg[key] not in allowed:
@@ -39,11 +43,8 @@ def cel_train_cfg(train_cfg: Optional[dict] = None) -> dict:
                              f'got {cfg[key]!r}')
     for key, zero_ok in _NUMBERS:
         value = cfg[key]
-        if not (isinstance(value, (int, float)) and (value >= 0 if zero_ok else value > 0)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (value >= 0 if zero_ok else value > 0)):
             raise ValueError(f'CELDetector: train_cfg.{key} must be a number '
                              f"{'>= 0 (0: off)' if zero_ok else '> 0'}, got {value!r}")
-    if cfg['objective'] == 'coco_ap' and cfg['selection_grad'] != 'perturbed_loss':
-        raise ValueError("CELDetector: train_cfg.objective='coco_ap' needs "
-                         "selection_grad='perturbed_loss' (AP is not differentiable in the "
-                         f"selection), got {cfg['selection_grad']!r}")
     return cfg

@@ -1,4 +1,4 @@
-"""e2e-CEL selection net: scores ĉ ∈ R^N of the members, per image (theory.md §5.1)."""
+"""e2e-CEL selection net: scores ĉ ∈ R^N of the members, per image (docs/theory.md §5.1)."""
 from typing import Optional, Sequence
 
 import torch
@@ -56,8 +56,9 @@ class MemberSelectionNet(BaseModule):
                              f'{num_members} members')
         with torch.no_grad():
             self.mlp[2].bias.copy_(b)
-        # the warm start, for a penalty on how far training moves ĉ (not saved)
-        self.register_buffer('init_scores', b.clone(), persistent=False)
+        # the warm start, for the anchor on how far training moves ĉ; saved, so that a
+        # resumed training keeps its anchor (the warm start is computed before training)
+        self.register_buffer('init_scores', b.clone())
 
     @property
     def image_only(self) -> bool:

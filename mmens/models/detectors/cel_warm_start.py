@@ -1,0 +1,117 @@
+"""e2e-CEL's warm start: the best fixed subset of the training images, by COCO AP.
+
+The selection net learns per-image departures from one fixed subset. Started anywhere
+else, its training loss (a surrogate of AP) walks to the subsets *it* prefers, which at
+k = 2, 3 and 4 are not the ones AP prefers (docs/experiments.md, loss against AP). So,
+before the first step, :class:`CELDetector` fuses every feasible fixed subset on its
+training images, scores each by COCO AP (pycocotools) against their ground truth, and
+starts ĉ at ``+gap/2`` for the members of the best and ``-gap/2`` for the others: the
+exact top-k or knapsack on that start is that subset (with positive scores for all, a
+knapsack would add every other member that still fits).
+"""
+import itertools
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmens.evaluation.coco_eval import CocoEvaluation, results_to_coco
+from mmens.evaluation.samples_coco import coco_from_samples
+from ..utils import split_results
+
+
+def feasible_fixed_subsets(num_members: int, k: Optional[int] = None,
+                           costs: Optional[Sequence[float]] = None,
+                           budget: Optional[float] = None) -> List[Tuple[int, ...]]:
+    """Every non-empty subset of ``range(num_members)`` with exactly ``k`` members, or
+    whose ``costs`` sum to at most ``budget``; by size, then lexicographically (the order
+    in which ties are broken: the first best wins)."""
+    if (k is None) == (budget is None):
+        raise ValueError('feasible_fixed_subsets: give exactly one of k or costs + budget')
+    subsets = [s for r in range(1, num_members + 1)
+               for s in itertools.combinations(range(num_members), r)]
+    if k is not None:
+        return [s for s in subsets if len(s) == k]
+    c = np.asarray(costs, dtype=np.float64)
+    return [s for s in subsets if float(c[list(s)].sum()) <= budget + 1e-9]
+
+
+def warm_start_scores(subset: Sequence[int], num_members: int,
+                      gap: float = 0.25) -> List[float]:
+    """ĉ ``[N]``: ``+gap/2`` for the members of ``subset``, ``-gap/2`` for the others."""
+    return [gap / 2 if i in subset else -gap / 2 for i in range(num_members)]
+
+
+@torch.no_grad()
+def fixed_subset_aps(model, batch_inputs: dict, samples: Sequence,
+                     subsets: Sequence[Tuple[int, ...]]) -> List[float]:
+    """COCO AP (IoU .50:.95) on the batch's images of the WBF of each fixed subset.
+
+    Args:
+        model (CELDetector): fuses with its ``fusion_cfg`` and ``test_cfg``.
+        batch_inputs (dict): packed member predictions of B images.
+        samples (Sequence[DetDataSample]): their ground truth.
+        subsets: member index tuples.
+    """
+    sizes = batch_inputs['image_sizes']
+    num_images = sizes.shape[0]
+    labels = [batch_inputs['labels']] + [
+        inst.labels for s in samples
+        for inst in (s.gt_instances, s.get('ignored_instances', None))
+        if inst is not None and 'labels' in inst]
+    num_classes = max([int(t.max()) + 1 for t in labels if t.numel()] + [1])
+    coco = coco_from_samples(samples, sizes, num_classes)
+    img_ids, cat_ids = list(range(1, num_images + 1)), list(range(1, num_classes + 1))
+    aps = []
+    for s in subsets:
+        x = torch.zeros(num_images, model.num_members, device=sizes.device)  # [B, N]
+        x[:, list(s)] = 1.0
+        boxes, scores, labs, images = model.fuse_selection(batch_inputs, x)
+        results = []
+        for b, r in enumerate(split_results(boxes, scores, labs, images, sizes,
+                                            **model.test_cfg)):
+            results += results_to_coco(r.bboxes, r.scores, r.labels,
+                                       torch.full((len(r.scores), ), b), img_ids, cat_ids)
+        aps.append(CocoEvaluation(coco, results, img_ids, ap_only=True).ap(
+            np.arange(num_images)))
+    return aps
+
+
+def best_fixed_subset(model, batch_inputs: dict, samples: Sequence
+                      ) -> Tuple[Tuple[int, ...], float]:
+    """The feasible fixed subset of ``model``'s selector (k members, or within its time
+    budget) with the highest COCO AP on the batch, and that AP (ties: the first)."""
+    sel = model.selector
+    subsets = feasible_fixed_subsets(
+        model.num_members, k=sel.k,
+        costs=None if sel.k is not None else model.member_seconds.tolist(),
+        budget=sel.budget)
+    if not subsets:
+        raise ValueError(f'CELDetector: no subset of the {model.num_members} members fits '
+                         f'the budget {sel.budget}')
+    aps = fixed_subset_aps(model, batch_inputs, samples, subsets)
+    best = int(np.argmax(aps))  # the first maximum
+    return subsets[best], float(aps[best])
+
+
+def broadcast_subset(subset: Tuple[int, ...], num_members: int,
+                     device: torch.device) -> Tuple[int, ...]:
+    """Rank 0's subset on every process (each process sees only its shard of the
+    training images, and all must start from the same ĉ)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return subset
+    mask = torch.zeros(num_members, device=device)
+    mask[list(subset)] = 1.0
+    dist.broadcast(mask, 0)
+    return tuple(int(i) for i in mask.nonzero().flatten().tolist())
+
+
+def apply_warm_start(net, scores: Sequence[float]) -> None:
+    """Start ``MemberSelectionNet`` at ĉ = ``scores`` (its output layer's weight is zero
+    until training moves it) and anchor it there."""
+    b = torch.as_tensor(scores, dtype=net.init_scores.dtype, device=net.init_scores.device)
+    net.mlp[2].bias.data.copy_(b)
+    net.init_scores.copy_(b)
+
