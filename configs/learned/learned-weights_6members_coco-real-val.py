@@ -1,7 +1,6 @@
 # The recommended learned fusion (first config of configs/learned/): WBF whose member weights
 # are learned (BCE of the cluster confidence on match / no-match), instead of grid-searched.
-# Settings chosen by 5-fold cross-validated AP on val (untied weights, power 1; tying a member
-# with its flip variant: weight_groups=[0, 0, 1, 1, 2, 2]). Trains on the embedded val split:
+# Trains on the embedded val split:
 #   python tools/train.py configs/learned/learned-weights_6members_coco-real-val.py \
 #       --work-dir work_dirs/learned-weights
 _base_ = [
@@ -9,8 +8,7 @@ _base_ = [
     '../_base_/default_runtime.py'
 ]
 
-model = dict(
-    head=dict(_delete_=True, type='LearnedWeightsHead', weight_groups=None, power=1.0))
+# The head is the base model's LearnedWeightsHead.
 # A convex fit: full-batch L-BFGS on the whole training split (under a second).
 train_cfg = dict(_delete_=True, type='FullBatchTrainLoop', steps=1, val_interval=1)
 optim_wrapper = dict(

@@ -47,20 +47,12 @@ def test_informative_member_gets_the_larger_weight():
     assert torch.equal(head.matching_weights(), torch.ones(2))  # fixed clusters in training
 
 
-def test_groups_tie_and_power_shrinks():
-    head = LearnedWeightsHead(num_members=4, weight_groups=[0, 0, 1, 1], power=1.0)
+def test_member_weights_are_theta_over_its_mean():
+    head = LearnedWeightsHead(num_members=3)
     with torch.no_grad():
-        head.phi.copy_(torch.tensor([1.0, 3.0, -1.0, 0.0]))
-    w1 = head.member_weights()
-    assert w1[0] == w1[1] and w1[2] == w1[3] and w1.mean().item() == pytest_approx(1.0)
-    head.power = 0.5
-    w2 = head.member_weights()
-    assert torch.allclose(w2, w1.sqrt()) and (w2.max() - w2.min()) < (w1.max() - w1.min())
-
-
-def pytest_approx(v):
-    import pytest
-    return pytest.approx(v, abs=1e-6)
+        head.phi.copy_(torch.tensor([1.0, 3.0, -1.0]))
+    theta = torch.nn.functional.softplus(head.phi.detach())
+    assert torch.allclose(head.member_weights(), theta / theta.mean())
 
 
 def test_empty_and_all_ignored_are_finite():

@@ -1,5 +1,5 @@
 """Learned member weights for WBF: the default learned fusion."""
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from mmdet.registry import MODELS
@@ -19,33 +19,19 @@ class LearnedWeightsHead(BaseModule):
     match / no-match at IoU 0.5 (``J_cls`` on the fused confidence; clusters that only
     overlap crowd boxes are left out). WBF's confidence is a weighted mean of the same
     summed scores, so θ takes the role of hand-tuned WBF weights. At inference the matching
-    and the fusion are WBF with ``w = normalize(θ̄)^power``: θ̄ averages θ within each
-    ``weight_groups`` group (e.g. a detector and its flip-TTA variant), ``normalize`` makes
-    the mean 1, and ``power`` < 1 shrinks the weights toward equal ones. On the embedded
-    val split, 5-fold cross-validated AP chose no tying and ``power=1`` (see README).
+    and the fusion are WBF with ``w = θ / mean(θ)``. (Tying a detector's weight to its
+    flip variant's, and shrinking the weights toward equal ones, were both below this
+    out of fold: docs/experiments.md.)
 
     Args:
         num_members (int): N.
-        weight_groups (Sequence[int], optional): group id per member; members of a group
-            share a weight. Default: no tying.
-        power (float): shrinkage exponent of the weights (1: the fitted weights).
         num_classes (int): unused, accepted for config symmetry with LearnedFusionHead.
     """
 
-    def __init__(self, num_members: int, weight_groups: Optional[Sequence[int]] = None,
-                 power: float = 1.0, num_classes: int = 80,
+    def __init__(self, num_members: int, num_classes: int = 80,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if weight_groups is not None and len(weight_groups) != num_members:
-            raise ValueError(f'LearnedWeightsHead: weight_groups has {len(weight_groups)} '
-                             f'entries for {num_members} members')
-        if power <= 0:
-            raise ValueError(f'LearnedWeightsHead: power must be > 0, got {power}')
-        self.num_members, self.power = num_members, power
-        groups = torch.as_tensor(weight_groups if weight_groups is not None
-                                 else range(num_members), dtype=torch.long)
-        _, groups = torch.unique(groups, return_inverse=True)
-        self.register_buffer('groups', groups, persistent=False)  # [N]
+        self.num_members = num_members
         self.phi = nn.Parameter(torch.zeros(num_members))  # θ = softplus(φ)
         self.bias = nn.Parameter(torch.zeros(1))
 
@@ -54,13 +40,9 @@ class LearnedWeightsHead(BaseModule):
         return nn.functional.softplus(self.phi)
 
     def member_weights(self) -> Tensor:
-        """WBF weights ``normalize(θ̄)^power``, ``Tensor[N]`` (mean 1 before the power)."""
+        """WBF weights ``θ / mean(θ)``, ``Tensor[N]``."""
         theta = self.theta().detach()
-        num_groups = int(self.groups.max()) + 1 if self.groups.numel() else 0
-        sums = torch.zeros(num_groups, device=theta.device).index_add_(0, self.groups, theta)
-        counts = torch.bincount(self.groups, minlength=num_groups).clamp_min(1)
-        tied = (sums / counts)[self.groups]  # [N]
-        return (tied / tied.mean().clamp_min(1e-12)).clamp_min(1e-6) ** self.power
+        return (theta / theta.mean().clamp_min(1e-12)).clamp_min(1e-6)
 
     theta_table = member_weights
 
