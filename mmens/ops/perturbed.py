@@ -10,8 +10,8 @@ If ``ν(z) ∝ exp(-h(z))``, then ``J_c K_σ(c) = (1/σ) E_Z[K(c + σZ) ∇h(Z)�
 - normal:  ``log ν(z) = -z²/2 + const``      ⇒ ``∇h(z) = z``;
 - Gumbel:  ``log ν(z) = -z - exp(-z)``       ⇒ ``∇h(z) = 1 - exp(-z)``.
 
-Note the sign: with ``+∇_Z log ν`` (as in the seed notes / theory.md §5.3) the estimate is the
-*negative* Jacobian. ``tests/test_ops/test_knapsack.py`` pins it against finite differences and
+Note the sign: with ``+∇_Z log ν`` (as in an earlier version of the design notes; docs/theory.md
+§5.3) the estimate is the *negative* Jacobian. ``tests/test_ops/test_knapsack.py`` pins it against finite differences and
 against the closed form ``K_σ = softmax(c/σ)`` of top-1 under Gumbel noise.
 
 The Monte-Carlo vector-Jacobian product for an upstream gradient ``g`` is

@@ -1,4 +1,4 @@
-"""Per-image meta-features of the members' predictions, for e2e-CEL selection (theory.md §5.1).
+"""Per-image meta-features of the members' predictions, for e2e-CEL selection (docs/theory.md §5.1).
 
 Cheap statistics of matched clusters, batched over images with ``index_add_`` (no Python loop
 over boxes or images), pure torch and device-agnostic.

@@ -1,4 +1,4 @@
-"""Learned fusion with member weights Θ and its objective (theory.md §2, §4).
+"""Learned fusion with member weights Θ and its objective (docs/theory.md §2, §4).
 
 Shapes: C clusters, N members. ``y_hat`` is ``Tensor[C, N, 5]`` (x1, y1, x2, y2,
 score; coords normalised), ``mask`` is ``Tensor[C, N]`` bool. Θ is either one

@@ -1,4 +1,4 @@
-"""Learned fusion head: Θ over the members of each matched cluster (theory.md §2–§4)."""
+"""Learned fusion head: Θ over the members of each matched cluster (docs/theory.md §2–§4)."""
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -19,7 +19,7 @@ class LearnedFusionHead(BaseModule):
 
     ``A_box = Σ_i m_i θ_i Ŷ_i,box / Σ_i m_i θ_i`` (masked, renormalised; equal to the seed's
     ŶᵀΘ with every member present and ΣΘ = 1), trained with
-    ``J = λ_reg J_reg + λ_cons J_cons + λ_cls J_cls`` (theory.md §4).
+    ``J = λ_reg J_reg + λ_cons J_cons + λ_cls J_cls`` (docs/theory.md §4).
 
     Modes:
 
@@ -36,7 +36,7 @@ class LearnedFusionHead(BaseModule):
         theta_mode (str): see above. theta_param (str): ``'softplus'`` (default; θ > 0),
             ``'sigmoid'`` (0 < θ < 1) or ``'identity'`` (raw Θ: the seed's SGD update rule).
         score_mode (str): fused score of ``global``/``per_class``: ``'seed'`` (Σ m θ p),
-            ``'normalized'`` or ``'noisy_or'`` (theory.md §2).
+            ``'normalized'`` or ``'noisy_or'`` (docs/theory.md §2).
         hidden (int): width of the conditional net (0: logistic regression).
         loss_reg, loss_cons, loss_cls (float): λ_reg, λ_cons, λ_cls.
         init_theta (float): initial θ (all members equal).
