@@ -13,7 +13,7 @@ from mmens.utils.runner_args import (add_runner_args, load_runner_cfg,
                                      parse_runner_args)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train an mmens ensemble')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
@@ -23,7 +23,7 @@ def parse_args() -> argparse.Namespace:
                         help='resume from this checkpoint, or with no value from the '
                         'latest checkpoint in the work dir')
     add_runner_args(parser)
-    return parse_runner_args(parser)
+    return parse_runner_args(parser, argv)
 
 
 def build_train_cfg(args: argparse.Namespace) -> Config:
@@ -41,13 +41,19 @@ def build_train_cfg(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def main() -> None:
-    args = parse_args()
+def train(args: argparse.Namespace) -> Runner:
+    """Build the runner from parsed arguments and train (also the path that
+    ``tools/analysis_tools/fit_ensemble.py`` trains through)."""
     init_cpu_distributed(args.launcher)
     cfg = build_train_cfg(args)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
     shutdown_distributed()
+    return runner
+
+
+def main() -> None:
+    train(parse_args())
 
 
 if __name__ == '__main__':

@@ -1,0 +1,173 @@
+"""tools/analysis_tools/fit_ensemble.py: learn from files on one split, apply with
+fuse_results.py to another (3 embedded members, val split in two halves of 40 images).
+
+fit_ensemble runs through its command line (a subprocess); fuse_results runs in process
+(its ``main(argv)``, the same code as its command line) to spare a second interpreter
+start-up (~10 s with mmdet on a busy CPU)."""
+import json
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import DATA, ROOT, load_tool
+
+MEMBERS = ['centernet-512', 'nanodet-416', 'yolofastestv2-352']
+FIT = 'tools/analysis_tools/fit_ensemble.py'
+FUSE = 'tools/analysis_tools/fuse_results.py'
+
+
+def run(args, expect=0):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == expect, out[-4000:]
+    return proc
+
+
+@pytest.fixture(scope='module')
+def splits(tmp_path_factory):
+    """val.json split by image into a labelled half (fit) and a 'test' half (apply)."""
+    root = tmp_path_factory.mktemp('splits')
+    gt = json.load(open(osp.join(DATA, 'annotations', 'val.json')))
+    ids = sorted(im['id'] for im in gt['images'])
+    out = {}
+    for split, keep in (('fit', set(ids[0::2])), ('test', set(ids[1::2]))):
+        os.makedirs(root / split)
+        ann = dict(gt, images=[im for im in gt['images'] if im['id'] in keep],
+                   annotations=[a for a in gt['annotations'] if a['image_id'] in keep])
+        json.dump(ann, open(root / split / 'ann.json', 'w'))
+        preds = []
+        for m in MEMBERS:
+            entries = json.load(open(osp.join(DATA, 'predictions', 'val', f'{m}.json')))
+            preds.append(str(root / split / f'{m}.json'))
+            json.dump([e for e in entries if e['image_id'] in keep], open(preds[-1], 'w'))
+        out[split] = dict(ann=str(root / split / 'ann.json'), preds=preds, ids=keep)
+    return out
+
+
+def fuse(args):
+    load_tool('fuse_results').main(args)
+
+
+def fitted(stdout):
+    ckpt = re.search(r'^checkpoint: (\S+)$', stdout, re.M)
+    assert ckpt, stdout[-3000:]
+    return ckpt.group(1)
+
+
+def test_learned_fit_then_fuse_results_on_the_test_split(splits, tmp_path):
+    fit, test = splits['fit'], splits['test']
+    work = str(tmp_path / 'learned')
+    proc = run([FIT, '--ann', fit['ann'], '--preds', *fit['preds'], '--method', 'learned',
+                '--work-dir', work])
+    ckpt = fitted(proc.stdout)
+    assert ckpt == osp.join(work, 'epoch_1.pth') and osp.isfile(ckpt)
+    assert osp.isfile(osp.join(work, 'fit_ensemble_learned.py'))
+    # the printed command is the one that applies it
+    cmd = proc.stdout.strip().splitlines()[-1].split()
+    assert cmd[:2] == ['python', FUSE] and cmd[cmd.index('--checkpoint') + 1] == ckpt
+    # the Runner's validation after the fit (on the fit split; mmdet rounds to 3 decimals)
+    fit_ap = float(re.findall(r'coco/bbox_mAP: ([0-9.]+)', proc.stdout + proc.stderr)[-1])
+    # ... is what fuse_results gives on the same files with the checkpoint
+    m_fit = tmp_path / 'fit.json'
+    fuse(['--ann', fit['ann'], '--preds', *fit['preds'], '--method', 'learned',
+          '--checkpoint', ckpt, '--metrics-out', str(m_fit)])
+    assert json.loads(m_fit.read_text())['fusion']['AP'] == pytest.approx(fit_ap, abs=6e-4)
+    # the learned WBF weights (θ = softplus(φ), mean 1) are not the equal ones
+    state = torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict']
+    theta = torch.nn.functional.softplus(state['head.phi'])
+    weights = theta / theta.mean()
+    assert weights.shape == (3,) and (weights - 1).abs().max() > 0.05, weights
+    # applied to the other half: entries for every image of it, and only of it
+    fused, m_test = tmp_path / 'fused.json', tmp_path / 'test.json'
+    fuse(['--ann', test['ann'], '--preds', *test['preds'][::-1], '--method', 'learned',
+          '--checkpoint', ckpt, '--out', str(fused), '--metrics-out', str(m_test)])
+    entries = json.loads(fused.read_text())
+    assert {e['image_id'] for e in entries} == test['ids']
+    m = json.loads(m_test.read_text())
+    best_member = max(v['AP'] for v in m['members'].values())
+    assert m['fusion']['AP'] > best_member, m  # the learned fusion beats every member
+
+
+def test_cel_fit_under_a_time_budget(splits, tmp_path):
+    fit, test = splits['fit'], splits['test']
+    work = str(tmp_path / 'cel')
+    proc = run([FIT, '--ann', fit['ann'], '--preds', *fit['preds'], '--method', 'cel',
+                '--budget-seconds', '0.2', '--members-json', osp.join(DATA, 'members.json'),
+                '--work-dir', work, '--cfg-options', 'train_cfg.steps=10',
+                'model.selector.num_samples=100'])
+    ckpt = fitted(proc.stdout)
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(work, 'fit_ensemble_cel.py'))
+    assert cfg.model.members == MEMBERS and cfg.model.selector.budget == 0.2
+    assert cfg.model.member_seconds == [0.17015, 0.17264, 0.00357]
+    assert cfg.train_dataloader.dataset.members[0]['file'] == fit['preds'][0]
+    metrics = tmp_path / 'm.json'
+    fuse(['--ann', test['ann'], '--preds', *test['preds'], '--method', 'cel',
+          '--checkpoint', ckpt, '--metrics-out', str(metrics)])
+    m = json.loads(metrics.read_text())['fusion']
+    assert 0.0 < m['member_seconds_per_image'] <= 0.2 + 1e-6  # a CenterNet or NanoDet + YOLO
+    assert 1.0 <= m['members_per_image'] <= 2.0 and m['AP'] > 0.15
+
+
+def test_bad_file_is_the_same_one_line_error_as_fuse_results(splits, tmp_path):
+    fit = splits['fit']
+    entries = json.load(open(fit['preds'][1]))
+    entries[3]['bbox'][2] = float('nan')
+    bad = str(tmp_path / 'nanodet-416.json')
+    json.dump(entries, open(bad, 'w'))  # writes NaN, as Python's json does
+    preds = [fit['preds'][0], bad, fit['preds'][2]]
+    work = tmp_path / 'never'
+    out = run([FIT, '--ann', fit['ann'], '--preds', *preds, '--method', 'learned',
+               '--work-dir', str(work)], expect=2)
+    with pytest.raises(ValueError) as ref:  # what fuse_results' run_cli prints
+        fuse(['--ann', fit['ann'], '--preds', *preds, '--method', 'wbf'])
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in out.stderr, out.stderr
+    assert lines[0] == f'error: {ref.value}'
+    assert "member 'nanodet-416'" in lines[0] and bad in lines[0]
+    assert "field 'bbox' has a NaN" in lines[0] and 'entry 3' in lines[0]
+    assert not work.exists()  # nothing trained
+
+
+def test_argument_and_file_errors_in_process(splits, tmp_path):
+    fit = splits['fit']
+    main = load_tool('fit_ensemble').main
+    base = ['--ann', fit['ann'], '--work-dir', str(tmp_path / 'w')]
+    truncated = tmp_path / 'trunc.json'
+    truncated.write_text(open(fit['preds'][0]).read()[:500])
+    unknown = json.load(open(fit['preds'][2]))
+    unknown[0]['image_id'] = 123456789
+    json.dump(unknown, open(tmp_path / 'unknown.json', 'w'))
+    cases = [
+        (['--preds', str(tmp_path / 'gone.json'), '--method', 'learned'],
+         f"member 'gone': prediction file {tmp_path / 'gone.json'} does not exist"),
+        (['--preds', str(truncated), '--method', 'learned'],
+         "member 'trunc': " + str(truncated) + ' is not valid JSON (truncated or corrupt?)'),
+        (['--preds', str(tmp_path / 'unknown.json'), '--method', 'learned'],
+         "entry 0 (image_id 123456789): field 'image_id' is not an image of the annotation"),
+        (['--preds', *fit['preds'], '--method', 'learned', '--k', '2'],
+         '--k / --budget-seconds are for --method cel, not learned'),
+        (['--preds', *fit['preds'], '--method', 'cel'],
+         '--method cel needs exactly one of --k'),
+        (['--preds', *fit['preds'], '--method', 'cel', '--budget-seconds', '0.2'],
+         '--budget-seconds needs each member\'s seconds per image'),
+        (['--preds', *fit['preds'], '--method', 'cel', '--budget-seconds', '0.2',
+          '--member-seconds', '0.1', '0.2'], '--member-seconds has 2 values for 3'),
+        (['--preds', *fit['preds'], '--method', 'cel', '--budget-seconds', '0.001',
+          '--member-seconds', '0.1', '0.2', '0.01'], 'below the cheapest member'),
+        (['--preds', *fit['preds'], '--method', 'cel', '--k', '4'],
+         '--k must be between 1 and the 3 members'),
+        (['--preds', *fit['preds'], '--names', 'a', 'b', '--method', 'learned'],
+         '2 names for 3 prediction files'),
+    ]
+    for args, msg in cases:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            main(base + args)
+    assert not (tmp_path / 'w').exists()
