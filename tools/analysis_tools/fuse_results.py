@@ -7,6 +7,10 @@ Examples::
     python tools/analysis_tools/fuse_results.py --ann GT.json --preds A.json B.json \\
         --method learned --checkpoint work_dirs/learned/epoch_1.pth
 
+The checkpoint of ``--method learned|cel`` comes from ``tools/train.py`` or, without a
+config, from ``tools/analysis_tools/fit_ensemble.py`` on a labelled split's files. A
+checkpoint that would run code is refused with one line (``UnsafeCheckpointError``).
+
 Files are any framework's COCO-results JSON (``image_id``, ``category_id``,
 ``bbox: [x, y, w, h]`` pixels, ``score``); members are named by file stem or ``--names``.
 """
