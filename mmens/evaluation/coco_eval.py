@@ -7,14 +7,14 @@ The numbers are pycocotools' own (``accumulate`` on the same per-image evaluatio
 import contextlib
 import copy
 import io
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 from torch import Tensor
 
-from .fast_coco_ap import coco_ap_tables
+from .fast_coco_ap import DetectionArrays, coco_ap_tables, resample_aps
 
 METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
 
@@ -58,19 +58,21 @@ class CocoEvaluation:
     """Bounding-box COCO evaluation of one result list.
 
     Args:
-        coco_gt (COCO): ground truth. results (list[dict]): COCO-results entries.
+        coco_gt (COCO): ground truth. results (list[dict]): COCO-results entries (with
+            ``ap_only``, also :class:`DetectionArrays`).
         img_ids (Sequence[int], optional): images to evaluate (default: all of ``coco_gt``).
         ap_only (bool): only :meth:`ap`, from pycocotools' matching compiled
             (:mod:`.fast_coco_ap`; the same AP, many times faster): for choosing by AP, e.g.
             the e2e-CEL warm start or a grid search. :meth:`metrics` is then unavailable.
     """
 
-    def __init__(self, coco_gt: COCO, results: List[dict],
+    def __init__(self, coco_gt: COCO, results: Union[List[dict], DetectionArrays],
                  img_ids: Optional[Sequence[int]] = None, ap_only: bool = False) -> None:
         self.img_ids = list(img_ids) if img_ids is not None else sorted(coco_gt.getImgIds())
         self.ap_only = ap_only
         if ap_only:
-            self.empty = not results
+            self.empty = (len(results.score) == 0 if isinstance(results, DetectionArrays)
+                          else not results)
             self._params = Params(iouType='bbox')
             self._params.imgIds = [int(i) for i in np.unique(self.img_ids)]  # as evaluate()
             self._fast = coco_ap_tables(coco_gt, results, self._params.imgIds,
@@ -155,8 +157,14 @@ class CocoEvaluation:
         if (num_samples, seed) not in cache:
             rng = np.random.RandomState(seed)
             n = len(self.img_ids)
-            cache[(num_samples, seed)] = np.array(
-                [self.ap(rng.randint(0, n, n)) for _ in range(num_samples)])
+            samples = np.stack([rng.randint(0, n, n) for _ in range(num_samples)])  # [S, I]
+            if self.empty:
+                cache[(num_samples, seed)] = np.zeros(num_samples)
+            else:
+                if not hasattr(self, '_fast'):
+                    self._prepare_fast()
+                cache[(num_samples, seed)] = resample_aps(self._fast, self._params.recThrs,
+                                                          samples)
         return cache[(num_samples, seed)]
 
     def metrics(self, positions: Optional[np.ndarray] = None) -> Dict[str, float]:
@@ -182,23 +190,31 @@ class CocoEvaluation:
                     APs=_ap(prec, area=1), APm=_ap(prec, area=2), APl=_ap(prec, area=3))
 
 
-def results_to_coco(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
-                    img_ids: Sequence[int], cat_ids: Sequence[int],
-                    rounded: bool = True) -> List[dict]:
-    """Pixel ``x1, y1, x2, y2`` detections → COCO-results entries (``bbox`` as xywh).
+def results_to_arrays(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
+                      img_ids: Sequence[int], cat_ids: Sequence[int], rounded: bool = True
+                      ) -> DetectionArrays:
+    """Pixel ``x1, y1, x2, y2`` detections → :class:`DetectionArrays` (``bbox`` as xywh).
 
     ``rounded``: boxes to 1e-3 pixel and scores to 1e-6 (compact files); False keeps the
     float32 values exactly (member dumps, compared with live members).
     """
-    b = boxes.detach().cpu().double().numpy()
+    b = boxes.detach().cpu().double().numpy().reshape(-1, 4)
     xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
-    ids = np.asarray(img_ids)[images.cpu().numpy()]
-    cats = np.asarray(cat_ids)[labels.cpu().numpy()]
     sc = scores.detach().cpu().double().numpy()
     if rounded:
         xywh, sc = xywh.round(3), sc.round(6)
+    return DetectionArrays(np.asarray(img_ids)[images.cpu().numpy()],
+                           np.asarray(cat_ids)[labels.cpu().numpy()], xywh, sc)
+
+
+def results_to_coco(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
+                    img_ids: Sequence[int], cat_ids: Sequence[int],
+                    rounded: bool = True) -> List[dict]:
+    """Pixel ``x1, y1, x2, y2`` detections → COCO-results entries (:func:`results_to_arrays`
+    as dicts)."""
+    d = results_to_arrays(boxes, scores, labels, images, img_ids, cat_ids, rounded)
     return [dict(image_id=int(i), category_id=int(c), bbox=bb.tolist(), score=float(s))
-            for i, c, bb, s in zip(ids, cats, xywh, sc)]
+            for i, c, bb, s in zip(d.image_id, d.category_id, d.bbox, d.score)]
 
 
 def coco_metrics(coco_gt: COCO, results: List[dict],

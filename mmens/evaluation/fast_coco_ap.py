@@ -18,10 +18,26 @@ What is mirrored, and why it matters for equality:
   box once a regular one is matched;
 - a match to a ground truth whose id is 0 counts as no match (pycocotools stores the id).
 """
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 import numba
 import numpy as np
+
+
+class DetectionArrays(NamedTuple):
+    """COCO-results as arrays: ``image_id [D]``, ``category_id [D]``, ``bbox [D, 4]``
+    (x, y, w, h pixels, float64) and ``score [D]`` (float64), in results-list order."""
+    image_id: np.ndarray
+    category_id: np.ndarray
+    bbox: np.ndarray
+    score: np.ndarray
+
+    @classmethod
+    def from_results(cls, results: List[dict]) -> 'DetectionArrays':
+        return cls(np.array([int(r['image_id']) for r in results], dtype=np.int64),
+                   np.array([int(r['category_id']) for r in results], dtype=np.int64),
+                   np.array([r['bbox'] for r in results], dtype=np.float64).reshape(-1, 4),
+                   np.array([r['score'] for r in results], dtype=np.float64))
 
 
 @numba.njit(cache=True)
@@ -73,7 +89,8 @@ def _match(d_box, g_box, g_crowd, g_id, groups, thrs, tp, fp):  # pragma: no cov
                         fp[t, d0 + d] = True
 
 
-def coco_ap_tables(coco_gt, results: List[dict], img_ids: Sequence[int],
+def coco_ap_tables(coco_gt, results: Union[List[dict], DetectionArrays],
+                   img_ids: Sequence[int],
                    iou_thrs: np.ndarray, max_det: int = 100) -> List[Optional[dict]]:
     """Per category of ``coco_gt`` (sorted ids), what :meth:`CocoEvaluation.ap` reads:
     ``scores [D]``, ``tp``/``fp`` ``[T, D]`` (detections grouped by image in ``img_ids``
@@ -96,11 +113,21 @@ def coco_ap_tables(coco_gt, results: List[dict], img_ids: Sequence[int],
     g_img, g_cat, g_crowd, g_id, g_box = (a[g_order] for a in (g_img, g_cat, g_crowd, g_id,
                                                                 g_box))
     # detections of these images and categories, sorted by (category, image, -score)
-    keep = [r for r in results if int(r['image_id']) in img_pos and r['category_id'] in cat_pos]
-    d_img = np.array([img_pos[int(r['image_id'])] for r in keep], dtype=np.int64)
-    d_cat = np.array([cat_pos[r['category_id']] for r in keep], dtype=np.int64)
-    d_score = np.array([r['score'] for r in keep], dtype=np.float64)
-    d_box = np.array([r['bbox'] for r in keep], dtype=np.float64).reshape(-1, 4)
+    if not isinstance(results, DetectionArrays):
+        results = DetectionArrays.from_results(results)
+    pos_of_img = np.full(int(max(img_ids, default=0)) + 1, -1, dtype=np.int64)
+    pos_of_img[np.asarray(img_ids, dtype=np.int64)] = np.arange(n_img)
+    pos_of_cat = np.full(int(max(cat_ids, default=0)) + 1, -1, dtype=np.int64)
+    pos_of_cat[np.asarray(cat_ids, dtype=np.int64)] = np.arange(n_cat)
+    ri, rc = results.image_id.astype(np.int64), results.category_id.astype(np.int64)
+    d_img = np.where((ri >= 0) & (ri < len(pos_of_img)),
+                     pos_of_img[np.clip(ri, 0, len(pos_of_img) - 1)], -1)
+    d_cat = np.where((rc >= 0) & (rc < len(pos_of_cat)),
+                     pos_of_cat[np.clip(rc, 0, len(pos_of_cat) - 1)], -1)
+    keep = (d_img >= 0) & (d_cat >= 0)  # detections of these images and categories
+    d_img, d_cat = d_img[keep], d_cat[keep]
+    d_score = np.asarray(results.score, dtype=np.float64)[keep]
+    d_box = np.asarray(results.bbox, dtype=np.float64).reshape(-1, 4)[keep]
     d_order = np.lexsort((-d_score, d_img, d_cat))
     d_img, d_cat, d_score, d_box = (a[d_order] for a in (d_img, d_cat, d_score, d_box))
     d_key, g_key = d_cat * n_img + d_img, g_cat * n_img + g_img
@@ -135,3 +162,84 @@ def coco_ap_tables(coco_gt, results: List[dict], img_ids: Sequence[int],
                            start=np.cumsum(counts) - counts, count=counts,
                            npig=npig_all[k]))
     return tables
+
+
+@numba.njit(cache=True)
+def _resample_aps(scores, tp, fp, cat_bounds, start, count, npig, rec_thrs,
+                  samples):  # pragma: no cover (jit)
+    """COCO AP of each resample (a row of image positions, repeats allowed): pycocotools'
+    ``accumulate`` (area 'all', 100 detections) on the pooled detections of the sampled
+    images, per category, then the mean over categories with ground truth."""
+    num_t, num_r = tp.shape[0], rec_thrs.shape[0]
+    out = np.zeros(samples.shape[0])
+    for s in range(samples.shape[0]):
+        pos = samples[s]
+        total_ap, num_cats = 0.0, 0
+        for k in range(cat_bounds.shape[0]):
+            c0 = cat_bounds[k]
+            if c0 < 0:  # no detection and no ground truth
+                continue
+            gt = 0
+            dets = 0
+            for p in pos:
+                gt += npig[k, p]
+                dets += count[k, p]
+            if gt == 0:
+                continue
+            num_cats += 1
+            if dets == 0:
+                continue  # AP 0 at every threshold
+            idx = np.empty(dets, dtype=np.int64)  # pooled in sample order
+            j = 0
+            for p in pos:
+                for d in range(count[k, p]):
+                    idx[j] = c0 + start[k, p] + d
+                    j += 1
+            order = idx[np.argsort(-scores[idx], kind='mergesort')]
+            q_sum = 0.0
+            for t in range(num_t):
+                tps = np.cumsum(tp[t, order].astype(np.float64))
+                fps = np.cumsum(fp[t, order].astype(np.float64))
+                rc = tps / gt
+                pr = tps / (fps + tps + np.spacing(1))
+                for i in range(dets - 1, 0, -1):
+                    if pr[i] > pr[i - 1]:
+                        pr[i - 1] = pr[i]
+                inds = np.searchsorted(rc, rec_thrs)
+                q = np.zeros(num_r)
+                for r in range(num_r):
+                    if inds[r] < dets:
+                        q[r] = pr[inds[r]]
+                q_sum += q.mean()
+            total_ap += q_sum / num_t
+        out[s] = total_ap / num_cats if num_cats else 0.0
+    return out
+
+
+def resample_aps(tables: List[Optional[dict]], rec_thrs: np.ndarray,
+                 samples: np.ndarray) -> np.ndarray:
+    """``[S]`` COCO AP over each row of image positions ``samples [S, I]`` from the
+    per-category tables of :func:`coco_ap_tables` (one compiled pass; what
+    :meth:`CocoEvaluation.ap` computes row by row)."""
+    present = [t for t in tables if t is not None]
+    if not present:
+        return np.zeros(len(samples))
+    num_img = len(present[0]['count'])
+    bounds = np.full(len(tables), -1, dtype=np.int64)
+    start = np.zeros((len(tables), num_img), dtype=np.int64)
+    count = np.zeros_like(start)
+    npig = np.zeros_like(start)
+    scores, tps, fps, offset = [], [], [], 0
+    for k, t in enumerate(tables):
+        if t is None:
+            continue
+        bounds[k] = offset
+        start[k], count[k], npig[k] = t['start'], t['count'], t['npig']
+        scores.append(t['scores'])
+        tps.append(t['tp'])
+        fps.append(t['fp'])
+        offset += len(t['scores'])
+    return _resample_aps(np.concatenate(scores), np.concatenate(tps, 1),
+                         np.concatenate(fps, 1), bounds, start, count, npig,
+                         np.asarray(rec_thrs, dtype=np.float64),
+                         np.ascontiguousarray(samples, dtype=np.int64))

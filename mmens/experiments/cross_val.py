@@ -66,10 +66,19 @@ def fold_config(config: str, work_dir: str, fold: Optional[dict],
     return cfg
 
 
+class FoldRunner(Runner):
+    """mmengine's Runner for the many short fits of a cross-validation: the same training,
+    without the environment report of every run (``collect_env`` takes about 2 s, as long as
+    some fits)."""
+
+    def _log_env(self, env_cfg: dict) -> None:
+        pass
+
+
 def train_from_cfg(cfg: Config) -> Tuple[torch.nn.Module, float]:
     """Train with mmengine's Runner (the ``tools/train.py`` path); returns model, seconds."""
     t0 = time.perf_counter()
-    runner = Runner.from_cfg(cfg)
+    runner = FoldRunner.from_cfg(cfg)
     runner.train()
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     seconds = time.perf_counter() - t0
@@ -107,23 +116,32 @@ def cross_validate(fit_predict: Callable[[Sequence[int], Sequence[int]], Tuple[L
     return results, fit_s
 
 
+def runner_fold(config: str, batch: MemberBatch, work_root: str, k: int,
+                num_folds: int = 5, seed: int = 0, cfg_options: Optional[dict] = None
+                ) -> Tuple[List[dict], float, torch.nn.Module]:
+    """Train ``config`` on fold ``k`` with the Runner (as ``tools/train.py`` with
+    ``train_dataloader.dataset.fold`` set) and fuse that fold's held-out images of
+    ``batch``: returns their results, the fit seconds and the model."""
+    cfg = fold_config(config, osp.join(work_root, f'fold{k}'),
+                      dict(num_folds=num_folds, index=k, seed=seed), copy.deepcopy(cfg_options))
+    model, seconds = train_from_cfg(cfg)
+    test = fold_image_ids(batch.img_ids, num_folds, k, 'val', seed)
+    res, _ = fuse_batch(model, subset_batch(batch, test))
+    return res, seconds, model
+
+
 def runner_fit_predict(config: str, batch: MemberBatch, work_root: str, num_folds: int = 5,
                        seed: int = 0, cfg_options: Optional[dict] = None,
                        models: Optional[list] = None) -> Callable:
-    """A ``fit_predict`` that trains ``config`` on a fold with the Runner and fuses the rest.
-
-    Trained fold models are appended to ``models`` when it is given (e.g. to plot Θ).
-    """
+    """A ``fit_predict`` for :func:`cross_validate` that trains ``config`` on each fold in
+    turn with :func:`runner_fold`. Trained fold models are appended to ``models`` when it
+    is given (e.g. to plot Θ)."""
     state = {'k': 0}
 
     def fit_predict(train_ids, test_ids):
-        k = state['k']
+        res, seconds, model = runner_fold(config, batch, work_root, state['k'], num_folds,
+                                          seed, cfg_options)
         state['k'] += 1
-        fold = dict(num_folds=num_folds, index=k, seed=seed)
-        cfg = fold_config(config, osp.join(work_root, f'fold{k}'), fold,
-                          copy.deepcopy(cfg_options))
-        model, seconds = train_from_cfg(cfg)
-        res, _ = fuse_batch(model, subset_batch(batch, test_ids))
         if models is not None:
             models.append(model)
         return res, seconds

@@ -127,10 +127,14 @@ def rank_loss_deltas(base: Tensor, moved: Tensor, image_index: Tensor, num_image
     loss0 = softplus((base[neg] - base[pos]) / tau)  # [P]
     ip, ineg = image_index[pos], image_index[neg]  # [P]
     same = ip == ineg  # [P]
-    both = softplus((moved[:, neg] - moved[:, pos]) / tau)  # [U, P]
-    pos_moved = softplus((base[neg] - moved[:, pos]) / tau)  # [U, P]
-    neg_moved = softplus((moved[:, neg] - base[pos]) / tau)  # [U, P]
-    out.index_add_(1, ip, (torch.where(same, both, pos_moved) - loss0) * weight)
-    out.index_add_(1, ineg, torch.where(same, torch.zeros_like(neg_moved),
-                                        neg_moved - loss0) * weight)
+    # a pair within one image: both ends move with it
+    p, n, w, l0 = pos[same], neg[same], weight[same], loss0[same]  # [Ps]
+    both = softplus((moved[:, n] - moved[:, p]) / tau)  # [U, Ps]
+    out.index_add_(1, ip[same], (both - l0) * w)
+    # a pair across images: the end in the moved image moves, the other stays
+    p, n, w, l0 = pos[~same], neg[~same], weight[~same], loss0[~same]  # [Pc]
+    pos_moved = softplus((base[n] - moved[:, p]) / tau)  # [U, Pc]
+    neg_moved = softplus((moved[:, n] - base[p]) / tau)  # [U, Pc]
+    out.index_add_(1, ip[~same], (pos_moved - l0) * w)
+    out.index_add_(1, ineg[~same], (neg_moved - l0) * w)
     return out

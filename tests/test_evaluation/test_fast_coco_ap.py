@@ -60,3 +60,15 @@ def test_ap_only_on_crowd_overlaps_and_empty_results(val):
     assert CocoEvaluation(coco, [], [img], ap_only=True).ap(np.arange(1)) == 0.0
     with pytest.raises(ValueError, match='AP only'):
         fast.metrics()
+
+
+def test_bootstrap_resamples_in_one_compiled_pass_equal_ap_row_by_row(val):
+    coco, members = val
+    ids = sorted(coco.getImgIds())
+    for ap_only in (False, True):
+        ev = CocoEvaluation(coco, members['nanodet-416-hflip'], ids, ap_only=ap_only)
+        boot = ev.bootstrap_aps(40, seed=3)
+        rng = np.random.RandomState(3)
+        rows = [ev.ap(rng.randint(0, len(ids), len(ids))) for _ in range(40)]
+        assert np.allclose(boot, rows, rtol=0, atol=1e-12)
+        assert boot.std() > 0.005  # the resamples differ

@@ -42,6 +42,11 @@ def test_fast_bootstrap_ap_equals_pycocotools(val):
     for _ in range(3):
         pos = rng.randint(0, len(batch.img_ids), len(batch.img_ids))
         assert ev.ap(pos) == pytest.approx(ev.metrics(pos)['AP'], abs=1e-12)
+    # AP only (compiled matching) is the same AP, and has nothing else
+    quick = CocoEvaluation(coco, res, batch.img_ids, ap_only=True)
+    assert quick.ap(pos) == pytest.approx(ev.ap(pos), abs=1e-12)
+    with pytest.raises(ValueError, match='AP only'):
+        quick.metrics()
     same = paired_bootstrap(ev, ev, 20)
     assert same['diff'] == 0 and same['lo'] == 0 and same['hi'] == 0
 
@@ -50,3 +55,23 @@ def test_weight_grid_ties_flips():
     grid = weight_grid(['a', 'a-hflip', 'b'], values=(1.0, 2.0))
     assert all(w[0] == w[1] for w in grid)
     assert len(grid) == 3  # (1,1),(1,2),(2,1); (2,2) duplicates equal weights
+
+
+def test_grid_out_of_fold_equals_a_grid_search_per_fold(val):
+    from mmens.apis import build_fixed_ensemble, fuse_batch
+    from mmens.experiments.cross_val import fold_positions
+    from mmens.experiments.methods import grid_search_wbf, grid_wbf_out_of_fold
+    coco, batch = val
+    grid = [(1.0, 1.0, 1.0, 1.0), (3.0, 1.0, 1.0, 1.0), (1.0, 1.0, 3.0, 1.0),
+            (1.0, 1.0, 1.0, 3.0)]
+    folds = fold_positions(batch.img_ids, 3, 0)
+    results, chosen, _ = grid_wbf_out_of_fold(batch, coco, folds, grid)
+    expected = []
+    for (train, test), weights in zip(folds, chosen):
+        best, _ = grid_search_wbf(batch, coco, [batch.img_ids[i] for i in train], grid)
+        assert best['weights'] == weights
+        model = build_fixed_ensemble(batch.names, 'wbf', **best)
+        expected += fuse_batch(model, subset_batch(batch, [batch.img_ids[i] for i in test]))[0]
+    assert len({tuple(w) for w in chosen}) > 1  # the folds do not all pick the same
+    key = lambda r: (r['image_id'], r['category_id'], r['score'], *r['bbox'])  # noqa: E731
+    assert sorted(map(key, results)) == sorted(map(key, expected))

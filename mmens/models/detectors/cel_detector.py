@@ -217,30 +217,30 @@ class CELDetector(BaseDetector):
                 'members_selected': x.detach().sum(1).mean(),
                 'member_seconds': (x.detach() @ self.member_seconds).mean()}
 
-    def cluster_terms(self, boxes: Tensor, scores: Tensor,
-                      targets) -> Tuple[Optional[Tensor], Tensor]:
-        """Per-cluster terms ``[..., C]`` of ``loss_cls`` (None for 'rank', which is not a
-        sum over clusters) and of ``loss_box`` (L1 of matched fused boxes): each loss is the
-        sum of its terms over C.
-
-        Args:
-            boxes (Tensor): ``[..., C, 4]`` fused boxes; scores ``[..., C]`` fused scores.
-        """
-        keep = (~targets.ignored).to(scores.dtype)  # [C]
+    def cluster_terms(self, clusters: Clusters, targets, select: Tensor
+                      ) -> Tuple[Optional[Tensor], Tensor, Tensor, Tensor]:
+        """The fused scores ``[..., C]`` of the selection ``select [..., B, N]`` and the
+        per-cluster terms of the loss: ``loss_cls`` ``[..., C]`` (None for 'rank', which
+        is not a sum over clusters) and ``loss_box`` ``[..., P]`` (L1 of the fused boxes of
+        the P matched clusters ``pos_index``; the other clusters' term is 0), so that each
+        loss is the sum of its terms. Returns ``(cls, box, pos_index, scores)``."""
+        keep = (~targets.ignored).to(clusters.y_hat.dtype)  # [C]
         pos = targets.y_cls * keep  # [C]
-        box = (boxes - targets.y_box).abs().sum(-1) * pos * (
-            self.train_cfg['loss_box'] / pos.sum().clamp_min(1.0))  # [..., C]
+        pos_index = pos.nonzero().flatten()  # [P]
+        boxes, scores = selected_fusion(clusters, select, self.weights,
+                                        box_index=pos_index)  # [..., P, 4], [..., C]
+        box = (boxes - targets.y_box[pos_index]).abs().sum(-1) * pos[pos_index] * (
+            self.train_cfg['loss_box'] / pos.sum().clamp_min(1.0))  # [..., P]
         if self.train_cfg['loss_cls'] == 'rank':
-            return None, box
+            return None, box, pos_index, scores
         bce = F.binary_cross_entropy(scores.clamp(1e-6, 1 - 1e-6),
                                      targets.y_cls.expand_as(scores), reduction='none')
-        return bce * keep / keep.sum().clamp_min(1.0), box
+        return bce * keep / keep.sum().clamp_min(1.0), box, pos_index, scores
 
     def selection_loss(self, clusters: Clusters, targets, x: Tensor) -> Dict[str, Tensor]:
         """``loss_cls`` and ``loss_box`` of the fused output of the selection ``x [B, N]``
         (hard or soft; differentiable in ``x``)."""
-        boxes, scores = selected_fusion(clusters, x, self.weights)
-        cls, box = self.cluster_terms(boxes, scores, targets)
+        cls, box, _, scores = self.cluster_terms(clusters, targets, x)
         if cls is None:  # AP's ranking of matched above unmatched, per class
             cls = pairwise_rank_loss(scores, targets.y_cls, clusters.labels, ~targets.ignored,
                                      tau=self.train_cfg['rank_tau'],
@@ -255,11 +255,12 @@ class CELDetector(BaseDetector):
         loss at ``base``. Only image b's clusters (and, for 'rank', their pairs) change."""
         u, b = candidates.shape[0], base.shape[0]
         select = torch.cat([base[None], candidates[:, None, :].expand(u, b, -1)])  # [U+1,B,N]
-        boxes, scores = selected_fusion(clusters, select, self.weights)  # [U+1, C, (4)]
-        cls, box = self.cluster_terms(boxes, scores, targets)
-        terms = box if cls is None else box + cls  # [U+1, C]
-        out = terms.new_zeros(u, b).index_add_(1, clusters.image_index, terms[1:] - terms[:1])
-        if cls is None:
+        cls, box, pos_index, scores = self.cluster_terms(clusters, targets, select)
+        out = box.new_zeros(u, b).index_add_(1, clusters.image_index[pos_index],
+                                             box[1:] - box[:1])
+        if cls is not None:
+            out.index_add_(1, clusters.image_index, cls[1:] - cls[:1])
+        else:
             pairs = rank_pairs(targets.y_cls, clusters.labels, ~targets.ignored,
                                class_balanced=True)
             out += rank_loss_deltas(scores[0], scores[1:], clusters.image_index, b, pairs,

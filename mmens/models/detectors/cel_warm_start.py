@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmens.evaluation.coco_eval import CocoEvaluation, results_to_coco
+from mmens.evaluation.coco_eval import CocoEvaluation, results_to_arrays
 from mmens.evaluation.samples_coco import coco_from_samples
 from ..utils import split_results
 
@@ -67,14 +67,14 @@ def fixed_subset_aps(model, batch_inputs: dict, samples: Sequence,
     for s in subsets:
         x = torch.zeros(num_images, model.num_members, device=sizes.device)  # [B, N]
         x[:, list(s)] = 1.0
-        boxes, scores, labs, images = model.fuse_selection(batch_inputs, x)
-        results = []
-        for b, r in enumerate(split_results(boxes, scores, labs, images, sizes,
-                                            **model.test_cfg)):
-            results += results_to_coco(r.bboxes, r.scores, r.labels,
-                                       torch.full((len(r.scores), ), b), img_ids, cat_ids)
-        aps.append(CocoEvaluation(coco, results, img_ids, ap_only=True).ap(
-            np.arange(num_images)))
+        per_image = split_results(*model.fuse_selection(batch_inputs, x), sizes,
+                                  **model.test_cfg)
+        dets = results_to_arrays(  # the values fuse_results writes (rounded)
+            torch.cat([r.bboxes for r in per_image]), torch.cat([r.scores for r in per_image]),
+            torch.cat([r.labels for r in per_image]),
+            torch.cat([torch.full((len(r.scores), ), b) for b, r in enumerate(per_image)]),
+            img_ids, cat_ids)
+        aps.append(CocoEvaluation(coco, dets, img_ids, ap_only=True).ap(np.arange(num_images)))
     return aps
 
 
