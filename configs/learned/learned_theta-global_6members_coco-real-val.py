@@ -2,7 +2,7 @@
 # (masked, renormalised), J = J_reg + J_cons + J_cls (docs/theory.md §4).
 #   python tools/train.py configs/learned/learned_theta-global_6members_coco-real-val.py
 _base_ = [
-    '../_base_/models/ensemble_coco-real.py', '../_base_/schedules/ensemble_30e.py',
+    '../_base_/models/ensemble_coco-real.py', '../_base_/schedules/ensemble_full-batch.py',
     '../_base_/default_runtime.py'
 ]
 

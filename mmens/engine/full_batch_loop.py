@@ -35,16 +35,19 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
 
     Args:
         runner, dataloader: as for mmengine loops.
-        steps (int): optimizer steps (L-BFGS: outer steps of ``max_iter`` iterations each).
+        steps (int): optimizer steps per epoch (L-BFGS: outer steps of ``max_iter``
+            iterations each).
+        max_epochs (int): epochs of ``steps`` steps each (checkpoints and ``--resume`` are
+            per epoch, as with mmengine's loops).
         val_interval (int): validate after the fit (1) or never (0).
     """
 
-    def __init__(self, runner, dataloader, steps: int = 1, val_begin: int = 1,
-                 val_interval: int = 1) -> None:
-        super().__init__(runner, dataloader, max_epochs=1, val_begin=val_begin,
+    def __init__(self, runner, dataloader, steps: int = 1, max_epochs: int = 1,
+                 val_begin: int = 1, val_interval: int = 1) -> None:
+        super().__init__(runner, dataloader, max_epochs=max_epochs, val_begin=val_begin,
                          val_interval=max(1, val_interval))
         self.steps = steps
-        self._max_iters = steps
+        self._max_iters = steps * max_epochs
 
     def run_epoch(self) -> None:
         runner = self.runner
