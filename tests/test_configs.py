@@ -29,8 +29,18 @@ def test_import_registers_modules():
             assert registry.get(name) is not None, name
 
 
-def test_there_are_configs():
-    assert len(CONFIGS) >= 4
+def test_each_config_folder_starts_with_its_recommended_config():
+    """The first config of learned/ and cel/ is the recommended one: the code defaults
+    (docs and tools take the first; test_default_* train them)."""
+    first = {d: sorted(glob.glob(osp.join(ROOT, 'configs', d, '*.py')))[0]
+             for d in ('learned', 'cel')}
+    assert {d: osp.basename(p) for d, p in first.items()} == {
+        'learned': 'learned-weights_6members_coco-real-val.py',
+        'cel': 'cel_budget-0.4s_6members_coco-real-val.py'}
+    assert Config.fromfile(first['learned']).model.head.type == 'LearnedWeightsHead'
+    cel = Config.fromfile(first['cel']).model
+    assert cel.type == 'CELDetector' and dict(cel.selector) == dict(budget=0.4)
+    assert 'train_cfg' not in cel  # trained with CEL_TRAIN_DEFAULTS
 
 
 def test_member_seconds_of_the_base_config_are_members_json():
@@ -60,4 +70,4 @@ def test_config_loads_and_model_builds(path):
         model_cfg.members = [dict(name=m['name'], config=tiny, checkpoint=None,
                                   flip=m.get('flip', False)) for m in model_cfg.members]
     model = MODELS.build(model_cfg)
-    assert model is not None and len(model.members) == len(cfg.model.members)
+    assert len(model.members) == len(cfg.model.members)

@@ -53,7 +53,8 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
                   settings: Sequence[dict], config: str, work_root: str,
                   num_folds: int = 5, seed: int = 0, fusion_cfg: Optional[dict] = None,
                   cfg_options: Optional[dict] = None,
-                  progress: Optional[Callable[[str], None]] = None) -> Dict:
+                  progress: Optional[Callable[[str], None]] = None,
+                  on_fold: Optional[Callable[[str, int, dict], None]] = None) -> Dict:
     """Out-of-fold AP and mean member compute per image, per budget setting and method.
 
     Args:
@@ -64,6 +65,8 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
             model starts from the best fixed subset of its training images, which
             training computes itself (``CELDetector.warm_start``).
         cfg_options (dict, optional): overrides of that config.
+        progress: called with a message at each stage; ``on_fold(setting name, k, fold
+            output)`` after each e2e-CEL fit.
 
     Returns:
         dict with ``rows`` (setting, method, AP, seconds, members per image, ``differs``:
@@ -109,7 +112,8 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
         say(f'{name}: training e2e-CEL, {num_folds} folds')
         cel_res, cel_sel, per_fold = cel_out_of_fold(
             batch, config, setting, folds, osp.join(work_root, name.replace(' ', '')),
-            seed, fusion_cfg, cfg_options, coco)
+            seed, fusion_cfg, cfg_options, coco,
+            None if on_fold is None else lambda k, out, name=name: on_fold(name, k, out))
         warm[name] = [f['warm_start'] for f in per_fold]
         fit_s = sum(f['fit_s'] for f in per_fold)
         fixed_in = [evals[b].ap(train) for b, (train, _) in zip(best, folds)]

@@ -6,7 +6,7 @@ fixed subset of that fold's training images) is computed inside training.
 """
 import copy
 import os.path as osp
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -83,10 +83,11 @@ def cel_fold(batch: MemberBatch, config: str, setting: dict, folds: list, k: int
 
 def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
                     work_root: str, seed: int, fusion_cfg: dict,
-                    cfg_options: Optional[dict] = None, coco: Optional[COCO] = None
+                    cfg_options: Optional[dict] = None, coco: Optional[COCO] = None,
+                    on_fold: Optional[Callable[[int, dict], None]] = None
                     ) -> Tuple[List[dict], np.ndarray, List[dict]]:
     """:func:`cel_fold` on every fold: the out-of-fold results, the selection ``[I, N]``
-    (batch member order) and each fold's output."""
+    (batch member order) and each fold's output (``on_fold(k, output)`` after each)."""
     results, selection, per_fold = [], np.zeros((len(batch.img_ids), len(batch.names))), []
     for k, (_, test) in enumerate(folds):
         out = cel_fold(batch, config, setting, folds, k, work_root, seed, fusion_cfg,
@@ -94,4 +95,6 @@ def cel_out_of_fold(batch: MemberBatch, config: str, setting: dict, folds: list,
         selection[np.sort(test)] = out['selection']
         results += out['results']
         per_fold.append(out)
+        if on_fold is not None:
+            on_fold(k, out)
     return results, selection, per_fold

@@ -21,6 +21,7 @@ from mmengine.config import DictAction
 from mmens.apis import load_coco, load_member_batch
 from mmens.experiments.cel_budget import budget_report, write_budget_outputs
 from mmens.utils import run_cli
+from mmens.utils.progress import Progress
 
 DATA = osp.join(ROOT, 'data', 'coco_real')
 
@@ -55,10 +56,12 @@ def main(argv=None) -> None:
     ks = args.ks if args.ks is not None else list(range(1, len(names)))
     settings = [dict(k=k) for k in ks] + [dict(budget=b) for b in args.budgets]
     os.makedirs(args.work_dir, exist_ok=True)
-    report = budget_report(batch, coco, [m['seconds_per_image'] for m in meta], settings,
-                           args.config, args.work_dir, args.folds, args.seed,
-                           cfg_options=args.cfg_options,
-                           progress=lambda s: print(f'[cel_budget] {s}', flush=True))
+    with Progress('e2e-CEL fits', len(settings) * args.folds) as bar:
+        report = budget_report(
+            batch, coco, [m['seconds_per_image'] for m in meta], settings, args.config,
+            args.work_dir, args.folds, args.seed, cfg_options=args.cfg_options,
+            progress=lambda s: print(f'[cel_budget] {s}', flush=True),
+            on_fold=lambda name, k, out: bar.step(f"{name}, fold {k}: {out['fit_s']:.1f} s"))
     print(write_budget_outputs(report, args.work_dir))
     print(f'COCO val2017 images of data/coco_real ({len(batch.img_ids)}), out of fold '
           f'({args.folds} folds); outputs in {args.work_dir}')
