@@ -1,12 +1,16 @@
-"""Helpers shared by the ensemble detectors: member selection and packing of results.
+"""Helpers shared by the ensemble detectors: member selection, ground truth and targets of
+the clusters, and packing of results.
 
 The normalised member boxes of a packed batch: :meth:`mmens.ops.PackedDetections.from_batch_inputs`.
 """
-from typing import List
+from typing import List, Tuple
 
 import torch
+from mmdet.structures import SampleList
 from mmengine.structures import InstanceData
 from torch import Tensor
+
+from mmens.ops.targets import assign_targets
 
 
 def select_members(packed: dict, selection: Tensor) -> dict:
@@ -22,6 +26,40 @@ def select_members(packed: dict, selection: Tensor) -> dict:
     """
     keep = selection[packed['images'], packed['members']] > 0.5  # [M]
     return {k: (v if k == 'image_sizes' else v[keep]) for k, v in packed.items()}
+
+
+def pack_gt(samples: SampleList, image_sizes: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Ground truth of a batch, flat and normalised.
+
+    Returns:
+        boxes ``[G, 4]`` (normalised xyxy), labels ``[G]``, image index ``[G]``,
+        ignore ``[G]`` bool (COCO crowd boxes, from ``ignored_instances``).
+    """
+    device = image_sizes.device
+    boxes, labels, images, ignore = [], [], [], []
+    for b, s in enumerate(samples):
+        for inst, flag in ((s.gt_instances, False), (s.get('ignored_instances', None), True)):
+            if inst is None or 'bboxes' not in inst:
+                continue
+            t = inst.bboxes.tensor if hasattr(inst.bboxes, 'tensor') else inst.bboxes
+            t = t.to(device).float().reshape(-1, 4)  # [G_b, 4]
+            boxes.append(t / image_sizes[b].repeat(2))
+            labels.append(inst.labels.to(device).long().reshape(-1))
+            images.append(torch.full((len(t),), b, device=device, dtype=torch.long))
+            ignore.append(torch.full((len(t),), flag, device=device, dtype=torch.bool))
+    if not boxes:
+        z = torch.zeros(0, device=device)
+        return z.reshape(0, 4), z.long(), z.long(), z.bool()
+    return torch.cat(boxes), torch.cat(labels), torch.cat(images), torch.cat(ignore)
+
+
+def cluster_targets(clusters, samples: SampleList, image_sizes: Tensor, iou_thr: float):
+    """The targets (:func:`mmens.ops.targets.assign_targets`) of the fused boxes of
+    ``clusters`` against the ground truth of ``samples`` (crowd boxes ignored)."""
+    gt_boxes, gt_labels, gt_images, gt_ignore = pack_gt(samples, image_sizes)
+    return assign_targets(clusters.fused_boxes, clusters.fused_scores, clusters.labels,
+                          clusters.image_index, gt_boxes, gt_labels, gt_images,
+                          iou_thr=iou_thr, gt_ignore=gt_ignore)
 
 
 def split_results(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,

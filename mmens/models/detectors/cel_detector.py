@@ -3,7 +3,6 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmdet.models.detectors import BaseDetector
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from torch import Tensor
@@ -15,17 +14,15 @@ from mmens.ops.perturbed_loss import perturbed_loss_grad, perturbed_loss_surroga
 from mmens.ops.ranking import pairwise_rank_loss, rank_loss_deltas, rank_pairs
 from mmens.ops.selected_fusion import selected_fusion
 from mmens.ops.selection_features import selection_features
-from mmens.ops.targets import assign_targets
-from ..live_members import parse_members, register_members, with_member_predictions
-from ..utils import select_members, split_results
+from ..utils import cluster_targets, select_members
+from .base_ensemble import BaseEnsembleDetector
 from .cel_train_cfg import cel_train_cfg
 from .cel_warm_start import (apply_warm_start, best_fixed_subset, broadcast_subset,
                              warm_start_scores)
-from .ensemble_detector import pack_gt
 
 
 @MODELS.register_module()
-class CELDetector(BaseDetector):
+class CELDetector(BaseEnsembleDetector):
     """e2e-CEL ensemble: a selection net picks members per image, WBF fuses the chosen ones.
 
     Training (members frozen; cached or live): all members' boxes are matched once into
@@ -41,9 +38,9 @@ class CELDetector(BaseDetector):
     with an image-only net: unselected members are not run).
 
     Args:
-        members (Sequence[str | dict]): member names (cached predictions) or live members.
-        save_members (bool): live members only: keep their weights in the ensemble's
-            checkpoints (default: not saved, as mmdet's ``kd_one_stage`` teacher).
+        members (Sequence[str | dict]): member names (cached predictions) or live members
+            (see :class:`BaseEnsembleDetector`, with ``save_members``, ``test_cfg``,
+            ``data_preprocessor``).
         selection_net (dict): e.g. ``MemberSelectionNet``; ``num_members`` is filled in.
         selector (dict): ``PerturbedSelector`` arguments: ``k`` (unit costs), or
             ``budget`` (seconds per image) with ``member_seconds`` as costs;
@@ -53,7 +50,6 @@ class CELDetector(BaseDetector):
         fusion_cfg (dict): WBF ``iou_thr``, ``skip_box_thr``, ``conf_type``, ``weights``.
         train_cfg (dict): the loss and how ĉ learns; every key, its default and meaning
             in :mod:`.cel_train_cfg`.
-        test_cfg (dict): ``max_per_img`` (100), ``score_thr`` (0).
     """
 
     def __init__(self, members: Sequence[Union[str, dict]], selection_net: dict,
@@ -61,12 +57,9 @@ class CELDetector(BaseDetector):
                  fusion_cfg: Optional[dict] = None, train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
                  save_members: bool = False, init_cfg: Optional[dict] = None) -> None:
-        super().__init__(
-            data_preprocessor=data_preprocessor or dict(type='EnsembleDataPreprocessor'),
-            init_cfg=init_cfg)
-        self.members, self.live_members = parse_members(members)
-        register_members(self, self.live_members, save_members)
-        n = self.num_members = len(self.members)
+        super().__init__(members, test_cfg=test_cfg, data_preprocessor=data_preprocessor,
+                         save_members=save_members, init_cfg=init_cfg)
+        n = self.num_members
         self.selection_net = MODELS.build(dict(selection_net, num_members=n))
         selector = dict(selector)
         if member_seconds is not None and len(member_seconds) != n:
@@ -82,19 +75,12 @@ class CELDetector(BaseDetector):
         self.register_buffer('member_seconds', torch.as_tensor(
             member_seconds if member_seconds is not None else [1.0] * n,
             dtype=torch.float32), persistent=False)
-        fusion_cfg = dict(dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
-                          **(fusion_cfg or {}))
-        weights = fusion_cfg.pop('weights', None)
-        if weights is not None and len(weights) != n:
-            raise ValueError(f'CELDetector: fusion_cfg.weights has {len(weights)} values '
-                             f'for {n} members')
-        self.fusion_cfg = fusion_cfg
-        self.register_buffer('weights', torch.ones(n) if weights is None else
-                             torch.as_tensor(weights, dtype=torch.float32), persistent=False)
+        self.fusion_cfg = dict(dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
+                               **(fusion_cfg or {}))
+        self.register_member_weights(self.fusion_cfg.pop('weights', None))
         self.train_cfg = cel_train_cfg(train_cfg)
         # set once the warm start is computed; saved, so that resuming does not redo it
         self.register_buffer('warm_started', torch.tensor(False))
-        self.test_cfg = dict(dict(max_per_img=100, score_thr=0.0), **(test_cfg or {}))
 
     def set_budget(self, k: Optional[int] = None, budget: Optional[float] = None) -> None:
         """Select ``k`` members per image, or members costing at most ``budget`` seconds
@@ -142,16 +128,13 @@ class CELDetector(BaseDetector):
         selection net reads images only)."""
         if self.selection_net.image_only:
             x = self.selector.exact(self.member_scores(batch_inputs))
-            return x, with_member_predictions(self.live_members, batch_inputs, selection=x)
-        batch_inputs = with_member_predictions(self.live_members, batch_inputs)
+            return x, self.with_member_predictions(batch_inputs, selection=x)
+        batch_inputs = self.with_member_predictions(batch_inputs)
         clusters = self.extract_feat(batch_inputs)
         x = self.selector.exact(self.member_scores(batch_inputs, clusters))
         return x, batch_inputs
 
-    # -- BaseDetector API --------------------------------------------------------------
-    def loss(self, batch_inputs: dict, batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        return self.loss_by_feat(*self.loss_inputs(batch_inputs, batch_data_samples))
-
+    # -- loss (BaseEnsembleDetector.loss: loss_by_feat of loss_inputs) -----------------
     @torch.no_grad()
     def loss_inputs(self, batch_inputs: dict, batch_data_samples: SampleList) -> tuple:
         """What :meth:`loss_by_feat` takes: the clusters of all members, their targets, the
@@ -159,15 +142,12 @@ class CELDetector(BaseDetector):
         the selection, so a full-batch loop computes it once. The first call also sets the
         warm start (``train_cfg.warm_start``) from this batch: with
         ``FullBatchTrainLoop``, all the training images."""
-        batch_inputs = with_member_predictions(self.live_members, batch_inputs)
+        batch_inputs = self.with_member_predictions(batch_inputs)
         if self.train_cfg['warm_start'] and not bool(self.warm_started):
             self.warm_start(batch_inputs, batch_data_samples)
         clusters = self.extract_feat(batch_inputs)
-        gt_boxes, gt_labels, gt_images, gt_ignore = pack_gt(batch_data_samples,
-                                                            batch_inputs['image_sizes'])
-        targets = assign_targets(clusters.fused_boxes, clusters.fused_scores, clusters.labels,
-                                 clusters.image_index, gt_boxes, gt_labels, gt_images,
-                                 iou_thr=self.train_cfg['iou_thr'], gt_ignore=gt_ignore)
+        targets = cluster_targets(clusters, batch_data_samples, batch_inputs['image_sizes'],
+                                  self.train_cfg['iou_thr'])
         return (clusters, targets) + self.selection_inputs(batch_inputs, clusters)
 
     @torch.no_grad()
@@ -282,15 +262,11 @@ class CELDetector(BaseDetector):
         return FUSION_METHODS['wbf'](PackedDetections.from_batch_inputs(sub, self.num_members),
                                      weights=self.weights, **self.fusion_cfg)
 
-    def _forward(self, batch_inputs: dict, batch_data_samples: SampleList = None):
-        return self.fuse(batch_inputs)
-
     def predict(self, batch_inputs: dict, batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
-        boxes, scores, labels, images = self.fuse(batch_inputs)
-        results = split_results(boxes, scores, labels, images, batch_inputs['image_sizes'],
-                                **self.test_cfg)
-        samples = self.add_pred_to_datasample(batch_data_samples, results)
+        """As :meth:`BaseEnsembleDetector.predict`, with each image's ``selected_members``
+        (N bools) and their ``member_seconds`` in its metainfo."""
+        samples = super().predict(batch_inputs, batch_data_samples, rescale)
         cost = (self.last_selection @ self.member_seconds).tolist()  # [B]
         for sample, x, c in zip(samples, self.last_selection.bool().tolist(), cost):
             sample.set_metainfo(dict(selected_members=x, member_seconds=c))
