@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) tools/analysis_tools/demo.py --work-dir $(WORK_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n 2
 
 # The full e2e-CEL budget study: k = 1..5 members and 0.2 s / 0.4 s of member compute.
 budget-study: $(STAMP)

@@ -63,7 +63,7 @@ def live_specs(ckpts):
     return out
 
 
-def test_dump_validate_fuse_equals_live_ensemble(setup):
+def test_dump_validate_fuse_equals_live_ensemble(setup, capsys):
     tmp, ann_file, ckpts = setup
     outs = [str(tmp / 'preds' / 'tiny_retinanet.json'), str(tmp / 'preds' / 'tiny_fcos.json')]
     out = run([sys.executable, 'tools/analysis_tools/dump_predictions.py',
@@ -83,12 +83,13 @@ def test_dump_validate_fuse_equals_live_ensemble(setup):
     # a flipped member is not its unflipped self
     a, b = (json.load(open(files[i])) for i in (0, 1))
     assert [e['bbox'] for e in a[:20]] != [e['bbox'] for e in b[:20]]
-    out = run([sys.executable, 'tools/analysis_tools/validate_predictions.py', '--ann', ann_file,
-               '--preds', *files])
-    assert out.count(': valid,') == 4, out
+    # validate and fuse in process (their command lines are tested in their own files)
+    from conftest import load_tool
+    load_tool('validate_predictions').main(['--ann', ann_file, '--preds', *files])
+    assert capsys.readouterr().out.count(': valid,') == 4
     fused = str(tmp / 'fused.json')
-    run([sys.executable, 'tools/analysis_tools/fuse_results.py', '--ann', ann_file, '--preds', *files,
-         '--method', 'wbf', '--out', fused])
+    load_tool('fuse_results').main(['--ann', ann_file, '--preds', *files, '--method', 'wbf',
+                                    '--out', fused])
 
     # the live ensemble: tools/test.py on the raw images, with the example config's
     # dataset and pipeline and the tiny members
@@ -191,15 +192,20 @@ def test_dump_tool_errors(setup, tmp_path):
     cfg = osp.join(MEMBERS, 'tiny_retinanet.py')
     args = [sys.executable, 'tools/analysis_tools/dump_predictions.py', cfg, ckpts['tiny_retinanet'],
             '--ann', ann_file, '--img-dir', IMG_DIR]
+    import re
     import subprocess
-    for extra, message in [(['--out', 'a.json', 'b.json'], '--out names 2 files for 1'),
-                           (['--out', 'a.json', '--img-dir', str(tmp_path)],
-                            'image file .* does not exist')]:
-        proc = subprocess.run(args + extra, cwd=ROOT, capture_output=True, text=True)
-        assert proc.returncode != 0
-        import re
-        assert re.search(message, proc.stderr), proc.stderr[-2000:]
-        assert 'Traceback' not in proc.stderr
+
+    import pytest
+    from conftest import load_tool
+    # through the CLI: a non-zero exit and one line, no traceback
+    proc = subprocess.run(args + ['--out', 'a.json', 'b.json'], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert '--out names 2 files for 1' in proc.stderr, proc.stderr[-2000:]
+    # in process (run_cli turns the ValueError into that line)
+    with pytest.raises(ValueError, match='image file .* does not exist'):
+        load_tool('dump_predictions').main(args[2:] + ['--out', 'a.json', '--img-dir',
+                                                        str(tmp_path)])
 
 
 def test_cel_with_image_only_selection_runs_only_the_selected_live_members(setup):

@@ -19,8 +19,10 @@ TINY = TINY_TEST + ['train_dataloader.dataset.indices=16',
                     'default_hooks.checkpoint.interval=1']
 
 
-def run(args, env_extra=None, timeout=600):
+def run(args, env_extra=None, timeout=600, drop=()):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env_extra or {}))
+    for key in drop:
+        env.pop(key, None)
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
     out = proc.stdout + proc.stderr
@@ -58,9 +60,10 @@ def test_train_checkpoint_resume_and_test(tmp_path):
 def test_dist_test_matches_single_process(tmp_path):
     single = metric(run([sys.executable, 'tools/test.py', WBF, '--work-dir',
                          str(tmp_path / 'one'), '--cfg-options', *TINY_TEST]))
+    # no $PYTHON and no venv activated: the script finds the repository's .venv itself
     out = run(['bash', 'tools/dist_test.sh', WBF, 'none', '2', '--work-dir',
                str(tmp_path / 'two'), '--cfg-options', *TINY_TEST],
-              env_extra=dict(PYTHON=sys.executable, PORT='29512'))
+              env_extra=dict(PORT='29512'), drop=('PYTHON', 'VIRTUAL_ENV'))
     assert 'Distributed training: True' in out and '[rank1]' not in out, out[-3000:]
     assert metric(out) == pytest.approx(single, abs=1e-4)
     assert single > 0.1
