@@ -3,7 +3,6 @@
 Fixed fusion rules (WBF, NMS, ...) have no weights: the checkpoint is optional.
 """
 import argparse
-import os.path as osp
 
 from mmengine.config import Config
 from mmengine.registry import RUNNERS

@@ -1,6 +1,5 @@
 """Train an mmens ensemble (mmdet/mmyolo ``tools/train.py`` shape)."""
 import argparse
-import os.path as osp
 
 from mmengine.config import Config
 from mmengine.registry import RUNNERS

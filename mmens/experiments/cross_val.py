@@ -9,7 +9,7 @@ import copy
 import logging
 import os.path as osp
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -90,32 +90,6 @@ def train_from_cfg(cfg: Config) -> Tuple[torch.nn.Module, float]:
     return model.eval(), seconds
 
 
-def cross_validate(fit_predict: Callable[[Sequence[int], Sequence[int]], Tuple[List[dict],
-                                                                              float]],
-                   img_ids: Sequence[int], num_folds: int = 5, seed: int = 0,
-                   progress: Optional[Callable[[int], None]] = None
-                   ) -> Tuple[List[dict], float]:
-    """Out-of-fold results of any method.
-
-    Args:
-        fit_predict: ``(train_img_ids, test_img_ids) -> (results on test images, fit s)``.
-        img_ids: all image ids. num_folds, seed: the partition (as the dataset's ``fold``).
-
-    Returns:
-        all out-of-fold COCO-results entries, and the total fit seconds.
-    """
-    results, fit_s = [], 0.0
-    for k in range(num_folds):
-        train = fold_image_ids(img_ids, num_folds, k, 'train', seed)
-        test = fold_image_ids(img_ids, num_folds, k, 'val', seed)
-        res, sec = fit_predict(train, test)
-        results += res
-        fit_s += sec
-        if progress is not None:
-            progress(k)
-    return results, fit_s
-
-
 def runner_fold(config: str, batch: MemberBatch, work_root: str, k: int,
                 num_folds: int = 5, seed: int = 0, cfg_options: Optional[dict] = None
                 ) -> Tuple[List[dict], float, torch.nn.Module]:
@@ -128,22 +102,3 @@ def runner_fold(config: str, batch: MemberBatch, work_root: str, k: int,
     test = fold_image_ids(batch.img_ids, num_folds, k, 'val', seed)
     res, _ = fuse_batch(model, subset_batch(batch, test))
     return res, seconds, model
-
-
-def runner_fit_predict(config: str, batch: MemberBatch, work_root: str, num_folds: int = 5,
-                       seed: int = 0, cfg_options: Optional[dict] = None,
-                       models: Optional[list] = None) -> Callable:
-    """A ``fit_predict`` for :func:`cross_validate` that trains ``config`` on each fold in
-    turn with :func:`runner_fold`. Trained fold models are appended to ``models`` when it
-    is given (e.g. to plot Θ)."""
-    state = {'k': 0}
-
-    def fit_predict(train_ids, test_ids):
-        res, seconds, model = runner_fold(config, batch, work_root, state['k'], num_folds,
-                                          seed, cfg_options)
-        state['k'] += 1
-        if models is not None:
-            models.append(model)
-        return res, seconds
-
-    return fit_predict

@@ -1,5 +1,4 @@
 """Plots written to the work dir (matplotlib, Agg backend)."""
-import os.path as osp
 from typing import Dict, List, Optional, Sequence
 
 import matplotlib

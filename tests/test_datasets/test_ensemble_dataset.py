@@ -1,7 +1,6 @@
 import json
 import os.path as osp
 
-import numpy as np
 import pytest
 from mmengine.config import Config
 

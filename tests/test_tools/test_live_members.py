@@ -192,7 +192,6 @@ def test_dump_tool_errors(setup, tmp_path):
     cfg = osp.join(MEMBERS, 'tiny_retinanet.py')
     args = [sys.executable, 'tools/analysis_tools/dump_predictions.py', cfg, ckpts['tiny_retinanet'],
             '--ann', ann_file, '--img-dir', IMG_DIR]
-    import re
     import subprocess
 
     import pytest

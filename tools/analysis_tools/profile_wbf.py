@@ -19,7 +19,6 @@ Example::
     python tools/analysis_tools/profile_wbf.py --images 500 --compile
 """
 import argparse
-import os.path as osp
 import time
 
 import torch

@@ -14,7 +14,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from mmens.evaluation.coco_eval import CocoEvaluation, results_to_arrays
 from mmens.evaluation.samples_coco import coco_from_samples
