@@ -17,7 +17,6 @@ import torch
 
 from mmens.evaluation.coco_eval import CocoEvaluation, results_to_arrays
 from mmens.evaluation.samples_coco import coco_from_samples
-from ..utils import split_results
 
 
 def feasible_fixed_subsets(num_members: int, k: Optional[int] = None,
@@ -66,8 +65,7 @@ def fixed_subset_aps(model, batch_inputs: dict, samples: Sequence,
     for s in subsets:
         x = torch.zeros(num_images, model.num_members, device=sizes.device)  # [B, N]
         x[:, list(s)] = 1.0
-        per_image = split_results(*model.fuse_selection(batch_inputs, x), sizes,
-                                  **model.test_cfg)
+        per_image = model.predict_by_feat(*model.fuse_selection(batch_inputs, x), sizes)
         dets = results_to_arrays(  # the values fuse_results writes (rounded)
             torch.cat([r.bboxes for r in per_image]), torch.cat([r.scores for r in per_image]),
             torch.cat([r.labels for r in per_image]),
