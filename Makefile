@@ -7,7 +7,7 @@ WORK_DIR ?= work_dirs/demo
 
 .PHONY: setup demo test budget-study bench clean-venv
 
-$(STAMP): scripts/setup.sh setup.py $(wildcard requirements/*.txt)
+$(STAMP): scripts/setup.sh setup.py $(wildcard requirements/*.txt) $(wildcard mmens/ops/csrc/*.cpp)
 	bash scripts/setup.sh
 	touch $(STAMP)
 

@@ -1,4 +1,12 @@
-"""mmens: learned ensembling of object detectors, as an MMDetection plugin."""
+"""mmens: learned ensembling of object detectors, as an MMDetection plugin.
+
+``pip install -e . --no-build-isolation`` also compiles ``mmens._ext``, the
+C++ CPU kernels of the fusion ops (mmens/ops/csrc), against the installed
+torch, the way mmcv and torchvision build their ops. Set
+``MMENS_WITH_KERNEL=0`` to skip it (mmens then runs its pure-torch path and
+warns once).
+"""
+import os
 import os.path as osp
 
 from setuptools import find_packages, setup
@@ -25,6 +33,25 @@ def parse_requirements(fname: str) -> list:
     return reqs
 
 
+def get_extensions() -> dict:
+    """``ext_modules``/``cmdclass`` for the C++ kernels (needs torch at build
+    time, hence ``--no-build-isolation``)."""
+    if os.environ.get('MMENS_WITH_KERNEL', '1') == '0':
+        return {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    # -ffp-contract=off: no FMA may change a rounding (outputs are
+    # bit-for-bit those of the torch path); OpenMP runs the groups in
+    # parallel and resolves to the libgomp torch already loaded.
+    ext = CppExtension(
+        'mmens._ext', ['mmens/ops/csrc/fusion_cpu.cpp'],
+        extra_compile_args=['-O3', '-g0', '-fopenmp', '-ffp-contract=off'],
+        extra_link_args=['-fopenmp'])
+    return dict(ext_modules=[ext],
+                cmdclass={'build_ext': BuildExtension.with_options(
+                    use_ninja=True)})
+
+
 if __name__ == '__main__':
     setup(
         name='mmens',
@@ -43,4 +70,5 @@ if __name__ == '__main__':
             'mim': parse_requirements('mminstall.txt'),
             'tests': parse_requirements('tests.txt'),
         },
-        zip_safe=False)
+        zip_safe=False,
+        **get_extensions())

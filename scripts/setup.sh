@@ -53,6 +53,14 @@ if ! "$VPY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION
 fi
 
 $PIP install -q -r requirements/mminstall.txt -r requirements/runtime.txt -r requirements/tests.txt
-$PIP install -q --no-deps --no-build-isolation -e .
+# Also compiles mmens._ext, the C++ CPU fusion kernels (about 1 minute the first time, seconds
+# after: ninja reuses build/). A failed build stops set-up here: mmens never falls back silently
+# at install time.
+echo "[setup] installing mmens and building its C++ fusion kernel (mmens._ext)"
+if ! $PIP install -q --no-deps --no-build-isolation -e .; then
+  echo "[setup] ERROR: building the C++ fusion kernel mmens/ops/csrc failed (see the compiler output above); needs g++ with OpenMP" >&2
+  exit 1
+fi
+"$VPY" -c "import mmens._ext" || { echo "[setup] ERROR: mmens._ext was built but does not import" >&2; exit 1; }
 "$VPY" -c "import mmens, mmcv, mmdet, mmengine, torch; print('[setup] ok: mmens', mmens.__version__, '| torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmengine', mmengine.__version__, '| mmdet', mmdet.__version__)"
 echo "[setup] done in $(( $(date +%s) - start )) s"

@@ -8,6 +8,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from . import kernel
 from .greedy import GreedyResult, greedy_cluster
 from .layout import cluster_slots, concat_order, sort_desc_ties_last_first, take
 from .packed import PackedDetections
@@ -45,17 +46,21 @@ def wbf_clusters(prep: Prepared,
 
     Returns a dict with, for the ``C`` clusters in output order, ``boxes``
     [C, 4], ``scores`` [C], ``labels`` [C], ``images`` [C] (float64 / long),
-    and ``cluster`` [K] (cluster of each kept box in layout order),
-    ``members`` [K], ``lboxes`` [K, 4], ``lscores`` [K] (raw scores),
-    ``box_index`` [K] (packed index) for the kept boxes in layout order.
+    and ``box_index`` [K] (packed index) and ``cluster`` [K] (its cluster) of
+    the kept boxes, grouped by ``(image, label)`` and in score order inside
+    a group (the order of every per-cluster sum).
     """
     if conf_type not in CONF_TYPES:
         raise ValueError(f'conf_type must be one of {CONF_TYPES}, got '
                          f'{conf_type!r}')
+    if iou_thr < 0:
+        raise ValueError(f'iou_thr must be >= 0, got {iou_thr}')
     w = prep.weights
-    lay, idx, ws = layout_groups(prep,
-                                 prep.valid & (prep.scores >= skip_box_thr),
-                                 class_agnostic,
+    keep = prep.valid & (prep.scores >= skip_box_thr)  # [M]
+    if kernel.use_kernel(prep.boxes):
+        return _wbf_kernel(prep, keep, iou_thr, conf_type, allows_overflow,
+                           class_agnostic)
+    lay, idx, ws = layout_groups(prep, keep, class_agnostic,
                                  prep.scores * take(w, prep.members))
     mem = take(prep.members, idx)  # [K]
     dev = idx.device
@@ -79,9 +84,23 @@ def wbf_clusters(prep: Prepared,
                 scores=take(score, perm),
                 labels=take(prep.labels, take(lead, perm)),
                 images=take(images, perm),
-                cluster=take(cluster_of_slot, res.slot), members=mem,
-                lboxes=take(prep.boxes, idx), lscores=take(prep.scores, idx),
-                box_index=idx)
+                cluster=take(cluster_of_slot, res.slot), box_index=idx)
+
+
+def _wbf_kernel(prep: Prepared, keep: Tensor, iou_thr: float, conf_type: str,
+                allows_overflow: bool, class_agnostic: bool) -> dict:
+    """:func:`wbf_clusters` through the compiled CPU kernel (same output)."""
+    w = prep.weights
+    ws = prep.scores * take(w, prep.members)  # [M] weighted scores
+    boxes, scores, labels, images, idx, cluster = kernel._ext.wbf(
+        prep.boxes.contiguous(), ws, prep.labels.contiguous(),
+        prep.members.contiguous(), prep.images.contiguous(), keep,
+        w.contiguous(), prep.num_images, float(iou_thr),
+        CONF_TYPES.index(conf_type), bool(allows_overflow),
+        bool(class_agnostic), float(w.sum()),
+        float(w.max()) if w.numel() else 1.0)
+    return dict(boxes=boxes, scores=scores, labels=labels, images=images,
+                cluster=cluster, box_index=idx)
 
 
 def _wbf_scores(res: GreedyResult, cslot: Tensor, present: Tensor,
@@ -114,11 +133,15 @@ def _wbf_scores(res: GreedyResult, cslot: Tensor, present: Tensor,
         return s0 * m / w.sum()
     if conf_type == 'max':
         return s0 / (w.max() if w.numel() else 1.0)
-    if conf_type == 'box_and_model_avg':
-        usum = (present.double() * w).sum(1)  # [C] present members
-        return s0 * cntf / wf * usum / w.sum()
-    asum = ((~present).double() * w).sum(1)  # [C] absent members
-    return s0 * cntf / (wf + asum)
+    # member weights of the present (absent) members, summed in member order
+    # like the kernel (and NumPy for fewer than 8 members)
+    want = conf_type == 'box_and_model_avg'
+    msum = torch.zeros_like(s0)  # [C]
+    for t in range(w.shape[0]):
+        msum = msum + (present[:, t] == want).double() * w[t]
+    if want:
+        return s0 * cntf / wf * msum / w.sum()
+    return s0 * cntf / (wf + msum)
 
 
 @torch.no_grad()
@@ -181,10 +204,11 @@ def match_boxes(dets: PackedDetections,
     n = prep.num_members
     c = r['scores'].shape[0]
     dev = prep.boxes.device
-    flat = r['cluster'] * n + r['members']  # [K]
+    idx = r['box_index']  # [K]
+    flat = r['cluster'] * n + take(prep.members, idx)  # [K]
     counts = torch.bincount(flat, minlength=c * n).view(c, n)  # [C, N]
     mask = counts > 0  # [C, N]
-    b, s = r['lboxes'], r['lscores']  # [K, 4], [K]
+    b, s = take(prep.boxes, idx), take(prep.scores, idx)  # [K, 4], [K]
     if member_reduce == 'mean':
         num = b.new_zeros(c * n, 4).index_add_(0, flat, s[:, None] * b)
         plain = b.new_zeros(c * n, 4).index_add_(0, flat, b)  # [C*N, 4]

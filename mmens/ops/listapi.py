@@ -49,16 +49,61 @@ def _cat_np(arrays: List[np.ndarray], shape: Tuple[int, ...]) -> Tensor:
     if not arrays:
         return torch.zeros(shape[1:] and (0, ) + shape[1:] or (0, ),
                            dtype=torch.float64)
-    cat = np.concatenate([a.reshape(shape) for a in arrays])
+    nd = len(shape)  # reshape only what needs it (empty or 0-d members)
+    cat = np.concatenate(
+        [a if a.ndim == nd and a.shape[0] else a.reshape(shape) for a in arrays])
     return torch.from_numpy(cat.astype(np.float64, copy=False))
 
 
-def _is_torch(images: Sequence) -> Optional[Tensor]:
-    for boxes_list, scores_list, _ in images:
-        for x in list(boxes_list) + list(scores_list):
-            if isinstance(x, Tensor):
-                return x
-    return None
+def _split_members(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
+                   report_image: bool) -> Tuple[int, list, list, list]:
+    """Flatten the per-image member lists (member-major per image), checking
+    that every image has the same members and consistent list lengths.
+
+    Returns:
+        tuple: ``N``, and the boxes, scores and labels arrays of every
+        ``(image, member)``, image-major.
+    """
+    num_members = None
+    bl: List[Any] = []
+    sl: List[Any] = []
+    ll: List[Any] = []
+    for i, (b_list, s_list, l_list) in enumerate(images):
+        n = len(b_list)
+        if len(s_list) != n or len(l_list) != n:
+            check_member_lists(b_list, s_list, l_list,
+                               i if report_image else None)
+        if num_members is None:
+            num_members = n
+        elif n != num_members:
+            raise ValueError(f"image {i}: field 'boxes' has {n} members, "
+                             f'image 0 has {num_members}')
+        bl.extend(b_list)
+        sl.extend(s_list)
+        ll.extend(l_list)
+    return num_members or 0, bl, sl, ll
+
+
+def _check_lengths(bl: list, sl: list, ll: list, num_members: int,
+                   report_image: bool) -> List[int]:
+    """Box counts of every ``(image, member)``; raises on a boxes array that
+    is not ``[n, 4]`` or a scores / labels list of another length."""
+    shapes = [np.shape(b) for b in bl]
+    sizes = [sh[0] if sh else 0 for sh in shapes]
+    if ([len(x) for x in sl] != sizes or [len(x) for x in ll] != sizes
+            or any(len(sh) != 2 or sh[1] != 4 for sh in shapes if sh and sh[0])):
+        n = max(num_members, 1)
+        for j, sh in enumerate(shapes):  # slow path: name the first culprit
+            i, t = divmod(j, n)
+            if t == 0:
+                m = slice(i * n, (i + 1) * n)
+                check_member_lists(bl[m], sl[m], ll[m],
+                                   i if report_image else None)
+            if sh[0] and (len(sh) != 2 or sh[1] != 4):
+                where = f'image {i}, ' if report_image else ''
+                raise ValueError(f"{where}member {t}: field 'boxes' must be "
+                                 f'[n, 4], got shape {tuple(sh)}')
+    return sizes
 
 
 def pack_images(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
@@ -78,35 +123,12 @@ def pack_images(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
         ValueError: inconsistent lengths / shapes, naming image, member and
             field.
     """
-    ref = _is_torch(images)
-    num_members = None
-    bl: List[Any] = []
-    sl: List[Any] = []
-    ll: List[Any] = []
-    sizes: List[int] = []
-    for i, (b_list, s_list, l_list) in enumerate(images):
-        img = i if report_image else None
-        n = check_member_lists(b_list, s_list, l_list, img)
-        if num_members is None:
-            num_members = n
-        elif n != num_members:
-            raise ValueError(f"image {i}: field 'boxes' has {n} members, "
-                             f'image 0 has {num_members}')
-        for t in range(n):
-            b = b_list[t] if isinstance(b_list[t], Tensor) else np.asarray(
-                b_list[t])
-            if b.shape[0] == 0:
-                b = b.reshape(0, 4)
-            if b.ndim != 2 or b.shape[1] != 4:
-                where = f'image {i}, ' if report_image else ''
-                raise ValueError(f"{where}member {t}: field 'boxes' must be "
-                                 f'[n, 4], got shape {tuple(b.shape)}')
-            bl.append(b)
-            sl.append(s_list[t])
-            ll.append(l_list[t])
-            sizes.append(b.shape[0])
-    num_members = num_members or 0
+    num_members, bl, sl, ll = _split_members(images, report_image)
     num_images = len(images)
+    ref = next((x for x in bl + sl if isinstance(x, Tensor)), None)
+    if ref is None:  # NumPy / lists: one np.concatenate per field
+        bl, sl, ll = ([np.asarray(x) for x in xs] for xs in (bl, sl, ll))
+    sizes = _check_lengths(bl, sl, ll, num_members, report_image)
     if ref is not None:
         dev = ref.device
         dtype = ref.dtype if ref.is_floating_point() else torch.float32
@@ -119,18 +141,13 @@ def pack_images(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
         boxes = cat(bl, (-1, 4), torch.float64)
         scores = cat(sl, (-1, ), torch.float64)
         labels = cat(ll, (-1, ), torch.float64)
-        np_dtypes = [(None, None, None)] * len(images)
+        np_dtypes = [(None, None, None)] * num_images
     else:
         dev, dtype = torch.device('cpu'), torch.float64
-        arrs = [[np.asarray(x) for x in xs] for xs in (bl, sl, ll)]
-        n = num_members
-        np_dtypes = [
-            tuple(_result_type(a[i * n:(i + 1) * n]) for a in arrs)
-            for i in range(num_images)
-        ]
-        boxes = _cat_np(arrs[0], (-1, 4))
-        scores = _cat_np(arrs[1], (-1, ))
-        labels = _cat_np(arrs[2], (-1, ))
+        np_dtypes = _np_result_types((bl, sl, ll), num_members, num_images)
+        boxes = _cat_np(bl, (-1, 4))
+        scores = _cat_np(sl, (-1, ))
+        labels = _cat_np(ll, (-1, ))
     cnt = torch.tensor(sizes, dtype=torch.long, device=dev)
     ids = torch.arange(len(sizes), dtype=torch.long, device=dev)
     flat = torch.repeat_interleave(ids, cnt)  # [M] (image, member) id
@@ -138,6 +155,20 @@ def pack_images(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
     dets = PackedDetections(boxes, scores, labels, flat % n, flat // n,
                             num_members, num_images)
     return PackedLists(dets, ref is not None, dev, dtype, np_dtypes)
+
+
+def _np_result_types(fields: Tuple[list, list, list], num_members: int,
+                     num_images: int) -> List[Tuple[Any, Any, Any]]:
+    """Per image, the dtypes ``np.concatenate`` gives each field (one
+    ``np.result_type`` for the batch when every array shares its dtype)."""
+    kinds = [{a.dtype for a in arrs} for arrs in fields]
+    if all(len(k) == 1 for k in kinds):
+        return [tuple(next(iter(k)) for k in kinds)] * num_images
+    n = num_members
+    return [
+        tuple(_result_type(a[i * n:(i + 1) * n]) for a in fields)
+        for i in range(num_images)
+    ]
 
 
 def unpack_images(packed: PackedLists,

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import kernel
 from .greedy import greedy_cluster
 from .layout import argsort_stable, take
 from .listapi import run_packed, unpack_images
@@ -72,6 +73,18 @@ def run_nms_batch(packed_fn, images: Sequence[Tuple[Sequence, Sequence,
 def _hard_nms(prep: Prepared, weighted: bool, iou_thr: float,
               class_agnostic: bool) -> Dict[str, Tensor]:
     scores = nms_scores(prep, weighted)
+    if kernel.use_kernel(prep.boxes):
+        if iou_thr < 0:
+            raise ValueError(f'iou_thr must be >= 0, got {iou_thr}')
+        sel, rank = kernel._ext.nms(prep.boxes.contiguous(),
+                                    scores.contiguous(),
+                                    prep.labels.contiguous(),
+                                    prep.images.contiguous(), prep.valid,
+                                    prep.num_images, float(iou_thr),
+                                    bool(class_agnostic))
+        return dict(boxes=take(prep.boxes, sel), scores=take(scores, sel),
+                    labels=take(prep.labels, sel),
+                    images=take(prep.images, sel), rank=rank)
     lay, idx, ls = layout_groups(prep, prep.valid, class_agnostic, scores)
     res = greedy_cluster(lay, take(prep.boxes, idx), ls, ls, iou_thr,
                          fused=False)

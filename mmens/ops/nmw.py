@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import kernel
 from .boxes import box_iou
 from .greedy import greedy_cluster
 from .layout import concat_order, sort_desc_ties_last_first, take
@@ -50,9 +51,16 @@ def non_maximum_weighted_packed(
     w = prep.weights
     if prep.num_members:
         w = w / w.max()  # [N] ensemble-boxes divides by the max weight
-    lay, idx, s = layout_groups(prep,
-                                prep.valid & (prep.scores >= skip_box_thr),
-                                class_agnostic,
+    keep = prep.valid & (prep.scores >= skip_box_thr)  # [M]
+    if kernel.use_kernel(prep.boxes):
+        if iou_thr < 0:
+            raise ValueError(f'iou_thr must be >= 0, got {iou_thr}')
+        b, s, lab, img = kernel._ext.nmw(
+            prep.boxes.contiguous(), prep.scores * take(w, prep.members),
+            prep.labels.contiguous(), prep.images.contiguous(), keep,
+            prep.num_images, float(iou_thr), bool(class_agnostic))
+        return b.to(prep.dtype), s.to(prep.dtype), lab, img
+    lay, idx, s = layout_groups(prep, keep, class_agnostic,
                                 prep.scores * take(w, prep.members))
     b = take(prep.boxes, idx)  # [K, 4]
     res = greedy_cluster(lay, b, s, s, iou_thr, fused=False)

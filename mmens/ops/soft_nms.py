@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from . import kernel
 from .boxes import box_iou
 from .layout import take
 from .nms import finish, nms_scores, run_nms_batch
@@ -81,6 +82,16 @@ def _soft_nms(prep: Prepared, weighted: bool, method: int, iou_thr: float,
               sigma: float, thresh: float, class_agnostic: bool,
               decayed: bool) -> Dict[str, Tensor]:
     scores = nms_scores(prep, weighted)
+    if kernel.use_kernel(prep.boxes):
+        sel, rank, dsc = kernel._ext.soft_nms(
+            prep.boxes.contiguous(), scores.contiguous(),
+            prep.labels.contiguous(), prep.images.contiguous(), prep.valid,
+            prep.num_images, int(method), float(iou_thr), float(sigma),
+            float(thresh), bool(class_agnostic))
+        return dict(boxes=take(prep.boxes, sel),
+                    scores=dsc if decayed else take(scores, sel),
+                    labels=take(prep.labels, sel),
+                    images=take(prep.images, sel), rank=rank)
     lay, idx, _ = layout_groups(prep, prep.valid,
                                 class_agnostic)  # packed order in groups
     lb, ls = take(prep.boxes, idx), take(scores, idx)  # [K, 4], [K]

@@ -9,6 +9,9 @@ import torch
 from mmens.ops import (CONF_TYPES, Clusters, PackedDetections, match_boxes,
                        normalize_boxes, weighted_boxes_fusion_batch)
 
+# every test runs on the compiled kernel and on the pure-torch path
+pytestmark = pytest.mark.usefixtures('fusion_backend')
+
 
 def make_batch(seed, n_images=6, n_members=4, n_obj=5, n_cls=3):
     """Per image per member lists (NumPy) and the packed tensors."""

@@ -10,6 +10,9 @@ import torch
 import mmens.ops as mo
 from mmens.ops.listapi import pack_images
 
+# every test runs on the compiled kernel and on the pure-torch path
+pytestmark = pytest.mark.usefixtures('fusion_backend')
+
 LIST_FNS = {
     'wbf': (mo.weighted_boxes_fusion, mo.weighted_boxes_fusion_batch),
     'nmw': (mo.non_maximum_weighted, mo.non_maximum_weighted_batch),

@@ -27,6 +27,9 @@ import pytest
 
 import mmens.ops as mo
 
+# every test runs on the compiled kernel and on the pure-torch path
+pytestmark = pytest.mark.usefixtures('fusion_backend')
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 METHODS = {

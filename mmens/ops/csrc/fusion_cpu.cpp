@@ -1,0 +1,680 @@
+// Compiled CPU kernels of mmens' box fusion: WBF, NMW, hard NMS, soft-NMS.
+//
+// Each kernel takes the packed, validated and repaired detections that
+// mmens/ops/prepare.py gives (float64 boxes normalised to [0, 1], long labels
+// and image indices) and replays, per (image, label) group, exactly the rule
+// and the float arithmetic of the pure-torch path (mmens/ops/greedy.py,
+// clustering.py, nmw.py, nms.py, soft_nms.py), which itself reproduces
+// ensemble-boxes 1.0.9 with a stable tie order. The torch path runs every
+// group in lock-step with tensor ops; here each group is a plain loop, and the
+// groups run in parallel with OpenMP (torch's thread count).
+//
+// Bit-for-bit rules kept from the torch path:
+// * order inside a group: score descending, ties later packed box first
+//   (soft-NMS: packed order);
+// * IoU in ensemble-boxes' operation order, with the cluster / kept box as
+//   "A" and the new box as "B";
+// * WBF sums score * box in float32 storage (each addition done in float64,
+//   then rounded) and stores the fused box in float32; a one-box cluster keeps
+//   its raw float64 box;
+// * every sum runs in the same order as the torch path's index_add_ (rank
+//   order inside a group), and member sums in member order.
+// Built without -ffast-math and with -ffp-contract=off so that no FMA changes
+// a rounding.
+#include <torch/extension.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+using i64 = int64_t;
+
+// Below this many boxes a call runs on one thread: starting the OpenMP team
+// costs more than it saves.
+constexpr i64 kParallelBoxes = 2048;
+
+inline double f32(double x) {
+  return static_cast<double>(static_cast<float>(x));
+}
+
+// IoU of a (cluster / kept box) and b (new box), in ensemble-boxes' order.
+inline double iou(const double* a, const double* b) {
+  const double xa = std::max(a[0], b[0]);
+  const double ya = std::max(a[1], b[1]);
+  const double xb = std::min(a[2], b[2]);
+  const double yb = std::min(a[3], b[3]);
+  const double inter = std::max(xb - xa, 0.0) * std::max(yb - ya, 0.0);
+  const double area_a = std::max(a[2] - a[0], 0.0) * std::max(a[3] - a[1], 0.0);
+  const double area_b = std::max(b[2] - b[0], 0.0) * std::max(b[3] - b[1], 0.0);
+  return inter / (area_a + area_b - inter);
+}
+
+int team_size(i64 work) {
+  return work >= kParallelBoxes ? at::get_num_threads() : 1;
+}
+
+void check_input(const at::Tensor& t, at::ScalarType dtype, i64 dim,
+                 const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " has dtype ", t.scalar_type(),
+              ", expected ", dtype);
+  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dims");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// Sort key of a box inside its group: order_by descending, then packed
+// index descending (see build_layout).
+struct SortKey {
+  uint64_t order;  // see desc_key
+  i64 idx;
+  bool operator<(const SortKey& o) const {
+    return order != o.order ? order < o.order : idx > o.idx;
+  }
+};
+
+// uint64 whose ascending order is the descending order of x (x >= 0 or any
+// finite double; -0.0 counts as 0.0, like mmens/ops/layout.py).
+inline uint64_t desc_key(double x) {
+  x += 0.0;
+  uint64_t u;
+  std::memcpy(&u, &x, sizeof u);
+  u = (u >> 63) ? ~u : (u | (uint64_t(1) << 63));  // ascending in x
+  return ~u;
+}
+
+// The kept boxes grouped by (image, label) -- or image only -- with the
+// groups of an image contiguous and in label order.
+struct Layout {
+  std::vector<i64> idx;        // [K] packed index of the box at each position
+  std::vector<i64> gstart;     // [G + 1] first position of each group
+  std::vector<i64> gfirst;     // [G] smallest packed index in the group
+  std::vector<i64> img_group;  // [I + 1] first group of each image
+};
+
+// Groups the kept boxes. Inside a group, boxes are sorted by `order_by`
+// descending, ties later packed box first; without `order_by` they stay in
+// packed order (soft-NMS).
+Layout build_layout(const i64* labels, const i64* images, const bool* keep,
+                    const double* order_by, i64 m, i64 num_images,
+                    bool class_agnostic) {
+  Layout lay;
+  // counting sort by image (stable: packed order inside an image)
+  std::vector<i64> ioff(num_images + 1, 0);
+  for (i64 j = 0; j < m; ++j)
+    if (keep[j]) ++ioff[images[j] + 1];
+  for (i64 i = 0; i < num_images; ++i) ioff[i + 1] += ioff[i];
+  const i64 k = ioff[num_images];
+  lay.idx.resize(k);
+  {
+    std::vector<i64> fill(ioff.begin(), ioff.end() - 1);
+    for (i64 j = 0; j < m; ++j)
+      if (keep[j]) lay.idx[fill[images[j]]++] = j;
+  }
+  // sort each image's boxes by (label, order_by desc, packed index desc):
+  // a counting sort by label (stable, so soft-NMS keeps the packed order),
+  // then a sort of each label's boxes on compact keys
+  i64* idx = lay.idx.data();
+#pragma omp parallel num_threads(team_size(k))
+  {
+    std::vector<SortKey> keys;
+    std::vector<i64> tmp, cnt;
+#pragma omp for schedule(dynamic, 16)
+    for (i64 i = 0; i < num_images; ++i) {
+      const i64 b = ioff[i], e = ioff[i + 1];
+      if (e - b < 2) continue;
+      std::vector<std::pair<i64, i64>> runs;  // [start, end) of each label
+      if (class_agnostic) {
+        runs.push_back({b, e});
+      } else {
+        i64 lo = labels[idx[b]], hi = lo;
+        for (i64 p = b; p < e; ++p) {
+          lo = std::min(lo, labels[idx[p]]);
+          hi = std::max(hi, labels[idx[p]]);
+        }
+        if (hi - lo < 4 * (e - b) + 64) {  // counting sort by label
+          cnt.assign(hi - lo + 2, 0);
+          for (i64 p = b; p < e; ++p) ++cnt[labels[idx[p]] - lo + 1];
+          for (i64 l = 0; l <= hi - lo; ++l) {
+            if (cnt[l + 1]) runs.push_back({b + cnt[l], b + cnt[l] + cnt[l + 1]});
+            cnt[l + 1] += cnt[l];
+          }
+          tmp.resize(e - b);
+          for (i64 p = b; p < e; ++p) tmp[cnt[labels[idx[p]] - lo]++] = idx[p];
+          std::copy(tmp.begin(), tmp.end(), idx + b);
+        } else {  // sparse labels: a stable comparison sort by label
+          std::stable_sort(idx + b, idx + e, [&](i64 x, i64 y) {
+            return labels[x] < labels[y];
+          });
+          for (i64 p = b; p < e; ++p)
+            if (p == b || labels[idx[p]] != labels[idx[p - 1]])
+              runs.push_back({p, p});
+          for (size_t r = 0; r < runs.size(); ++r)
+            runs[r].second = r + 1 < runs.size() ? runs[r + 1].first : e;
+        }
+      }
+      if (order_by == nullptr) continue;
+      for (const auto& run : runs) {
+        const i64 rb = run.first, re = run.second;
+        if (re - rb < 2) continue;
+        keys.resize(re - rb);
+        for (i64 p = rb; p < re; ++p)
+          keys[p - rb] = {desc_key(order_by[idx[p]]), idx[p]};
+        std::sort(keys.begin(), keys.end());
+        for (i64 p = rb; p < re; ++p) idx[p] = keys[p - rb].idx;
+      }
+    }
+  }
+  // group boundaries (one O(K) pass)
+  lay.img_group.assign(num_images + 1, 0);
+  for (i64 i = 0; i < num_images; ++i) {
+    lay.img_group[i] = static_cast<i64>(lay.gstart.size());
+    for (i64 p = ioff[i]; p < ioff[i + 1]; ++p) {
+      const i64 j = idx[p];
+      if (p == ioff[i] ||
+          (!class_agnostic && labels[j] != labels[idx[p - 1]])) {
+        lay.gstart.push_back(p);
+        lay.gfirst.push_back(j);
+      } else {
+        lay.gfirst.back() = std::min(lay.gfirst.back(), j);
+      }
+    }
+  }
+  lay.img_group[num_images] = static_cast<i64>(lay.gstart.size());
+  lay.gstart.push_back(k);
+  return lay;
+}
+
+// Per-slot state of the greedy clustering. Cluster c of the group starting
+// at position s lives in slot s + c (a group has at most as many clusters as
+// boxes).
+struct Greedy {
+  std::vector<i64> cluster;   // [K] cluster index (in its group) of each box
+  std::vector<i64> ncl;       // [G] clusters per group
+  std::vector<double> ref;    // [K, 4] fused box (WBF) or leader box
+  std::vector<i64> leader;    // [K] position of the box opening the slot
+  std::vector<double> acc;    // [K, 5] float32-stored score * box sums, conf
+  std::vector<i64> count;     // [K] boxes per slot
+  std::vector<double> wsum;   // [K] member weights per slot
+  std::vector<double> smax;   // [K] max weighted score per slot
+};
+
+// Scratch of one thread: the current group's cluster boxes and areas as
+// separate arrays, so the candidate loop streams through memory.
+struct Scratch {
+  std::vector<double> x1, y1, x2, y2, area, iou;
+  void reserve(i64 n) {
+    if (static_cast<i64>(x1.size()) < n) {
+      for (auto* v : {&x1, &y1, &x2, &y2, &area, &iou}) v->resize(n);
+    }
+  }
+  void set(i64 c, const double* r) {
+    x1[c] = r[0];
+    y1[c] = r[1];
+    x2[c] = r[2];
+    y2[c] = r[3];
+    area[c] = std::max(r[2] - r[0], 0.0) * std::max(r[3] - r[1], 0.0);
+  }
+};
+
+// IoU of box b with the n cluster boxes (x1, y1, x2, y2, area). Branch-free
+// so that it vectorises; the ternaries are the exact x86 min/max semantics
+// (equal to std::min/max up to the sign of a zero, which changes no IoU
+// decision), and an AVX2 clone is picked at run time where the CPU has it.
+// The IoU is ensemble-boxes' (the cluster box is "A").
+__attribute__((target_clones("avx2", "default"))) void candidate_iou(
+    const double* __restrict x1, const double* __restrict y1,
+    const double* __restrict x2, const double* __restrict y2,
+    const double* __restrict area, i64 n, const double* b, double area_b,
+    double* __restrict out) {
+  const double b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
+  for (i64 c = 0; c < n; ++c) {
+    const double xa = x1[c] > b0 ? x1[c] : b0;
+    const double ya = y1[c] > b1 ? y1[c] : b1;
+    const double xb = x2[c] < b2 ? x2[c] : b2;
+    const double yb = y2[c] < b3 ? y2[c] : b3;
+    const double w = xb - xa, h = yb - ya;
+    const double inter = (w > 0.0 ? w : 0.0) * (h > 0.0 ? h : 0.0);
+    out[c] = inter / (area[c] + area_b - inter);
+  }
+}
+
+// Greedy clustering of one group (positions [s, e)). `fused`: match against
+// the running fused box (WBF), else against the cluster's first box.
+void cluster_group(Greedy& g, Scratch& sc, i64 gi, i64 s, i64 e,
+                   const Layout& lay, const double* boxes, const double* ws,
+                   const i64* members, const double* weights, double iou_thr,
+                   bool fused) {
+  sc.reserve(e - s);
+  const double* cx1 = sc.x1.data();
+  const double* cy1 = sc.y1.data();
+  const double* cx2 = sc.x2.data();
+  const double* cy2 = sc.y2.data();
+  const double* car = sc.area.data();
+  i64 ncl = 0;
+  for (i64 p = s; p < e; ++p) {
+    const i64 j = lay.idx[p];
+    const double* b = boxes + 4 * j;
+    const double area_b =
+        std::max(b[2] - b[0], 0.0) * std::max(b[3] - b[1], 0.0);
+    candidate_iou(cx1, cy1, cx2, cy2, car, ncl, b, area_b, sc.iou.data());
+    // first max, like np.argmax; from 0 since IoU 0 can neither join
+    // (iou_thr >= 0) nor matter for the argmax of a join
+    const double* v = sc.iou.data();
+    double best_iou = 0.0;
+    i64 best = -1;
+    for (i64 c = 0; c < ncl; ++c)
+      if (v[c] > best_iou) {
+        best_iou = v[c];
+        best = c;
+      }
+    const bool join = best >= 0 && best_iou > iou_thr;
+    const i64 c = join ? best : ncl++;
+    const i64 slot = s + c;
+    g.cluster[p] = c;
+    double* r = &g.ref[4 * slot];
+    if (!join) g.leader[slot] = p;
+    if (fused) {
+      double* a = &g.acc[5 * slot];
+      double nw[5];
+      for (int t = 0; t < 4; ++t) nw[t] = f32(a[t] + ws[j] * b[t]);
+      nw[4] = a[4] + ws[j];
+      if (!join) {
+        for (int t = 0; t < 4; ++t) r[t] = b[t];
+        sc.set(c, r);
+      } else if (nw[4] != 0) {  // all-zero-score clusters keep their 1st box
+        for (int t = 0; t < 4; ++t) r[t] = f32(nw[t] / nw[4]);
+        sc.set(c, r);
+      }
+      for (int t = 0; t < 5; ++t) a[t] = nw[t];
+      g.count[slot] += 1;
+      g.wsum[slot] += weights[members[j]];
+      g.smax[slot] = std::max(g.smax[slot], ws[j]);
+    } else if (!join) {
+      for (int t = 0; t < 4; ++t) r[t] = b[t];
+      sc.set(c, r);
+    }
+  }
+  g.ncl[gi] = ncl;
+}
+
+Greedy run_greedy(const Layout& lay, const double* boxes, const double* ws,
+                  const i64* members, const double* weights, double iou_thr,
+                  bool fused) {
+  const i64 k = static_cast<i64>(lay.idx.size());
+  const i64 ng = static_cast<i64>(lay.gfirst.size());
+  Greedy g;
+  g.cluster.resize(k);
+  g.ncl.resize(ng);
+  g.ref.resize(4 * k);
+  g.leader.resize(k);
+  if (fused) {
+    g.acc.assign(5 * k, 0.0);
+    g.count.assign(k, 0);
+    g.wsum.assign(k, 0.0);
+    g.smax.assign(k, 0.0);
+  }
+#pragma omp parallel num_threads(team_size(k))
+  {
+    Scratch sc;
+#pragma omp for schedule(dynamic, 8)
+    for (i64 gi = 0; gi < ng; ++gi)
+      cluster_group(g, sc, gi, lay.gstart[gi], lay.gstart[gi + 1], lay,
+                    boxes, ws, members, weights, iou_thr, fused);
+  }
+  return g;
+}
+
+// One cluster of an image in the output sort: score descending, then
+// ensemble-boxes' concatenation position descending (group's first packed
+// box, then creation order), which is the torch path's tie rule.
+struct OutKey {
+  uint64_t score;  // desc_key of the score
+  i64 first;
+  i64 rank;
+  i64 slot;
+  bool operator<(const OutKey& o) const {
+    if (score != o.score) return score < o.score;
+    if (first != o.first) return first > o.first;
+    return rank > o.rank;
+  }
+};
+
+// Offsets of each image's clusters in the output ([I + 1]).
+std::vector<i64> image_offsets(const Layout& lay, const std::vector<i64>& ncl,
+                               i64 num_images) {
+  std::vector<i64> off(num_images + 1, 0);
+  for (i64 i = 0; i < num_images; ++i) {
+    i64 c = 0;
+    for (i64 gi = lay.img_group[i]; gi < lay.img_group[i + 1]; ++gi)
+      c += ncl[gi];
+    off[i + 1] = off[i] + c;
+  }
+  return off;
+}
+
+// Sorts each image's clusters and calls write(out_position, slot).
+template <typename Score, typename Write>
+void write_sorted(const Layout& lay, const std::vector<i64>& ncl,
+                  const std::vector<i64>& off, i64 num_images, i64 work,
+                  Score score, Write write) {
+#pragma omp parallel num_threads(team_size(work))
+  {
+    std::vector<OutKey> keys;
+#pragma omp for schedule(dynamic, 16)
+    for (i64 i = 0; i < num_images; ++i) {
+      keys.clear();
+      for (i64 gi = lay.img_group[i]; gi < lay.img_group[i + 1]; ++gi)
+        for (i64 c = 0; c < ncl[gi]; ++c) {
+          const i64 slot = lay.gstart[gi] + c;
+          keys.push_back({desc_key(score(slot, gi)), lay.gfirst[gi], c, slot});
+        }
+      std::sort(keys.begin(), keys.end());
+      for (size_t r = 0; r < keys.size(); ++r) write(off[i] + r, keys[r].slot);
+    }
+  }
+}
+
+enum ConfType { kAvg = 0, kMax = 1, kBoxAndModelAvg = 2, kAbsentAware = 3 };
+
+// WBF: returns the fused boxes, scores, labels and images in output order
+// (per image, score descending), then for every clustered box (positions in
+// group, rank order) its packed index and its output cluster.
+std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
+                            const at::Tensor& labels_t,
+                            const at::Tensor& members_t,
+                            const at::Tensor& images_t, const at::Tensor& keep_t,
+                            const at::Tensor& weights_t, i64 num_images,
+                            double iou_thr, i64 conf_type, bool allows_overflow,
+                            bool class_agnostic, double weight_sum,
+                            double weight_max) {
+  check_input(boxes_t, at::kDouble, 2, "boxes");
+  check_input(ws_t, at::kDouble, 1, "wscores");
+  check_input(labels_t, at::kLong, 1, "labels");
+  check_input(members_t, at::kLong, 1, "members");
+  check_input(images_t, at::kLong, 1, "images");
+  check_input(keep_t, at::kBool, 1, "keep");
+  check_input(weights_t, at::kDouble, 1, "weights");
+  TORCH_CHECK(conf_type >= 0 && conf_type <= 3, "bad conf_type");
+  const double* boxes = boxes_t.data_ptr<double>();
+  const double* ws = ws_t.data_ptr<double>();
+  const i64* labels = labels_t.data_ptr<i64>();
+  const i64* members = members_t.data_ptr<i64>();
+  const i64* images = images_t.data_ptr<i64>();
+  const double* w = weights_t.data_ptr<double>();
+  const i64 n = weights_t.size(0);
+  const i64 m = boxes_t.size(0);
+
+  const Layout lay = build_layout(labels, images, keep_t.data_ptr<bool>(), ws,
+                                  m, num_images, class_agnostic);
+  const Greedy g = run_greedy(lay, boxes, ws, members, w, iou_thr, true);
+  const i64 k = static_cast<i64>(lay.idx.size());
+  const i64 ng = static_cast<i64>(lay.gfirst.size());
+
+  // fused score of every slot, with ensemble-boxes' float32 storage
+  std::vector<double> score(k, 0.0);
+#pragma omp parallel num_threads(team_size(k))
+  {
+    std::vector<char> present;
+#pragma omp for schedule(dynamic, 8)
+    for (i64 gi = 0; gi < ng; ++gi) {
+      const i64 s = lay.gstart[gi], e = lay.gstart[gi + 1], nc = g.ncl[gi];
+      if (conf_type >= kBoxAndModelAvg) {
+        present.assign(nc * n, 0);
+        for (i64 p = s; p < e; ++p)
+          present[g.cluster[p] * n + members[lay.idx[p]]] = 1;
+      }
+      for (i64 c = 0; c < nc; ++c) {
+        const i64 slot = s + c;
+        const i64 cnt = g.count[slot];
+        const bool multi = cnt >= 2;  // one-box clusters keep float64 values
+        const double conf = g.acc[5 * slot + 4];
+        const double cntf = static_cast<double>(cnt);
+        double s0;
+        if (conf_type == kMax)
+          s0 = multi ? f32(g.smax[slot]) : g.smax[slot];
+        else
+          s0 = multi ? f32(conf / cntf) : conf;
+        const double wf = multi ? f32(g.wsum[slot]) : g.wsum[slot];
+        double out;
+        if (conf_type == kAvg) {
+          const double mm =
+              allows_overflow ? cntf : std::min(cntf, static_cast<double>(n));
+          out = s0 * mm / weight_sum;
+        } else if (conf_type == kMax) {
+          out = s0 / (n ? weight_max : 1.0);
+        } else {
+          double sum = 0.0;  // present (or absent) member weights, in order
+          const bool want = conf_type == kBoxAndModelAvg;
+          for (i64 t = 0; t < n; ++t)
+            if (static_cast<bool>(present[c * n + t]) == want) sum += w[t];
+          out = want ? s0 * cntf / wf * sum / weight_sum
+                     : s0 * cntf / (wf + sum);
+        }
+        score[slot] = out;
+      }
+    }
+  }
+
+  const std::vector<i64> off = image_offsets(lay, g.ncl, num_images);
+  const i64 nout = off[num_images];
+  auto fopt = at::TensorOptions().dtype(at::kDouble);
+  auto lopt = at::TensorOptions().dtype(at::kLong);
+  at::Tensor ob = at::empty({nout, 4}, fopt), os = at::empty({nout}, fopt);
+  at::Tensor ol = at::empty({nout}, lopt), oi = at::empty({nout}, lopt);
+  at::Tensor bidx = at::empty({k}, lopt), bcl = at::empty({k}, lopt);
+  double* pb = ob.data_ptr<double>();
+  double* ps = os.data_ptr<double>();
+  i64* pl = ol.data_ptr<i64>();
+  i64* pi = oi.data_ptr<i64>();
+  std::vector<i64> out_of_slot(k, -1);
+  write_sorted(
+      lay, g.ncl, off, num_images, k,
+      [&](i64 slot, i64) { return score[slot]; },
+      [&](i64 r, i64 slot) {
+        for (int t = 0; t < 4; ++t) pb[4 * r + t] = g.ref[4 * slot + t];
+        ps[r] = score[slot];
+        const i64 lead = lay.idx[g.leader[slot]];
+        pl[r] = labels[lead];
+        pi[r] = images[lead];
+        out_of_slot[slot] = r;
+      });
+  i64* pbi = bidx.data_ptr<i64>();
+  i64* pbc = bcl.data_ptr<i64>();
+#pragma omp parallel for schedule(dynamic, 8) num_threads(team_size(k))
+  for (i64 gi = 0; gi < ng; ++gi)
+    for (i64 p = lay.gstart[gi]; p < lay.gstart[gi + 1]; ++p) {
+      pbi[p] = lay.idx[p];
+      pbc[p] = out_of_slot[lay.gstart[gi] + g.cluster[p]];
+    }
+  return {ob, os, ol, oi, bidx, bcl};
+}
+
+// NMW: clusters matched against their first box; the fused box is the mean
+// of the cluster's boxes weighted by score * IoU(box, first box), the score
+// the first box's (float32, like ensemble-boxes).
+std::vector<at::Tensor> nmw(const at::Tensor& boxes_t, const at::Tensor& ws_t,
+                            const at::Tensor& labels_t,
+                            const at::Tensor& images_t, const at::Tensor& keep_t,
+                            i64 num_images, double iou_thr,
+                            bool class_agnostic) {
+  check_input(boxes_t, at::kDouble, 2, "boxes");
+  check_input(ws_t, at::kDouble, 1, "wscores");
+  check_input(labels_t, at::kLong, 1, "labels");
+  check_input(images_t, at::kLong, 1, "images");
+  check_input(keep_t, at::kBool, 1, "keep");
+  const double* boxes = boxes_t.data_ptr<double>();
+  const double* ws = ws_t.data_ptr<double>();
+  const i64* labels = labels_t.data_ptr<i64>();
+  const i64* images = images_t.data_ptr<i64>();
+  const i64 m = boxes_t.size(0);
+  const Layout lay = build_layout(labels, images, keep_t.data_ptr<bool>(), ws,
+                                  m, num_images, class_agnostic);
+  const Greedy g =
+      run_greedy(lay, boxes, ws, nullptr, nullptr, iou_thr, false);
+  const i64 k = static_cast<i64>(lay.idx.size());
+  const i64 ng = static_cast<i64>(lay.gfirst.size());
+  std::vector<double> fused(4 * k, 0.0), conf(k, 0.0);
+#pragma omp parallel for schedule(dynamic, 8) num_threads(team_size(k))
+  for (i64 gi = 0; gi < ng; ++gi) {
+    const i64 s = lay.gstart[gi];
+    for (i64 p = s; p < lay.gstart[gi + 1]; ++p) {  // rank order, like index_add_
+      const i64 slot = s + g.cluster[p];
+      const double* b = boxes + 4 * lay.idx[p];
+      const double wt = ws[lay.idx[p]] * iou(b, &g.ref[4 * slot]);
+      for (int t = 0; t < 4; ++t) fused[4 * slot + t] += wt * b[t];
+      conf[slot] += wt;
+    }
+    for (i64 c = 0; c < g.ncl[gi]; ++c) {
+      const i64 slot = s + c;
+      for (int t = 0; t < 4; ++t)
+        fused[4 * slot + t] =
+            f32(conf[slot] > 0 ? fused[4 * slot + t] / std::max(conf[slot], 1e-300)
+                               : g.ref[4 * slot + t]);
+    }
+  }
+  const std::vector<i64> off = image_offsets(lay, g.ncl, num_images);
+  const i64 nout = off[num_images];
+  auto fopt = at::TensorOptions().dtype(at::kDouble);
+  auto lopt = at::TensorOptions().dtype(at::kLong);
+  at::Tensor ob = at::empty({nout, 4}, fopt), os = at::empty({nout}, fopt);
+  at::Tensor ol = at::empty({nout}, lopt), oi = at::empty({nout}, lopt);
+  double* pb = ob.data_ptr<double>();
+  double* ps = os.data_ptr<double>();
+  i64* pl = ol.data_ptr<i64>();
+  i64* pi = oi.data_ptr<i64>();
+  auto lead_score = [&](i64 slot, i64) {
+    return f32(ws[lay.idx[g.leader[slot]]]);
+  };
+  write_sorted(lay, g.ncl, off, num_images, k, lead_score,
+               [&](i64 r, i64 slot) {
+                 for (int t = 0; t < 4; ++t) pb[4 * r + t] = fused[4 * slot + t];
+                 const i64 lead = lay.idx[g.leader[slot]];
+                 ps[r] = f32(ws[lead]);
+                 pl[r] = labels[lead];
+                 pi[r] = images[lead];
+               });
+  return {ob, os, ol, oi};
+}
+
+// Hard NMS: the packed index of every kept box and its rank in its group
+// (the caller orders them, see mmens/ops/nms.py::finish).
+std::vector<at::Tensor> nms(const at::Tensor& boxes_t, const at::Tensor& sc_t,
+                            const at::Tensor& labels_t,
+                            const at::Tensor& images_t, const at::Tensor& keep_t,
+                            i64 num_images, double iou_thr,
+                            bool class_agnostic) {
+  check_input(boxes_t, at::kDouble, 2, "boxes");
+  check_input(sc_t, at::kDouble, 1, "scores");
+  check_input(labels_t, at::kLong, 1, "labels");
+  check_input(images_t, at::kLong, 1, "images");
+  check_input(keep_t, at::kBool, 1, "keep");
+  const double* boxes = boxes_t.data_ptr<double>();
+  const double* sc = sc_t.data_ptr<double>();
+  const Layout lay = build_layout(labels_t.data_ptr<i64>(),
+                                  images_t.data_ptr<i64>(),
+                                  keep_t.data_ptr<bool>(), sc, boxes_t.size(0),
+                                  num_images, class_agnostic);
+  const Greedy g = run_greedy(lay, boxes, sc, nullptr, nullptr, iou_thr, false);
+  const i64 ng = static_cast<i64>(lay.gfirst.size());
+  std::vector<i64> goff(ng + 1, 0);
+  for (i64 gi = 0; gi < ng; ++gi) goff[gi + 1] = goff[gi] + g.ncl[gi];
+  auto lopt = at::TensorOptions().dtype(at::kLong);
+  at::Tensor sel = at::empty({goff[ng]}, lopt), rank = at::empty({goff[ng]}, lopt);
+  i64* ps = sel.data_ptr<i64>();
+  i64* pr = rank.data_ptr<i64>();
+  for (i64 gi = 0; gi < ng; ++gi)
+    for (i64 c = 0; c < g.ncl[gi]; ++c) {
+      const i64 lp = g.leader[lay.gstart[gi] + c];
+      ps[goff[gi] + c] = lay.idx[lp];
+      pr[goff[gi] + c] = lp - lay.gstart[gi];
+    }
+  return {sel, rank};
+}
+
+// Soft-NMS: ensemble-boxes' cpu_soft_nms_float replayed on each group (boxes
+// in packed order): at step i, swap in the first box of strictly larger
+// score after i, then decay the later scores by their IoU with box i.
+// Returns the packed index, final position in the group and decayed score
+// of every box whose decayed score is > thresh.
+std::vector<at::Tensor> soft_nms(const at::Tensor& boxes_t,
+                                 const at::Tensor& sc_t,
+                                 const at::Tensor& labels_t,
+                                 const at::Tensor& images_t,
+                                 const at::Tensor& keep_t, i64 num_images,
+                                 i64 method, double iou_thr, double sigma,
+                                 double thresh, bool class_agnostic) {
+  check_input(boxes_t, at::kDouble, 2, "boxes");
+  check_input(sc_t, at::kDouble, 1, "scores");
+  check_input(labels_t, at::kLong, 1, "labels");
+  check_input(images_t, at::kLong, 1, "images");
+  check_input(keep_t, at::kBool, 1, "keep");
+  TORCH_CHECK(method == 1 || method == 2, "soft-NMS method must be 1 or 2");
+  const double* boxes = boxes_t.data_ptr<double>();
+  const double* sc0 = sc_t.data_ptr<double>();
+  const Layout lay = build_layout(labels_t.data_ptr<i64>(),
+                                  images_t.data_ptr<i64>(),
+                                  keep_t.data_ptr<bool>(), nullptr,
+                                  boxes_t.size(0), num_images, class_agnostic);
+  const i64 k = static_cast<i64>(lay.idx.size());
+  const i64 ng = static_cast<i64>(lay.gfirst.size());
+  std::vector<i64> ix(lay.idx);  // packed index at each (current) position
+  std::vector<double> sc(k);
+  std::vector<char> alive(k);
+#pragma omp parallel for schedule(dynamic, 4) num_threads(team_size(k))
+  for (i64 gi = 0; gi < ng; ++gi) {
+    const i64 s = lay.gstart[gi], e = lay.gstart[gi + 1];
+    for (i64 p = s; p < e; ++p) sc[p] = sc0[ix[p]];
+    for (i64 i = s; i + 1 < e; ++i) {
+      i64 q = i + 1;  // first max of the later scores
+      for (i64 t = i + 2; t < e; ++t)
+        if (sc[t] > sc[q]) q = t;
+      if (sc[i] < sc[q]) {
+        std::swap(sc[i], sc[q]);
+        std::swap(ix[i], ix[q]);
+      }
+      const double* bi = boxes + 4 * ix[i];
+      for (i64 t = i + 1; t < e; ++t) {
+        const double ovr = iou(bi, boxes + 4 * ix[t]);
+        const double wgt = method == 1 ? (ovr > iou_thr ? 1 - ovr : 1.0)
+                                       : std::exp(-(ovr * ovr) / sigma);
+        sc[t] = wgt * sc[t];
+      }
+    }
+    for (i64 p = s; p < e; ++p) alive[p] = sc[p] > thresh;
+  }
+  i64 nout = 0;
+  for (i64 p = 0; p < k; ++p) nout += alive[p];
+  auto lopt = at::TensorOptions().dtype(at::kLong);
+  at::Tensor sel = at::empty({nout}, lopt), rank = at::empty({nout}, lopt);
+  at::Tensor dec = at::empty({nout}, at::TensorOptions().dtype(at::kDouble));
+  i64* psel = sel.data_ptr<i64>();
+  i64* prank = rank.data_ptr<i64>();
+  double* pdec = dec.data_ptr<double>();
+  i64 r = 0;
+  for (i64 gi = 0; gi < ng; ++gi)
+    for (i64 p = lay.gstart[gi]; p < lay.gstart[gi + 1]; ++p)
+      if (alive[p]) {
+        psel[r] = ix[p];
+        prank[r] = p - lay.gstart[gi];
+        pdec[r++] = sc[p];
+      }
+  return {sel, rank, dec};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "mmens compiled CPU fusion kernels (see mmens/ops/kernel.py)";
+  m.def("wbf", &wbf, py::call_guard<py::gil_scoped_release>());
+  m.def("nmw", &nmw, py::call_guard<py::gil_scoped_release>());
+  m.def("nms", &nms, py::call_guard<py::gil_scoped_release>());
+  m.def("soft_nms", &soft_nms, py::call_guard<py::gil_scoped_release>());
+}
