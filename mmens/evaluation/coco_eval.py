@@ -212,9 +212,15 @@ def results_to_coco(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tenso
                     rounded: bool = True) -> List[dict]:
     """Pixel ``x1, y1, x2, y2`` detections → COCO-results entries (:func:`results_to_arrays`
     as dicts)."""
-    d = results_to_arrays(boxes, scores, labels, images, img_ids, cat_ids, rounded)
-    return [dict(image_id=int(i), category_id=int(c), bbox=bb.tolist(), score=float(s))
-            for i, c, bb, s in zip(d.image_id, d.category_id, d.bbox, d.score)]
+    return arrays_to_results(results_to_arrays(boxes, scores, labels, images, img_ids,
+                                               cat_ids, rounded))
+
+
+def arrays_to_results(d: DetectionArrays) -> List[dict]:
+    """:class:`DetectionArrays` → COCO-results entries (Python ints and floats)."""
+    return [dict(image_id=i, category_id=c, bbox=bb, score=s)
+            for i, c, bb, s in zip(d.image_id.tolist(), d.category_id.tolist(),
+                                   d.bbox.tolist(), d.score.tolist())]
 
 
 def coco_metrics(coco_gt: COCO, results: List[dict],
