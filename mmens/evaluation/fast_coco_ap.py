@@ -18,10 +18,26 @@ What is mirrored, and why it matters for equality:
   box once a regular one is matched;
 - a match to a ground truth whose id is 0 counts as no match (pycocotools stores the id).
 """
-from typing import List, NamedTuple, Optional, Sequence, Union
+import functools
+from typing import Callable, List, NamedTuple, Optional, Sequence, Union
 
-import numba
 import numpy as np
+
+
+def _njit_on_first_call(fn: Callable) -> Callable:
+    """``numba.njit(cache=True)(fn)``, compiled (or loaded from numba's cache) at the first
+    call: importing numba costs ~0.5 s, which every ``import mmens`` (each tool's start-up)
+    paid at import time, while only AP evaluation calls these kernels."""
+    compiled = None
+
+    @functools.wraps(fn)
+    def call(*args):
+        nonlocal compiled
+        if compiled is None:
+            import numba
+            compiled = numba.njit(cache=True)(fn)
+        return compiled(*args)
+    return call
 
 
 class DetectionArrays(NamedTuple):
@@ -40,7 +56,7 @@ class DetectionArrays(NamedTuple):
                    np.array([r['score'] for r in results], dtype=np.float64))
 
 
-@numba.njit(cache=True)
+@_njit_on_first_call
 def _match(d_box, g_box, g_crowd, g_id, groups, thrs, tp, fp):  # pragma: no cover (jit)
     """For each group ``(d0, d1, g0, g1)``: mark ``tp[t, d]`` / ``fp[t, d]`` of its
     detections ``d0:d1`` against its ground truths ``g0:g1`` at every threshold t."""
@@ -164,7 +180,7 @@ def coco_ap_tables(coco_gt, results: Union[List[dict], DetectionArrays],
     return tables
 
 
-@numba.njit(cache=True)
+@_njit_on_first_call
 def _resample_aps(scores, tp, fp, cat_bounds, start, count, npig, rec_thrs,
                   samples):  # pragma: no cover (jit)
     """COCO AP of each resample (a row of image positions, repeats allowed): pycocotools'
