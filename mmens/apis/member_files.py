@@ -5,7 +5,7 @@ import json
 import os.path as osp
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import msgspec
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 from pycocotools.coco import COCO
 from torch import Tensor
 
-from mmens.datasets.coco_results import (MemberPredictions, gc_paused, index_in,
+from mmens.datasets.coco_results import (Columns, MemberPredictions, gc_paused, index_in,
                                          read_results_columns, validate_columns)
 from mmens.evaluation.coco_eval import results_to_coco  # noqa: F401  (re-exported)
 
@@ -85,8 +85,9 @@ class MemberBatch:
 
 
 def load_member_batch(coco: COCO, files: Sequence[str], names: Optional[Sequence[str]] = None,
-                      cat_ids: Optional[Sequence[int]] = None,
-                      repair: bool = False) -> MemberBatch:
+                      cat_ids: Optional[Sequence[int]] = None, repair: bool = False,
+                      read: Callable[[str, str], Columns] = read_results_columns
+                      ) -> MemberBatch:
     """Read, validate and pack member files (see :mod:`mmens.datasets.coco_results`).
 
     Args:
@@ -96,6 +97,9 @@ def load_member_batch(coco: COCO, files: Sequence[str], names: Optional[Sequence
         cat_ids (Sequence[int], optional): category id of each label index (default: the
             annotation file's ids, sorted).
         repair (bool): repair bad entries instead of raising (counts in ``report``).
+        read (callable): ``read(file, name)`` → the file's columns, called in file order
+            (default :func:`read_results_columns`; ``fuse_results`` passes the columns
+            that a reader process decoded during its start-up).
     """
     if len(files) == 0:
         raise ValueError('no member prediction files given')
@@ -112,7 +116,7 @@ def load_member_batch(coco: COCO, files: Sequence[str], names: Optional[Sequence
     seconds = dict(read=0.0, validate=0.0)
     for m, (f, name) in enumerate(zip(files, names)):
         t0 = time.perf_counter()
-        columns = read_results_columns(f, name)
+        columns = read(f, name)
         t1 = time.perf_counter()
         preds = validate_columns(columns, name, sizes, cat_ids, source=f, repair=repair)
         del columns  # the float64 columns of one member at a time, not of all

@@ -4,6 +4,7 @@ times it is generated reproducibly (tools/analysis_tools/make_coco_load.py)."""
 import glob
 import json
 import os.path as osp
+import re
 
 import pytest
 import torch
@@ -78,3 +79,65 @@ def test_make_coco_load_is_seeded_valid_and_unique(tmp_path):
     assert p.report == {} and set(p.image_ids.tolist()) <= set(ids)
     copy1 = p.image_ids >= 1_000_000
     assert 0 < copy1.sum() < len(src) and len(p) - copy1.sum() == len(src)
+
+
+def test_reader_process_gives_the_columns_and_errors_of_this_process(tmp_path):
+    """fuse_results' MemberReader (a forked process decoding the member files) returns what
+    read_results_columns returns, raises its one-line errors, and reads in this process
+    when asked for another file than the next one."""
+    from mmens.datasets.coco_results import read_results_columns
+    tool = load_tool('fuse_results')
+    entries = json.load(open(PREDS[1]))
+    entries[3]['score'] = 'high'
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps(entries))
+    files, names = [PREDS[0], str(bad), PREDS[2]], ['a', 'bad', 'c']
+    reader = tool.MemberReader(files, names)
+    try:
+        got = reader.read(PREDS[0], 'a')
+        for g, w in zip(got, read_results_columns(PREDS[0], 'a')):
+            assert g.dtype == w.dtype and (g == w).all()
+        with pytest.raises(ValueError) as e:
+            reader.read(str(bad), 'bad')
+        with pytest.raises(ValueError) as want:
+            read_results_columns(str(bad), 'bad')
+        assert str(e.value) == str(want.value) and "field 'score'" in str(e.value)
+        assert reader.seconds > 0
+    finally:
+        reader.close()
+    reader = tool.MemberReader(files, names)
+    try:  # out of order: read here
+        assert (reader.read(PREDS[2], 'c')[3] == read_results_columns(PREDS[2], 'c')[3]).all()
+    finally:
+        reader.close()
+
+
+def test_fuse_results_script_with_its_reader_process(tmp_path):
+    """As a script (reader process on): the same file as in process, and a bad member file
+    stops with the same single line."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    out = tmp_path / 'fused.json'
+    args = [sys.executable, 'tools/analysis_tools/fuse_results.py', '--ann', ANN,
+            '--method', 'wbf', '--no-eval']
+    proc = subprocess.run(args + ['--preds', *PREDS, '--out', str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r'read \d+\.\d\d \(\d+\.\d\d in the reader\)', proc.stdout), proc.stdout
+    ref = tmp_path / 'ref.json'
+    load_tool('fuse_results').main(['--ann', ANN, '--method', 'wbf', '--no-eval', '--preds',
+                                    *PREDS, '--out', str(ref)])
+    assert out.read_bytes() == ref.read_bytes()
+    entries = json.load(open(PREDS[1]))
+    entries[5]['bbox'][1] = float('nan')
+    bad = tmp_path / osp.basename(PREDS[1])
+    json.dump(entries, open(bad, 'w'))
+    preds = [PREDS[0], str(bad), *PREDS[2:]]
+    proc = subprocess.run(args + ['--preds', *preds], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    with pytest.raises(ValueError) as ref_err:
+        load_tool('fuse_results').main(['--ann', ANN, '--method', 'wbf', '--no-eval',
+                                        '--preds', *preds])
+    assert proc.returncode == 2 and proc.stderr.strip() == f'error: {ref_err.value}'
+    assert 'entry 5' in proc.stderr and "'bbox' has a NaN" in proc.stderr

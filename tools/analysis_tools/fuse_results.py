@@ -14,10 +14,16 @@ checkpoint that would run code is refused with one line (``UnsafeCheckpointError
 Files are any framework's COCO-results JSON (``image_id``, ``category_id``,
 ``bbox: [x, y, w, h]`` pixels, ``score``); members are named by file stem or ``--names``.
 
-The last line splits the wall time: start-up (the imports, when run as a script),
-annotations, read (decoding the member files), validate (checks and packing), fuse (the
-``fused ... in`` seconds of ``model.fuse`` and the per-image top 100, plus slicing the
-chunks and mapping to COCO ids), evaluate (without ``--no-eval``), write, and the total.
+Run as a script, a reader process forked before the imports decodes the member files while
+this process imports mmdet & co. (seconds that the two would otherwise spend one after the
+other, on two cores); the validation, its errors included, stays in this process.
+
+The last line splits the wall time: start-up (the imports), annotations, read (decoding the
+member files; with the reader process, this process's wait for its columns, and in
+brackets the reader's own seconds, spent during the start-up), validate (checks and
+packing), fuse (the ``fused ... in`` seconds of ``model.fuse`` and the per-image top 100,
+plus slicing the chunks and mapping to COCO ids), evaluate (without ``--no-eval``), write,
+and the total.
 """
 import time
 
@@ -25,18 +31,12 @@ T_START = time.perf_counter()  # before the imports: they are part of the wall t
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
+import multiprocessing  # noqa: E402
 import os.path as osp  # noqa: E402
-
-import mmens  # noqa: F401,E402  (registers the mmens modules)
-from mmens.apis import (build_fixed_ensemble, fuse_batch_arrays, load_coco,  # noqa: E402
-                        load_ensemble_checkpoint, load_member_batch, member_remap,
-                        member_results)
-from mmens.datasets.coco_results import write_results_json  # noqa: E402
-from mmens.evaluation.coco_eval import arrays_to_results, coco_metrics  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
-
-T_IMPORTED = time.perf_counter()
+import sys  # noqa: E402
+from typing import List, Optional, Sequence  # noqa: E402
 
 FIXED = ('wbf', 'nms', 'soft_nms', 'nmw')
 
@@ -66,7 +66,117 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no-eval', action='store_true', help='fuse only (GT without labels)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--chunk', type=int, default=256, help='images fused per call')
+    p.add_argument('--no-reader', action='store_true',
+                   help='decode the member files in this process, after the start-up, '
+                   'not in a reader process during it (one busy core, or little memory)')
     return p.parse_args(argv)
+
+
+def _read_members(conn, files: Sequence[str], names: Sequence[str]) -> None:
+    """The reader process: every member file's columns, then one message per file.
+
+    ``mmens.datasets.coco_results`` needs numpy, msgspec and orjson only, but importing it
+    as a submodule would run ``mmens/__init__`` (mmdet & co., the very start-up to overlap):
+    it is loaded from its file instead. All files are read before the first message, as
+    this process's imports go on meanwhile and would leave a message unread. A ValueError
+    (a bad file) is sent as its message; anything else makes the main process read itself.
+    """
+    try:
+        location = importlib.util.find_spec('mmens').submodule_search_locations[0]
+        spec = importlib.util.spec_from_file_location(
+            '_mmens_coco_results', osp.join(location, 'datasets', 'coco_results.py'))
+        reader = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = reader  # dataclasses look their module up
+        spec.loader.exec_module(reader)
+        out = []
+        for f, name in zip(files, names):
+            t0 = time.perf_counter()
+            try:
+                out.append(('columns', reader.read_results_columns(f, name),
+                            time.perf_counter() - t0))
+            except ValueError as e:
+                out.append(('error', str(e), time.perf_counter() - t0))
+                break  # the main process stops at the first bad file
+    except Exception as e:  # noqa: BLE001 (anything unforeseen: the main process reads)
+        out = [('failed', repr(e), 0.0)]
+    for message in out:
+        conn.send(message)
+    conn.close()
+
+
+class MemberReader:
+    """The member files' columns from a reader process forked before the heavy imports.
+
+    :meth:`read` has the signature of ``read_results_columns`` and is called in file order
+    by ``load_member_batch``; it falls back to reading in this process when the reader
+    failed or when asked for another file than the next one.
+    """
+
+    def __init__(self, files: Sequence[str], names: Sequence[str]) -> None:
+        self.files, self.names = list(files), list(names)
+        self.seconds = 0.0  # the reader process's own decoding time
+        ctx = multiprocessing.get_context('fork')
+        self._conn, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_read_members, args=(child, self.files, self.names),
+                                 daemon=True)
+        self._proc.start()
+        child.close()
+        self._next = 0
+
+    def read(self, path: str, name: str):
+        from mmens.datasets.coco_results import read_results_columns
+        if self._conn is None or self._next >= len(self.files) or (
+                (self.files[self._next], self.names[self._next]) != (path, name)):
+            self.close()
+            return read_results_columns(path, name)
+        self._next += 1
+        try:
+            kind, value, seconds = self._conn.recv()
+        except EOFError:  # the reader died
+            kind = 'failed'
+        if kind == 'failed':
+            self.close()
+            return read_results_columns(path, name)
+        self.seconds += seconds
+        if kind == 'error':
+            self.close()
+            raise ValueError(value)
+        return value
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            self._proc.terminate()
+            self._proc.join()
+
+
+def start_reader(argv: Optional[List[str]]) -> Optional[MemberReader]:
+    """A :class:`MemberReader` for the command line ``argv`` (None where fork is missing).
+
+    Bad arguments stop here, as they would in :func:`main`, before the imports."""
+    if 'fork' not in multiprocessing.get_all_start_methods():
+        return None
+    args = parse_args(argv)
+    names = args.names or [osp.splitext(osp.basename(f))[0] for f in args.preds]
+    if args.no_reader or len(names) != len(args.preds):  # load_member_batch says so
+        return None
+    return MemberReader(args.preds, names)
+
+
+# Before mmdet & co. are imported: the reader process starts as small as this process is now.
+READER = start_reader(sys.argv[1:]) if __name__ == '__main__' else None
+
+import mmens  # noqa: F401,E402  (registers the mmens modules)
+from mmens.apis import (build_fixed_ensemble, fuse_batch_arrays, load_coco,  # noqa: E402
+                        load_ensemble_checkpoint, load_member_batch, member_remap,
+                        member_results)
+from mmens.datasets.coco_results import (read_results_columns,  # noqa: E402
+                                         write_results_json)
+from mmens.evaluation.coco_eval import arrays_to_results, coco_metrics  # noqa: E402
+from mmens.utils import run_cli  # noqa: E402
+
+T_IMPORTED = time.perf_counter()
 
 
 def main(argv=None) -> None:
@@ -105,8 +215,14 @@ def main(argv=None) -> None:
             raise ValueError(f'the ensemble\'s classes {unknown[:5]} are not categories '
                              f'of {args.ann}')
         cat_ids = [by_name[c] for c in classes] if classes else None
-    batch = load_member_batch(coco, args.preds, args.names, cat_ids=cat_ids,
-                              repair=args.repair)
+    reader = READER if argv is None else None
+    try:
+        batch = load_member_batch(coco, args.preds, args.names, cat_ids=cat_ids,
+                                  repair=args.repair,
+                                  read=reader.read if reader else read_results_columns)
+    finally:
+        if reader:
+            reader.close()
     for m in batch.members:
         if m.report:
             print(f"member '{m.name}': repaired {m.report}")
@@ -116,6 +232,7 @@ def main(argv=None) -> None:
                                        selections=selections)
     phases = dict(annotations=t_ann, read=batch.seconds['read'],
                   validate=batch.seconds['validate'], fuse=time.perf_counter() - t0)
+    read_note = f' ({reader.seconds:.2f} in the reader)' if reader else ''
     ms = 1000.0 * seconds / max(1, len(batch.img_ids))
     metrics = dict(members={}, fusion=dict(method=args.method, ms_per_image=ms))
     if selections:  # e2e-CEL: the member compute actually used
@@ -154,7 +271,8 @@ def main(argv=None) -> None:
     start = T_START if argv is None else t_main  # in process (tests), the imports are old
     if argv is None:
         phases = {'start-up': T_IMPORTED - T_START, **phases}
-    print('seconds: ' + ', '.join(f'{k} {v:.2f}' for k, v in phases.items())
+    print('seconds: ' + ', '.join(f'{k} {v:.2f}' + (read_note if k == 'read' else '')
+                                  for k, v in phases.items())
           + f', total {time.perf_counter() - start:.2f}')
 
 
