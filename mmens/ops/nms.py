@@ -40,7 +40,8 @@ def finish(prep: Prepared, r: Dict[str, Tensor],
         prep (Prepared): the prepared input (for the output dtype).
         r (dict): ``boxes [K, 4]``, ``scores [K]``, ``labels [K]``,
             ``images [K]`` and ``rank [K]`` (order inside its
-            ``(image, label)`` group in ensemble-boxes' output).
+            ``(image, label)`` group in ensemble-boxes' output); optional
+            ``label_order``: ``True`` when already by image, label, rank.
         packed (bool): ``True``: per image by score descending (ties: label,
             then rank); ``False``: ensemble-boxes' order, i.e. per image by
             label ascending, then rank.
@@ -48,6 +49,9 @@ def finish(prep: Prepared, r: Dict[str, Tensor],
     Returns:
         tuple: ``boxes``, ``scores``, ``labels``, ``images``.
     """
+    if not packed and r.get('label_order', False):  # the kernel's order
+        return (r['boxes'].to(prep.dtype), r['scores'].to(prep.dtype),
+                r['labels'], r['images'])
     p = argsort_stable(r['rank'])
     p = take(p, argsort_stable(take(r['labels'], p)))
     if packed:
@@ -82,9 +86,11 @@ def _hard_nms(prep: Prepared, weighted: bool, iou_thr: float,
                                     prep.images.contiguous(), prep.valid,
                                     prep.num_images, float(iou_thr),
                                     bool(class_agnostic))
+        # the kernel gives the boxes by image, label, then rank
         return dict(boxes=take(prep.boxes, sel), scores=take(scores, sel),
                     labels=take(prep.labels, sel),
-                    images=take(prep.images, sel), rank=rank)
+                    images=take(prep.images, sel), rank=rank,
+                    label_order=not class_agnostic)
     lay, idx, ls = layout_groups(prep, prep.valid, class_agnostic, scores)
     res = greedy_cluster(lay, take(prep.boxes, idx), ls, ls, iou_thr,
                          fused=False)

@@ -91,7 +91,8 @@ def _soft_nms(prep: Prepared, weighted: bool, method: int, iou_thr: float,
         return dict(boxes=take(prep.boxes, sel),
                     scores=dsc if decayed else take(scores, sel),
                     labels=take(prep.labels, sel),
-                    images=take(prep.images, sel), rank=rank)
+                    images=take(prep.images, sel), rank=rank,
+                    label_order=not class_agnostic)  # by image, label, rank
     lay, idx, _ = layout_groups(prep, prep.valid,
                                 class_agnostic)  # packed order in groups
     lb, ls = take(prep.boxes, idx), take(scores, idx)  # [K, 4], [K]

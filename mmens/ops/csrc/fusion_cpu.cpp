@@ -23,6 +23,7 @@
 // a rounding.
 #include <torch/extension.h>
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -224,17 +225,20 @@ struct Scratch {
   }
 };
 
-// IoU of box b with the n cluster boxes (x1, y1, x2, y2, area). Branch-free
-// so that it vectorises; the ternaries are the exact x86 min/max semantics
-// (equal to std::min/max up to the sign of a zero, which changes no IoU
-// decision), and an AVX2 clone is picked at run time where the CPU has it.
-// The IoU is ensemble-boxes' (the cluster box is "A").
-__attribute__((target_clones("avx2", "default"))) void candidate_iou(
+// IoU of box b with the n boxes (x1, y1, x2, y2, area) into out; returns
+// how many exceed thr. Branch-free so that it vectorises, with an AVX2 clone
+// picked at run time where the CPU has it (an AVX2 clone of the whole
+// WBF group loop changed float32-rounded fused boxes, so only this loop is
+// cloned); the ternaries are the exact x86 min/max
+// semantics (equal to std::min/max up to the sign of a zero, which changes
+// no IoU decision). The IoU is ensemble-boxes' with the listed box as "A".
+__attribute__((target_clones("avx2", "default"))) i64 batch_iou(
     const double* __restrict x1, const double* __restrict y1,
     const double* __restrict x2, const double* __restrict y2,
     const double* __restrict area, i64 n, const double* b, double area_b,
-    double* __restrict out) {
+    double thr, double* __restrict out) {
   const double b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
+  i64 above = 0;
   for (i64 c = 0; c < n; ++c) {
     const double xa = x1[c] > b0 ? x1[c] : b0;
     const double ya = y1[c] > b1 ? y1[c] : b1;
@@ -242,8 +246,11 @@ __attribute__((target_clones("avx2", "default"))) void candidate_iou(
     const double yb = y2[c] < b3 ? y2[c] : b3;
     const double w = xb - xa, h = yb - ya;
     const double inter = (w > 0.0 ? w : 0.0) * (h > 0.0 ? h : 0.0);
-    out[c] = inter / (area[c] + area_b - inter);
+    const double v = inter / (area[c] + area_b - inter);
+    out[c] = v;
+    above += v > thr;
   }
+  return above;
 }
 
 // Greedy clustering of one group (positions [s, e)). `fused`: match against
@@ -264,18 +271,19 @@ void cluster_group(Greedy& g, Scratch& sc, i64 gi, i64 s, i64 e,
     const double* b = boxes + 4 * j;
     const double area_b =
         std::max(b[2] - b[0], 0.0) * std::max(b[3] - b[1], 0.0);
-    candidate_iou(cx1, cy1, cx2, cy2, car, ncl, b, area_b, sc.iou.data());
-    // first max, like np.argmax; from 0 since IoU 0 can neither join
-    // (iou_thr >= 0) nor matter for the argmax of a join
+    const i64 above = batch_iou(cx1, cy1, cx2, cy2, car, ncl, b, area_b,
+                                iou_thr, sc.iou.data());
+    // first max, like np.argmax, needed only when some IoU passes iou_thr
     const double* v = sc.iou.data();
-    double best_iou = 0.0;
+    double best_iou = iou_thr;
     i64 best = -1;
-    for (i64 c = 0; c < ncl; ++c)
-      if (v[c] > best_iou) {
-        best_iou = v[c];
-        best = c;
-      }
-    const bool join = best >= 0 && best_iou > iou_thr;
+    if (above)
+      for (i64 c = 0; c < ncl; ++c)
+        if (v[c] > best_iou) {
+          best_iou = v[c];
+          best = c;
+        }
+    const bool join = best >= 0;
     const i64 c = join ? best : ncl++;
     const i64 slot = s + c;
     g.cluster[p] = c;
@@ -599,6 +607,98 @@ std::vector<at::Tensor> nms(const at::Tensor& boxes_t, const at::Tensor& sc_t,
   return {sel, rank};
 }
 
+// SLEEF's 4-lane exp, exported by libtorch_cpu: the exp torch's own CPU
+// kernels use, so the gaussian decay matches the pure-torch path.
+extern "C" __m256d Sleef_expd4_u10(__m256d);
+
+const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+
+// sc[u] *= decay(ovr[u]) for u < n: gaussian exp(-(o * o) / sigma) (method
+// 2) or linear 1 - o above iou_thr (method 1); a decay of 1 (IoU 0) leaves
+// the score bit-for-bit unchanged, so lanes of non-overlapping boxes are
+// skipped.
+__attribute__((target("avx2"))) void decay_avx2(const double* ovr,
+                                                double* sc, i64 n,
+                                                i64 method, double iou_thr,
+                                                double sigma) {
+  if (method == 1) {
+    for (i64 u = 0; u < n; ++u)
+      sc[u] = (ovr[u] > iou_thr ? 1 - ovr[u] : 1.0) * sc[u];
+    return;
+  }
+  const __m256d vs = _mm256_set1_pd(sigma);
+  const __m256d sign = _mm256_set1_pd(-0.0);
+  const __m256d zero = _mm256_setzero_pd();
+  for (i64 u = 0; u < n; u += 4) {
+    double o4[4] = {0, 0, 0, 0}, s4[4] = {0, 0, 0, 0};
+    const i64 m = std::min<i64>(4, n - u);
+    std::copy(ovr + u, ovr + u + m, o4);
+    const __m256d o = _mm256_loadu_pd(o4);
+    if (!_mm256_movemask_pd(_mm256_cmp_pd(o, zero, _CMP_GT_OQ))) continue;
+    std::copy(sc + u, sc + u + m, s4);
+    const __m256d x = _mm256_div_pd(_mm256_xor_pd(_mm256_mul_pd(o, o), sign),
+                                    vs);  // -(o * o) / sigma
+    _mm256_storeu_pd(s4, _mm256_mul_pd(Sleef_expd4_u10(x),
+                                       _mm256_loadu_pd(s4)));
+    std::copy(s4, s4 + m, sc + u);
+  }
+}
+
+void decay(const double* ovr, double* sc, i64 n, i64 method, double iou_thr,
+           double sigma) {
+  if (kHaveAvx2) return decay_avx2(ovr, sc, n, method, iou_thr, sigma);
+  for (i64 u = 0; u < n; ++u) {
+    const double o = ovr[u];
+    if (o > 0.0)
+      sc[u] = (method == 1 ? (o > iou_thr ? 1 - o : 1.0)
+                           : std::exp(-(o * o) / sigma)) *
+              sc[u];
+  }
+}
+
+// Soft-NMS of one group (positions [s, e), packed order): see soft_nms.
+// Boxes live in the scratch arrays and move with their scores on a swap.
+// A box that does not overlap box i keeps its score untouched (both decays
+// are exactly 1 at IoU 0), so only overlapping boxes pay for the decay.
+void soft_nms_group(
+    Scratch& t, i64 s, i64 e, const double* boxes, const double* sc0, i64* ix,
+    double* sc, char* alive, i64 method, double iou_thr, double sigma,
+    double thresh) {
+  const i64 n = e - s;
+  t.reserve(n);
+  double *x1 = t.x1.data(), *y1 = t.y1.data(), *x2 = t.x2.data(),
+         *y2 = t.y2.data(), *ar = t.area.data(), *ovr = t.iou.data();
+  ix += s;
+  sc += s;
+  for (i64 p = 0; p < n; ++p) {
+    t.set(p, boxes + 4 * ix[p]);
+    sc[p] = sc0[ix[p]];
+  }
+  i64 q = n > 1 ? 1 : 0;  // first max of the scores after position i
+  for (i64 u = 2; u < n; ++u)
+    if (sc[u] > sc[q]) q = u;
+  for (i64 i = 0; i + 1 < n; ++i) {
+    if (sc[i] < sc[q]) {
+      std::swap(sc[i], sc[q]);
+      std::swap(ix[i], ix[q]);
+      std::swap(x1[i], x1[q]);
+      std::swap(y1[i], y1[q]);
+      std::swap(x2[i], x2[q]);
+      std::swap(y2[i], y2[q]);
+      std::swap(ar[i], ar[q]);
+    }
+    const double bi[4] = {x1[i], y1[i], x2[i], y2[i]};
+    // IoU(box i, box u), box i as "A": the formula is symmetric in value
+    batch_iou(x1 + i + 1, y1 + i + 1, x2 + i + 1, y2 + i + 1, ar + i + 1,
+              n - i - 1, bi, ar[i], 0.0, ovr + i + 1);
+    decay(ovr + i + 1, sc + i + 1, n - i - 1, method, iou_thr, sigma);
+    q = i + 2;  // next step's first max
+    for (i64 u = i + 3; u < n; ++u)
+      if (sc[u] > sc[q]) q = u;
+  }
+  for (i64 p = 0; p < n; ++p) alive[s + p] = sc[p] > thresh;
+}
+
 // Soft-NMS: ensemble-boxes' cpu_soft_nms_float replayed on each group (boxes
 // in packed order): at step i, swap in the first box of strictly larger
 // score after i, then decay the later scores by their IoU with box i.
@@ -628,27 +728,14 @@ std::vector<at::Tensor> soft_nms(const at::Tensor& boxes_t,
   std::vector<i64> ix(lay.idx);  // packed index at each (current) position
   std::vector<double> sc(k);
   std::vector<char> alive(k);
-#pragma omp parallel for schedule(dynamic, 4) num_threads(team_size(k))
-  for (i64 gi = 0; gi < ng; ++gi) {
-    const i64 s = lay.gstart[gi], e = lay.gstart[gi + 1];
-    for (i64 p = s; p < e; ++p) sc[p] = sc0[ix[p]];
-    for (i64 i = s; i + 1 < e; ++i) {
-      i64 q = i + 1;  // first max of the later scores
-      for (i64 t = i + 2; t < e; ++t)
-        if (sc[t] > sc[q]) q = t;
-      if (sc[i] < sc[q]) {
-        std::swap(sc[i], sc[q]);
-        std::swap(ix[i], ix[q]);
-      }
-      const double* bi = boxes + 4 * ix[i];
-      for (i64 t = i + 1; t < e; ++t) {
-        const double ovr = iou(bi, boxes + 4 * ix[t]);
-        const double wgt = method == 1 ? (ovr > iou_thr ? 1 - ovr : 1.0)
-                                       : std::exp(-(ovr * ovr) / sigma);
-        sc[t] = wgt * sc[t];
-      }
-    }
-    for (i64 p = s; p < e; ++p) alive[p] = sc[p] > thresh;
+#pragma omp parallel num_threads(team_size(k))
+  {
+    Scratch tmp;
+#pragma omp for schedule(dynamic, 4)
+    for (i64 gi = 0; gi < ng; ++gi)
+      soft_nms_group(tmp, lay.gstart[gi], lay.gstart[gi + 1], boxes, sc0,
+                     ix.data(), sc.data(), alive.data(), method, iou_thr,
+                     sigma, thresh);
   }
   i64 nout = 0;
   for (i64 p = 0; p < k; ++p) nout += alive[p];
