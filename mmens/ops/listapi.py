@@ -88,7 +88,8 @@ def _check_lengths(bl: list, sl: list, ll: list, num_members: int,
                    report_image: bool) -> List[int]:
     """Box counts of every ``(image, member)``; raises on a boxes array that
     is not ``[n, 4]`` or a scores / labels list of another length."""
-    shapes = [np.shape(b) for b in bl]
+    shapes = [b.shape if isinstance(b, (np.ndarray, Tensor)) else np.shape(b)
+              for b in bl]
     sizes = [sh[0] if sh else 0 for sh in shapes]
     if ([len(x) for x in sl] != sizes or [len(x) for x in ll] != sizes
             or any(len(sh) != 2 or sh[1] != 4 for sh in shapes if sh and sh[0])):
@@ -201,21 +202,30 @@ def unpack_images(packed: PackedLists,
         lab = labels.long().split(counts)
         return list(zip(b, s, lab))
     force = np_dtypes or (None, None, None)
-    cuts = np.cumsum(counts)[:-1]
-    split = [
-        np.split(x.cpu().numpy().astype(f or np.float64, copy=False), cuts)
-        for x, f in zip((boxes, scores, labels), force)
-    ]
+    ends = np.cumsum(counts).tolist()
+    starts = [0] + ends[:-1]
+    uniform = packed.np_dtypes[:1] * len(counts) == packed.np_dtypes
+    if uniform and packed.np_dtypes:  # one cast per field, then views
+        dts = [f or d for f, d in zip(force, packed.np_dtypes[0])]
+        cols = [x.cpu().numpy().astype(d, copy=False)
+                for x, d in zip((boxes, scores, labels), dts)]
+    else:
+        cols = [x.cpu().numpy().astype(f or np.float64, copy=False)
+                for x, f in zip((boxes, scores, labels), force)]
+    b_np, s_np, l_np = cols
+    empty = None if np_empty_dtype is None else (
+        np.zeros((0, 4), np_empty_dtype), np.zeros((0, ), np_empty_dtype),
+        np.zeros((0, ), np_empty_dtype))
     out = []
-    for i, k in enumerate(counts):
-        if k == 0 and np_empty_dtype is not None:
-            out.append((np.zeros(
-                (0, 4), np_empty_dtype), np.zeros(
-                    (0, ), np_empty_dtype), np.zeros((0, ), np_empty_dtype)))
-            continue
-        dts = [f or d for f, d in zip(force, packed.np_dtypes[i])]
-        out.append(
-            tuple(x[i].astype(d, copy=False) for x, d in zip(split, dts)))
+    for i, (a, e) in enumerate(zip(starts, ends)):
+        if a == e and empty is not None:
+            out.append(tuple(x.copy() for x in empty))
+        elif uniform:
+            out.append((b_np[a:e], s_np[a:e], l_np[a:e]))
+        else:
+            dts = [f or d for f, d in zip(force, packed.np_dtypes[i])]
+            out.append(tuple(x[a:e].astype(d, copy=False)
+                             for x, d in zip(cols, dts)))
     return out
 
 
