@@ -99,8 +99,14 @@ def _read_members(conn, files: Sequence[str], names: Sequence[str]) -> None:
                 break  # the main process stops at the first bad file
     except Exception as e:  # noqa: BLE001 (anything unforeseen: the main process reads)
         out = [('failed', repr(e), 0.0)]
-    for message in out:
-        conn.send(message)
+    for kind, value, seconds in out:
+        if kind != 'columns':
+            conn.send((kind, value, seconds))
+            continue
+        # the arrays' bytes as they are: pickling them would copy them once more each side
+        conn.send((kind, [(a.dtype.str, a.shape) for a in value], seconds))
+        for a in value:
+            conn.send_bytes(a)
     conn.close()
 
 
@@ -132,7 +138,12 @@ class MemberReader:
         self._next += 1
         try:
             kind, value, seconds = self._conn.recv()
-        except EOFError:  # the reader died
+            if kind == 'columns':
+                import numpy as np  # imported by now
+                value = tuple(np.empty(shape, dtype) for dtype, shape in value)
+                for a in value:
+                    self._conn.recv_bytes_into(a.reshape(-1))  # 1-D: its length in items
+        except (EOFError, OSError):  # the reader died
             kind = 'failed'
         if kind == 'failed':
             self.close()
