@@ -2,6 +2,8 @@ import os
 import os.path as osp
 import sys
 
+import pytest
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 os.environ.setdefault('OMP_NUM_THREADS', '2')
@@ -25,3 +27,12 @@ def load_tool(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(params=['cpp', 'torch'])
+def fusion_backend(request):
+    """Run the test once with the compiled CPU kernel (``'cpp'``: fails
+    when it is not built) and once with the pure-torch path."""
+    from mmens.ops import kernel
+    with kernel.backend(request.param):
+        yield request.param
