@@ -91,6 +91,29 @@ inline uint64_t desc_key(double x) {
   return ~u;
 }
 
+// The detections every kernel takes, checked, as raw pointers.
+struct Dets {
+  const double* boxes;   // [M, 4]
+  const double* scores;  // [M] (weighted) scores that order a group
+  const i64* labels;     // [M]
+  const i64* images;     // [M]
+  const bool* keep;      // [M] boxes to fuse
+  i64 m;
+};
+
+Dets check_dets(const at::Tensor& boxes, const at::Tensor& scores,
+                const at::Tensor& labels, const at::Tensor& images,
+                const at::Tensor& keep) {
+  check_input(boxes, at::kDouble, 2, "boxes");
+  check_input(scores, at::kDouble, 1, "scores");
+  check_input(labels, at::kLong, 1, "labels");
+  check_input(images, at::kLong, 1, "images");
+  check_input(keep, at::kBool, 1, "keep");
+  return {boxes.data_ptr<double>(), scores.data_ptr<double>(),
+          labels.data_ptr<i64>(),   images.data_ptr<i64>(),
+          keep.data_ptr<bool>(),    boxes.size(0)};
+}
+
 // The kept boxes grouped by (image, label) -- or image only -- with the
 // groups of an image contiguous and in label order.
 struct Layout {
@@ -403,25 +426,17 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
                             double iou_thr, i64 conf_type, bool allows_overflow,
                             bool class_agnostic, double weight_sum,
                             double weight_max) {
-  check_input(boxes_t, at::kDouble, 2, "boxes");
-  check_input(ws_t, at::kDouble, 1, "wscores");
-  check_input(labels_t, at::kLong, 1, "labels");
+  const Dets d = check_dets(boxes_t, ws_t, labels_t, images_t, keep_t);
   check_input(members_t, at::kLong, 1, "members");
-  check_input(images_t, at::kLong, 1, "images");
-  check_input(keep_t, at::kBool, 1, "keep");
   check_input(weights_t, at::kDouble, 1, "weights");
   TORCH_CHECK(conf_type >= 0 && conf_type <= 3, "bad conf_type");
-  const double* boxes = boxes_t.data_ptr<double>();
-  const double* ws = ws_t.data_ptr<double>();
-  const i64* labels = labels_t.data_ptr<i64>();
+  const double *boxes = d.boxes, *ws = d.scores;
+  const i64 *labels = d.labels, *images = d.images;
   const i64* members = members_t.data_ptr<i64>();
-  const i64* images = images_t.data_ptr<i64>();
   const double* w = weights_t.data_ptr<double>();
   const i64 n = weights_t.size(0);
-  const i64 m = boxes_t.size(0);
-
-  const Layout lay = build_layout(labels, images, keep_t.data_ptr<bool>(), ws,
-                                  m, num_images, class_agnostic);
+  const Layout lay = build_layout(labels, images, d.keep, ws, d.m,
+                                  num_images, class_agnostic);
   const Greedy g = run_greedy(lay, boxes, ws, members, w, iou_thr, true);
   const i64 k = static_cast<i64>(lay.idx.size());
   const i64 ng = static_cast<i64>(lay.gfirst.size());
@@ -513,18 +528,11 @@ std::vector<at::Tensor> nmw(const at::Tensor& boxes_t, const at::Tensor& ws_t,
                             const at::Tensor& images_t, const at::Tensor& keep_t,
                             i64 num_images, double iou_thr,
                             bool class_agnostic) {
-  check_input(boxes_t, at::kDouble, 2, "boxes");
-  check_input(ws_t, at::kDouble, 1, "wscores");
-  check_input(labels_t, at::kLong, 1, "labels");
-  check_input(images_t, at::kLong, 1, "images");
-  check_input(keep_t, at::kBool, 1, "keep");
-  const double* boxes = boxes_t.data_ptr<double>();
-  const double* ws = ws_t.data_ptr<double>();
-  const i64* labels = labels_t.data_ptr<i64>();
-  const i64* images = images_t.data_ptr<i64>();
-  const i64 m = boxes_t.size(0);
-  const Layout lay = build_layout(labels, images, keep_t.data_ptr<bool>(), ws,
-                                  m, num_images, class_agnostic);
+  const Dets d = check_dets(boxes_t, ws_t, labels_t, images_t, keep_t);
+  const double *boxes = d.boxes, *ws = d.scores;
+  const i64 *labels = d.labels, *images = d.images;
+  const Layout lay = build_layout(labels, images, d.keep, ws, d.m,
+                                  num_images, class_agnostic);
   const Greedy g =
       run_greedy(lay, boxes, ws, nullptr, nullptr, iou_thr, false);
   const i64 k = static_cast<i64>(lay.idx.size());
@@ -579,16 +587,9 @@ std::vector<at::Tensor> nms(const at::Tensor& boxes_t, const at::Tensor& sc_t,
                             const at::Tensor& images_t, const at::Tensor& keep_t,
                             i64 num_images, double iou_thr,
                             bool class_agnostic) {
-  check_input(boxes_t, at::kDouble, 2, "boxes");
-  check_input(sc_t, at::kDouble, 1, "scores");
-  check_input(labels_t, at::kLong, 1, "labels");
-  check_input(images_t, at::kLong, 1, "images");
-  check_input(keep_t, at::kBool, 1, "keep");
-  const double* boxes = boxes_t.data_ptr<double>();
-  const double* sc = sc_t.data_ptr<double>();
-  const Layout lay = build_layout(labels_t.data_ptr<i64>(),
-                                  images_t.data_ptr<i64>(),
-                                  keep_t.data_ptr<bool>(), sc, boxes_t.size(0),
+  const Dets d = check_dets(boxes_t, sc_t, labels_t, images_t, keep_t);
+  const double *boxes = d.boxes, *sc = d.scores;
+  const Layout lay = build_layout(d.labels, d.images, d.keep, sc, d.m,
                                   num_images, class_agnostic);
   const Greedy g = run_greedy(lay, boxes, sc, nullptr, nullptr, iou_thr, false);
   const i64 ng = static_cast<i64>(lay.gfirst.size());
@@ -711,18 +712,11 @@ std::vector<at::Tensor> soft_nms(const at::Tensor& boxes_t,
                                  const at::Tensor& keep_t, i64 num_images,
                                  i64 method, double iou_thr, double sigma,
                                  double thresh, bool class_agnostic) {
-  check_input(boxes_t, at::kDouble, 2, "boxes");
-  check_input(sc_t, at::kDouble, 1, "scores");
-  check_input(labels_t, at::kLong, 1, "labels");
-  check_input(images_t, at::kLong, 1, "images");
-  check_input(keep_t, at::kBool, 1, "keep");
+  const Dets d = check_dets(boxes_t, sc_t, labels_t, images_t, keep_t);
   TORCH_CHECK(method == 1 || method == 2, "soft-NMS method must be 1 or 2");
-  const double* boxes = boxes_t.data_ptr<double>();
-  const double* sc0 = sc_t.data_ptr<double>();
-  const Layout lay = build_layout(labels_t.data_ptr<i64>(),
-                                  images_t.data_ptr<i64>(),
-                                  keep_t.data_ptr<bool>(), nullptr,
-                                  boxes_t.size(0), num_images, class_agnostic);
+  const double *boxes = d.boxes, *sc0 = d.scores;
+  const Layout lay = build_layout(d.labels, d.images, d.keep, nullptr, d.m,
+                                  num_images, class_agnostic);
   const i64 k = static_cast<i64>(lay.idx.size());
   const i64 ng = static_cast<i64>(lay.gfirst.size());
   std::vector<i64> ix(lay.idx);  // packed index at each (current) position
