@@ -224,16 +224,32 @@ struct Greedy {
   std::vector<i64> ncl;       // [G] clusters per group
   std::vector<double> ref;    // [K, 4] fused box (WBF) or leader box
   std::vector<i64> leader;    // [K] position of the box opening the slot
-  std::vector<double> acc;    // [K, 5] float32-stored score * box sums, conf
-  std::vector<i64> count;     // [K] boxes per slot
-  std::vector<double> wsum;   // [K] member weights per slot
-  std::vector<double> smax;   // [K] max weighted score per slot
+  std::vector<double> score;  // [K] fused score (WBF)
+};
+
+enum ConfType { kAvg = 0, kMax = 1, kBoxAndModelAvg = 2, kAbsentAware = 3 };
+
+// WBF's fused-score rule (ensemble-boxes' conf_type and its inputs).
+struct ScoreRule {
+  i64 conf_type;
+  bool allows_overflow;
+  i64 n;              // members
+  const double* w;    // [N] member weights
+  double weight_sum;  // w.sum() as torch computes it
+  double weight_max;
 };
 
 // Scratch of one thread: the current group's cluster boxes and areas as
-// separate arrays, so the candidate loop streams through memory.
+// separate arrays, so the candidate loop streams through memory, and its
+// clusters' running WBF state (kept per group, not per call: the group is
+// scored as soon as it is clustered).
 struct Scratch {
   std::vector<double> x1, y1, x2, y2, area, iou;
+  std::vector<double> acc;   // [n, 5] float32-stored score * box sums, conf
+  std::vector<i64> count;    // [n] boxes per cluster
+  std::vector<double> wsum;  // [n] member weights per cluster
+  std::vector<double> smax;  // [n] max weighted score per cluster
+  std::vector<char> present; // [n, N] members present per cluster
   void reserve(i64 n) {
     if (static_cast<i64>(x1.size()) < n) {
       for (auto* v : {&x1, &y1, &x2, &y2, &area, &iou}) v->resize(n);
@@ -276,13 +292,60 @@ __attribute__((target_clones("avx2", "default"))) i64 batch_iou(
   return above;
 }
 
+// WBF's fused score of each cluster of a group, with ensemble-boxes'
+// float32 storage and rescaling (same operation order as the torch path's
+// mmens/ops/clustering.py::_wbf_scores).
+void score_group(Greedy& g, Scratch& sc, i64 s, i64 e, i64 nc,
+                 const Layout& lay, const i64* members, const ScoreRule& r) {
+  const i64 n = r.n;
+  if (r.conf_type >= kBoxAndModelAvg) {
+    sc.present.assign(nc * n, 0);
+    for (i64 p = s; p < e; ++p)
+      sc.present[g.cluster[p] * n + members[lay.idx[p]]] = 1;
+  }
+  for (i64 c = 0; c < nc; ++c) {
+    const i64 cnt = sc.count[c];
+    const bool multi = cnt >= 2;  // one-box clusters keep float64 values
+    const double conf = sc.acc[5 * c + 4];
+    const double cntf = static_cast<double>(cnt);
+    double s0;
+    if (r.conf_type == kMax)
+      s0 = multi ? f32(sc.smax[c]) : sc.smax[c];
+    else
+      s0 = multi ? f32(conf / cntf) : conf;
+    const double wf = multi ? f32(sc.wsum[c]) : sc.wsum[c];
+    double out;
+    if (r.conf_type == kAvg) {
+      const double mm =
+          r.allows_overflow ? cntf : std::min(cntf, static_cast<double>(n));
+      out = s0 * mm / r.weight_sum;
+    } else if (r.conf_type == kMax) {
+      out = s0 / (n ? r.weight_max : 1.0);
+    } else {
+      double sum = 0.0;  // present (or absent) member weights, in order
+      const bool want = r.conf_type == kBoxAndModelAvg;
+      for (i64 t = 0; t < n; ++t)
+        if (static_cast<bool>(sc.present[c * n + t]) == want) sum += r.w[t];
+      out = want ? s0 * cntf / wf * sum / r.weight_sum
+                 : s0 * cntf / (wf + sum);
+    }
+    g.score[s + c] = out;
+  }
+}
+
 // Greedy clustering of one group (positions [s, e)). `fused`: match against
 // the running fused box (WBF), else against the cluster's first box.
 void cluster_group(Greedy& g, Scratch& sc, i64 gi, i64 s, i64 e,
                    const Layout& lay, const double* boxes, const double* ws,
-                   const i64* members, const double* weights, double iou_thr,
-                   bool fused) {
+                   const i64* members, const ScoreRule* rule, double iou_thr) {
+  const bool fused = rule != nullptr;
   sc.reserve(e - s);
+  if (fused) {
+    sc.acc.assign(5 * (e - s), 0.0);
+    sc.count.assign(e - s, 0);
+    sc.wsum.assign(e - s, 0.0);
+    sc.smax.assign(e - s, 0.0);
+  }
   const double* cx1 = sc.x1.data();
   const double* cy1 = sc.y1.data();
   const double* cx2 = sc.x2.data();
@@ -313,7 +376,7 @@ void cluster_group(Greedy& g, Scratch& sc, i64 gi, i64 s, i64 e,
     double* r = &g.ref[4 * slot];
     if (!join) g.leader[slot] = p;
     if (fused) {
-      double* a = &g.acc[5 * slot];
+      double* a = &sc.acc[5 * c];
       double nw[5];
       for (int t = 0; t < 4; ++t) nw[t] = f32(a[t] + ws[j] * b[t]);
       nw[4] = a[4] + ws[j];
@@ -325,20 +388,20 @@ void cluster_group(Greedy& g, Scratch& sc, i64 gi, i64 s, i64 e,
         sc.set(c, r);
       }
       for (int t = 0; t < 5; ++t) a[t] = nw[t];
-      g.count[slot] += 1;
-      g.wsum[slot] += weights[members[j]];
-      g.smax[slot] = std::max(g.smax[slot], ws[j]);
+      sc.count[c] += 1;
+      sc.wsum[c] += rule->w[members[j]];
+      sc.smax[c] = std::max(sc.smax[c], ws[j]);
     } else if (!join) {
       for (int t = 0; t < 4; ++t) r[t] = b[t];
       sc.set(c, r);
     }
   }
   g.ncl[gi] = ncl;
+  if (fused) score_group(g, sc, s, e, ncl, lay, members, *rule);
 }
 
 Greedy run_greedy(const Layout& lay, const double* boxes, const double* ws,
-                  const i64* members, const double* weights, double iou_thr,
-                  bool fused) {
+                  const i64* members, const ScoreRule* rule, double iou_thr) {
   const i64 k = static_cast<i64>(lay.idx.size());
   const i64 ng = static_cast<i64>(lay.gfirst.size());
   Greedy g;
@@ -346,19 +409,14 @@ Greedy run_greedy(const Layout& lay, const double* boxes, const double* ws,
   g.ncl.resize(ng);
   g.ref.resize(4 * k);
   g.leader.resize(k);
-  if (fused) {
-    g.acc.assign(5 * k, 0.0);
-    g.count.assign(k, 0);
-    g.wsum.assign(k, 0.0);
-    g.smax.assign(k, 0.0);
-  }
+  if (rule != nullptr) g.score.resize(k);
 #pragma omp parallel num_threads(team_size(k))
   {
     Scratch sc;
 #pragma omp for schedule(dynamic, 8)
     for (i64 gi = 0; gi < ng; ++gi)
       cluster_group(g, sc, gi, lay.gstart[gi], lay.gstart[gi + 1], lay,
-                    boxes, ws, members, weights, iou_thr, fused);
+                    boxes, ws, members, rule, iou_thr);
   }
   return g;
 }
@@ -413,8 +471,6 @@ void write_sorted(const Layout& lay, const std::vector<i64>& ncl,
   }
 }
 
-enum ConfType { kAvg = 0, kMax = 1, kBoxAndModelAvg = 2, kAbsentAware = 3 };
-
 // WBF: returns the fused boxes, scores, labels and images in output order
 // (per image, score descending), then for every clustered box (positions in
 // group, rank order) its packed index and its output cluster.
@@ -437,55 +493,13 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
   const i64 n = weights_t.size(0);
   const Layout lay = build_layout(labels, images, d.keep, ws, d.m,
                                   num_images, class_agnostic);
-  const Greedy g = run_greedy(lay, boxes, ws, members, w, iou_thr, true);
+  const ScoreRule rule{conf_type, allows_overflow, n, w, weight_sum,
+                       weight_max};
+  const Greedy g = run_greedy(lay, boxes, ws, members, &rule, iou_thr);
   const i64 k = static_cast<i64>(lay.idx.size());
   const i64 ng = static_cast<i64>(lay.gfirst.size());
 
-  // fused score of every slot, with ensemble-boxes' float32 storage
-  std::vector<double> score(k, 0.0);
-#pragma omp parallel num_threads(team_size(k))
-  {
-    std::vector<char> present;
-#pragma omp for schedule(dynamic, 8)
-    for (i64 gi = 0; gi < ng; ++gi) {
-      const i64 s = lay.gstart[gi], e = lay.gstart[gi + 1], nc = g.ncl[gi];
-      if (conf_type >= kBoxAndModelAvg) {
-        present.assign(nc * n, 0);
-        for (i64 p = s; p < e; ++p)
-          present[g.cluster[p] * n + members[lay.idx[p]]] = 1;
-      }
-      for (i64 c = 0; c < nc; ++c) {
-        const i64 slot = s + c;
-        const i64 cnt = g.count[slot];
-        const bool multi = cnt >= 2;  // one-box clusters keep float64 values
-        const double conf = g.acc[5 * slot + 4];
-        const double cntf = static_cast<double>(cnt);
-        double s0;
-        if (conf_type == kMax)
-          s0 = multi ? f32(g.smax[slot]) : g.smax[slot];
-        else
-          s0 = multi ? f32(conf / cntf) : conf;
-        const double wf = multi ? f32(g.wsum[slot]) : g.wsum[slot];
-        double out;
-        if (conf_type == kAvg) {
-          const double mm =
-              allows_overflow ? cntf : std::min(cntf, static_cast<double>(n));
-          out = s0 * mm / weight_sum;
-        } else if (conf_type == kMax) {
-          out = s0 / (n ? weight_max : 1.0);
-        } else {
-          double sum = 0.0;  // present (or absent) member weights, in order
-          const bool want = conf_type == kBoxAndModelAvg;
-          for (i64 t = 0; t < n; ++t)
-            if (static_cast<bool>(present[c * n + t]) == want) sum += w[t];
-          out = want ? s0 * cntf / wf * sum / weight_sum
-                     : s0 * cntf / (wf + sum);
-        }
-        score[slot] = out;
-      }
-    }
-  }
-
+  const std::vector<double>& score = g.score;
   const std::vector<i64> off = image_offsets(lay, g.ncl, num_images);
   const i64 nout = off[num_images];
   auto fopt = at::TensorOptions().dtype(at::kDouble);
@@ -534,7 +548,7 @@ std::vector<at::Tensor> nmw(const at::Tensor& boxes_t, const at::Tensor& ws_t,
   const Layout lay = build_layout(labels, images, d.keep, ws, d.m,
                                   num_images, class_agnostic);
   const Greedy g =
-      run_greedy(lay, boxes, ws, nullptr, nullptr, iou_thr, false);
+      run_greedy(lay, boxes, ws, nullptr, nullptr, iou_thr);
   const i64 k = static_cast<i64>(lay.idx.size());
   const i64 ng = static_cast<i64>(lay.gfirst.size());
   std::vector<double> fused(4 * k, 0.0), conf(k, 0.0);
@@ -591,7 +605,7 @@ std::vector<at::Tensor> nms(const at::Tensor& boxes_t, const at::Tensor& sc_t,
   const double *boxes = d.boxes, *sc = d.scores;
   const Layout lay = build_layout(d.labels, d.images, d.keep, sc, d.m,
                                   num_images, class_agnostic);
-  const Greedy g = run_greedy(lay, boxes, sc, nullptr, nullptr, iou_thr, false);
+  const Greedy g = run_greedy(lay, boxes, sc, nullptr, nullptr, iou_thr);
   const i64 ng = static_cast<i64>(lay.gfirst.size());
   std::vector<i64> goff(ng + 1, 0);
   for (i64 gi = 0; gi < ng; ++gi) goff[gi + 1] = goff[gi] + g.ncl[gi];
