@@ -41,14 +41,16 @@ def wbf_clusters(prep: Prepared,
                  skip_box_thr: float = 0.0,
                  conf_type: str = 'avg',
                  allows_overflow: bool = False,
-                 class_agnostic: bool = False) -> dict:
+                 class_agnostic: bool = False,
+                 with_clusters: bool = True) -> dict:
     """WBF clustering of prepared detections (internal building block).
 
     Returns a dict with, for the ``C`` clusters in output order, ``boxes``
     [C, 4], ``scores`` [C], ``labels`` [C], ``images`` [C] (float64 / long),
     and ``box_index`` [K] (packed index) and ``cluster`` [K] (its cluster) of
     the kept boxes, grouped by ``(image, label)`` and in score order inside
-    a group (the order of every per-cluster sum).
+    a group (the order of every per-cluster sum); ``with_clusters=False``
+    lets the kernel skip these two (empty then), fusion does not need them.
     """
     if conf_type not in CONF_TYPES:
         raise ValueError(f'conf_type must be one of {CONF_TYPES}, got '
@@ -59,7 +61,7 @@ def wbf_clusters(prep: Prepared,
     keep = prep.valid & (prep.scores >= skip_box_thr)  # [M]
     if kernel.use_kernel(prep.boxes):
         return _wbf_kernel(prep, keep, iou_thr, conf_type, allows_overflow,
-                           class_agnostic)
+                           class_agnostic, with_clusters)
     lay, idx, ws = layout_groups(prep, keep, class_agnostic,
                                  prep.scores * take(w, prep.members))
     mem = take(prep.members, idx)  # [K]
@@ -88,7 +90,8 @@ def wbf_clusters(prep: Prepared,
 
 
 def _wbf_kernel(prep: Prepared, keep: Tensor, iou_thr: float, conf_type: str,
-                allows_overflow: bool, class_agnostic: bool) -> dict:
+                allows_overflow: bool, class_agnostic: bool,
+                with_clusters: bool) -> dict:
     """:func:`wbf_clusters` through the compiled CPU kernel (same output)."""
     w = prep.weights
     ws = prep.scores * take(w, prep.members)  # [M] weighted scores
@@ -98,7 +101,7 @@ def _wbf_kernel(prep: Prepared, keep: Tensor, iou_thr: float, conf_type: str,
         w.contiguous(), prep.num_images, float(iou_thr),
         CONF_TYPES.index(conf_type), bool(allows_overflow),
         bool(class_agnostic), float(w.sum()),
-        float(w.max()) if w.numel() else 1.0)
+        float(w.max()) if w.numel() else 1.0, bool(with_clusters))
     return dict(boxes=boxes, scores=scores, labels=labels, images=images,
                 cluster=cluster, box_index=idx)
 

@@ -50,7 +50,7 @@ def weighted_boxes_fusion_packed(
     """
     prep = prepare_packed(dets, weights, image_sizes, _report_image)
     r = wbf_clusters(prep, iou_thr, skip_box_thr, conf_type, allows_overflow,
-                     class_agnostic)
+                     class_agnostic, with_clusters=False)
     return (r['boxes'].to(prep.dtype), r['scores'].to(prep.dtype), r['labels'],
             r['images'])
 

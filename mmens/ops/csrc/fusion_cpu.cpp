@@ -472,8 +472,9 @@ void write_sorted(const Layout& lay, const std::vector<i64>& ncl,
 }
 
 // WBF: returns the fused boxes, scores, labels and images in output order
-// (per image, score descending), then for every clustered box (positions in
-// group, rank order) its packed index and its output cluster.
+// (per image, score descending), then, with_clusters, for every clustered
+// box (positions in group, rank order) its packed index and its output
+// cluster (empty tensors otherwise).
 std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
                             const at::Tensor& labels_t,
                             const at::Tensor& members_t,
@@ -481,7 +482,7 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
                             const at::Tensor& weights_t, i64 num_images,
                             double iou_thr, i64 conf_type, bool allows_overflow,
                             bool class_agnostic, double weight_sum,
-                            double weight_max) {
+                            double weight_max, bool with_clusters) {
   const Dets d = check_dets(boxes_t, ws_t, labels_t, images_t, keep_t);
   check_input(members_t, at::kLong, 1, "members");
   check_input(weights_t, at::kDouble, 1, "weights");
@@ -506,12 +507,13 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
   auto lopt = at::TensorOptions().dtype(at::kLong);
   at::Tensor ob = at::empty({nout, 4}, fopt), os = at::empty({nout}, fopt);
   at::Tensor ol = at::empty({nout}, lopt), oi = at::empty({nout}, lopt);
-  at::Tensor bidx = at::empty({k}, lopt), bcl = at::empty({k}, lopt);
+  const i64 kc = with_clusters ? k : 0;  // fusion alone needs no box map
+  at::Tensor bidx = at::empty({kc}, lopt), bcl = at::empty({kc}, lopt);
   double* pb = ob.data_ptr<double>();
   double* ps = os.data_ptr<double>();
   i64* pl = ol.data_ptr<i64>();
   i64* pi = oi.data_ptr<i64>();
-  std::vector<i64> out_of_slot(k, -1);
+  std::vector<i64> out_of_slot(kc);
   write_sorted(
       lay, g.ncl, off, num_images, k,
       [&](i64 slot, i64) { return score[slot]; },
@@ -521,8 +523,9 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
         const i64 lead = lay.idx[g.leader[slot]];
         pl[r] = labels[lead];
         pi[r] = images[lead];
-        out_of_slot[slot] = r;
+        if (with_clusters) out_of_slot[slot] = r;
       });
+  if (!with_clusters) return {ob, os, ol, oi, bidx, bcl};
   i64* pbi = bidx.data_ptr<i64>();
   i64* pbc = bcl.data_ptr<i64>();
 #pragma omp parallel for schedule(dynamic, 8) num_threads(team_size(k))
