@@ -684,17 +684,23 @@ def print_case(case: Case, args, main: bool) -> None:
                          (f' ({note})' if note else ''))
         print(f'  {"":9s} mmens {threads_label(t):10s} ' + ' | '.join(cells))
     if case.mem:
-        kind = 'CUDA max allocated' if args.device == 'cuda' else \
-            'RSS growth'
-        mem = '; '.join(
-            f'{threads_label(t)}: list {case.mem["list", t] / mb:.1f}, '
-            f'packed {case.mem["packed", t] / mb:.1f} MiB'
-            for t in case.threads() if ('list', t) in case.mem)
+        kind, mem = memory_summary(case, args)
         ref = (f'ensemble-boxes {case.ref_mem / mb:.2f} MiB tracemalloc, '
                f'{case.ref_rss / mb:.1f} MiB RSS growth (per-image loop) | '
                if case.ref_images else '')
         print(f'  {"":9s} peak memory: {ref}mmens {case.images:,} images at '
               f'once ({kind}) {mem}', flush=True)
+
+
+def memory_summary(case: Case, args) -> Tuple[str, str]:
+    """What the peak memory is and its figures per thread count (MiB)."""
+    mb = 2.0**20
+    kind = 'CUDA max allocated' if args.device == 'cuda' else 'RSS growth'
+    mem = '; '.join(
+        f'{threads_label(t)}: list {case.mem["list", t] / mb:.1f}, '
+        f'packed {case.mem["packed", t] / mb:.1f} MiB'
+        for t in case.threads() if ('list', t) in case.mem)
+    return kind, mem
 
 
 def print_check(case: Case) -> None:
@@ -706,7 +712,6 @@ def print_check(case: Case) -> None:
 
 
 def print_coco(case: Case, args, main_case: Optional[Case]) -> None:
-    mb = 2.0**20
     label = METHODS[case.method][1]
     for t in case.threads():
         cells = []
@@ -726,12 +731,7 @@ def print_coco(case: Case, args, main_case: Optional[Case]) -> None:
               f'({main_case.ref_ms:.3f} ms/img of the main load x '
               f'{case.images:,})')
     if case.mem:
-        kind = 'CUDA max allocated' if args.device == 'cuda' else \
-            'RSS growth'
-        mem = '; '.join(
-            f'{threads_label(t)}: list {case.mem["list", t] / mb:.1f}, '
-            f'packed {case.mem["packed", t] / mb:.1f} MiB'
-            for t in case.threads() if ('list', t) in case.mem)
+        kind, mem = memory_summary(case, args)
         print(f'  {"":9s} peak memory ({kind}, during the timed call) {mem}',
               flush=True)
 

@@ -471,6 +471,27 @@ void write_sorted(const Layout& lay, const std::vector<i64>& ncl,
   }
 }
 
+// Output tensors of WBF / NMW: nout fused boxes, scores, labels, images.
+struct FusedOut {
+  at::Tensor boxes, scores, labels, images;
+  double *pb, *ps;
+  i64 *pl, *pi;
+  explicit FusedOut(i64 nout)
+      : boxes(at::empty({nout, 4}, at::TensorOptions().dtype(at::kDouble))),
+        scores(at::empty({nout}, at::TensorOptions().dtype(at::kDouble))),
+        labels(at::empty({nout}, at::TensorOptions().dtype(at::kLong))),
+        images(at::empty({nout}, at::TensorOptions().dtype(at::kLong))),
+        pb(boxes.data_ptr<double>()), ps(scores.data_ptr<double>()),
+        pl(labels.data_ptr<i64>()), pi(images.data_ptr<i64>()) {}
+  // Row r: the box, the score, and the label and image of packed box lead.
+  void set(i64 r, const double* box, double score, i64 lead, const Dets& d) {
+    for (int t = 0; t < 4; ++t) pb[4 * r + t] = box[t];
+    ps[r] = score;
+    pl[r] = d.labels[lead];
+    pi[r] = d.images[lead];
+  }
+};
+
 // WBF: returns the fused boxes, scores, labels and images in output order
 // (per image, score descending), then, with_clusters, for every clustered
 // box (positions in group, rank order) its packed index and its output
@@ -488,11 +509,10 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
   check_input(weights_t, at::kDouble, 1, "weights");
   TORCH_CHECK(conf_type >= 0 && conf_type <= 3, "bad conf_type");
   const double *boxes = d.boxes, *ws = d.scores;
-  const i64 *labels = d.labels, *images = d.images;
   const i64* members = members_t.data_ptr<i64>();
   const double* w = weights_t.data_ptr<double>();
   const i64 n = weights_t.size(0);
-  const Layout lay = build_layout(labels, images, d.keep, ws, d.m,
+  const Layout lay = build_layout(d.labels, d.images, d.keep, ws, d.m,
                                   num_images, class_agnostic);
   const ScoreRule rule{conf_type, allows_overflow, n, w, weight_sum,
                        weight_max};
@@ -502,30 +522,19 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
 
   const std::vector<double>& score = g.score;
   const std::vector<i64> off = image_offsets(lay, g.ncl, num_images);
-  const i64 nout = off[num_images];
-  auto fopt = at::TensorOptions().dtype(at::kDouble);
-  auto lopt = at::TensorOptions().dtype(at::kLong);
-  at::Tensor ob = at::empty({nout, 4}, fopt), os = at::empty({nout}, fopt);
-  at::Tensor ol = at::empty({nout}, lopt), oi = at::empty({nout}, lopt);
+  FusedOut out(off[num_images]);
   const i64 kc = with_clusters ? k : 0;  // fusion alone needs no box map
+  auto lopt = at::TensorOptions().dtype(at::kLong);
   at::Tensor bidx = at::empty({kc}, lopt), bcl = at::empty({kc}, lopt);
-  double* pb = ob.data_ptr<double>();
-  double* ps = os.data_ptr<double>();
-  i64* pl = ol.data_ptr<i64>();
-  i64* pi = oi.data_ptr<i64>();
   std::vector<i64> out_of_slot(kc);
   write_sorted(
       lay, g.ncl, off, num_images, k,
       [&](i64 slot, i64) { return score[slot]; },
       [&](i64 r, i64 slot) {
-        for (int t = 0; t < 4; ++t) pb[4 * r + t] = g.ref[4 * slot + t];
-        ps[r] = score[slot];
-        const i64 lead = lay.idx[g.leader[slot]];
-        pl[r] = labels[lead];
-        pi[r] = images[lead];
+        out.set(r, &g.ref[4 * slot], score[slot], lay.idx[g.leader[slot]], d);
         if (with_clusters) out_of_slot[slot] = r;
       });
-  if (!with_clusters) return {ob, os, ol, oi, bidx, bcl};
+  if (!with_clusters) return {out.boxes, out.scores, out.labels, out.images, bidx, bcl};
   i64* pbi = bidx.data_ptr<i64>();
   i64* pbc = bcl.data_ptr<i64>();
 #pragma omp parallel for schedule(dynamic, 8) num_threads(team_size(k))
@@ -534,7 +543,28 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
       pbi[p] = lay.idx[p];
       pbc[p] = out_of_slot[lay.gstart[gi] + g.cluster[p]];
     }
-  return {ob, os, ol, oi, bidx, bcl};
+  return {out.boxes, out.scores, out.labels, out.images, bidx, bcl};
+}
+
+// NMW and NMS: the checked detections, their layout and their clusters,
+// each matched against its first box.
+struct LeaderClusters {
+  Dets d;
+  Layout lay;
+  Greedy g;
+};
+
+LeaderClusters cluster_by_leader(const at::Tensor& boxes_t,
+                                 const at::Tensor& sc_t,
+                                 const at::Tensor& labels_t,
+                                 const at::Tensor& images_t,
+                                 const at::Tensor& keep_t, i64 num_images,
+                                 double iou_thr, bool class_agnostic) {
+  const Dets d = check_dets(boxes_t, sc_t, labels_t, images_t, keep_t);
+  Layout lay = build_layout(d.labels, d.images, d.keep, d.scores, d.m,
+                            num_images, class_agnostic);
+  Greedy g = run_greedy(lay, d.boxes, d.scores, nullptr, nullptr, iou_thr);
+  return {d, std::move(lay), std::move(g)};
 }
 
 // NMW: clusters matched against their first box; the fused box is the mean
@@ -545,13 +575,13 @@ std::vector<at::Tensor> nmw(const at::Tensor& boxes_t, const at::Tensor& ws_t,
                             const at::Tensor& images_t, const at::Tensor& keep_t,
                             i64 num_images, double iou_thr,
                             bool class_agnostic) {
-  const Dets d = check_dets(boxes_t, ws_t, labels_t, images_t, keep_t);
+  const LeaderClusters lc = cluster_by_leader(
+      boxes_t, ws_t, labels_t, images_t, keep_t, num_images, iou_thr,
+      class_agnostic);
+  const Dets& d = lc.d;
+  const Layout& lay = lc.lay;
+  const Greedy& g = lc.g;
   const double *boxes = d.boxes, *ws = d.scores;
-  const i64 *labels = d.labels, *images = d.images;
-  const Layout lay = build_layout(labels, images, d.keep, ws, d.m,
-                                  num_images, class_agnostic);
-  const Greedy g =
-      run_greedy(lay, boxes, ws, nullptr, nullptr, iou_thr);
   const i64 k = static_cast<i64>(lay.idx.size());
   const i64 ng = static_cast<i64>(lay.gfirst.size());
   std::vector<double> fused(4 * k, 0.0), conf(k, 0.0);
@@ -574,27 +604,16 @@ std::vector<at::Tensor> nmw(const at::Tensor& boxes_t, const at::Tensor& ws_t,
     }
   }
   const std::vector<i64> off = image_offsets(lay, g.ncl, num_images);
-  const i64 nout = off[num_images];
-  auto fopt = at::TensorOptions().dtype(at::kDouble);
-  auto lopt = at::TensorOptions().dtype(at::kLong);
-  at::Tensor ob = at::empty({nout, 4}, fopt), os = at::empty({nout}, fopt);
-  at::Tensor ol = at::empty({nout}, lopt), oi = at::empty({nout}, lopt);
-  double* pb = ob.data_ptr<double>();
-  double* ps = os.data_ptr<double>();
-  i64* pl = ol.data_ptr<i64>();
-  i64* pi = oi.data_ptr<i64>();
+  FusedOut out(off[num_images]);
   auto lead_score = [&](i64 slot, i64) {
     return f32(ws[lay.idx[g.leader[slot]]]);
   };
   write_sorted(lay, g.ncl, off, num_images, k, lead_score,
                [&](i64 r, i64 slot) {
-                 for (int t = 0; t < 4; ++t) pb[4 * r + t] = fused[4 * slot + t];
-                 const i64 lead = lay.idx[g.leader[slot]];
-                 ps[r] = f32(ws[lead]);
-                 pl[r] = labels[lead];
-                 pi[r] = images[lead];
+                 out.set(r, &fused[4 * slot], lead_score(slot, 0),
+                         lay.idx[g.leader[slot]], d);
                });
-  return {ob, os, ol, oi};
+  return {out.boxes, out.scores, out.labels, out.images};
 }
 
 // Hard NMS: the packed index of every kept box and its rank in its group
@@ -604,11 +623,11 @@ std::vector<at::Tensor> nms(const at::Tensor& boxes_t, const at::Tensor& sc_t,
                             const at::Tensor& images_t, const at::Tensor& keep_t,
                             i64 num_images, double iou_thr,
                             bool class_agnostic) {
-  const Dets d = check_dets(boxes_t, sc_t, labels_t, images_t, keep_t);
-  const double *boxes = d.boxes, *sc = d.scores;
-  const Layout lay = build_layout(d.labels, d.images, d.keep, sc, d.m,
-                                  num_images, class_agnostic);
-  const Greedy g = run_greedy(lay, boxes, sc, nullptr, nullptr, iou_thr);
+  const LeaderClusters lc = cluster_by_leader(
+      boxes_t, sc_t, labels_t, images_t, keep_t, num_images, iou_thr,
+      class_agnostic);
+  const Layout& lay = lc.lay;
+  const Greedy& g = lc.g;
   const i64 ng = static_cast<i64>(lay.gfirst.size());
   std::vector<i64> goff(ng + 1, 0);
   for (i64 gi = 0; gi < ng; ++gi) goff[gi + 1] = goff[gi] + g.ncl[gi];
