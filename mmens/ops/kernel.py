@@ -87,4 +87,15 @@ def use_kernel(t: Tensor) -> bool:
     return False
 
 
-set_backend(os.environ.get('MMENS_OPS_BACKEND', 'auto'))
+def _backend_from_env() -> str:
+    """``MMENS_OPS_BACKEND``; a wrong value warns in one line (an import must
+    not fail on it) and leaves ``'auto'``."""
+    name = os.environ.get('MMENS_OPS_BACKEND', 'auto')
+    if name in BACKENDS:
+        return name
+    warnings.warn(f'mmens: MMENS_OPS_BACKEND={name!r} is not one of '
+                  f'{", ".join(BACKENDS)}; using auto', stacklevel=2)
+    return 'auto'
+
+
+set_backend(_backend_from_env())

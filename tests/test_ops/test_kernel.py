@@ -172,3 +172,10 @@ def test_backend_names():
         assert kernel.get_backend() == 'torch'
         assert not kernel.use_kernel(torch.zeros(1))
     assert kernel.get_backend() == 'auto'
+
+
+def test_bad_backend_variable_warns_in_one_line(monkeypatch):
+    monkeypatch.setenv('MMENS_OPS_BACKEND', 'numba')
+    with pytest.warns(UserWarning, match="MMENS_OPS_BACKEND='numba'") as rec:
+        assert kernel._backend_from_env() == 'auto'
+    assert '\n' not in str(rec[0].message)
