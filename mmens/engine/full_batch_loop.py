@@ -6,7 +6,7 @@ import torch.distributed as dist
 from mmengine.registry import LOOPS
 from mmengine.runner import EpochBasedTrainLoop
 
-from mmens.models.data_preprocessors.ensemble_preprocessor import uncollate
+from mmens.utils.batch import uncollate
 
 
 def _merge(batches: list) -> dict:

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from mmdet.registry import MODELS
 
-MEMBER_KEYS = ('name', 'config', 'checkpoint', 'flip', 'score_thr', 'max_per_img')
+#: the keys a live member's config dict may have
+LIVE_MEMBER_CFG_KEYS = ('name', 'config', 'checkpoint', 'flip', 'score_thr', 'max_per_img')
 
 
 def member_pipeline(cfg: Config, name: str) -> Compose:
@@ -123,10 +124,10 @@ class LiveMembers:
             if not isinstance(m, dict) or 'config' not in m:
                 raise ValueError(f'member {i}: a live member is dict(config=..., '
                                  f'checkpoint=...), got {m!r}')
-            unknown = set(m) - set(MEMBER_KEYS)
+            unknown = set(m) - set(LIVE_MEMBER_CFG_KEYS)
             if unknown:
                 raise ValueError(f'member {i}: unknown keys {sorted(unknown)}; '
-                                 f'allowed: {MEMBER_KEYS}')
+                                 f'allowed: {LIVE_MEMBER_CFG_KEYS}')
             flip = bool(m.get('flip', False))
             stem = osp.splitext(osp.basename(m['config']))[0]
             spec = dict(name=m.get('name', stem + ('-hflip' if flip else '')),

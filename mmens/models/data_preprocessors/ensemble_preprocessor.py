@@ -6,14 +6,10 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseDataPreprocessor
 from torch import Tensor
 
-MEMBER_KEYS = ('bboxes', 'scores', 'labels', 'members')
+from mmens.utils.batch import uncollate
 
-
-def uncollate(x, i: int):
-    """Sample ``i`` of a pseudo-collated structure (dicts of per-sample lists)."""
-    if isinstance(x, dict):
-        return {k: uncollate(v, i) for k, v in x.items()}
-    return x[i]
+#: the per-box fields of an image's cached member predictions, packed by :func:`pack_members`
+PREDICTION_FIELDS = ('bboxes', 'scores', 'labels', 'members')
 
 
 def pack_members(samples: Sequence[dict], image_sizes: Tensor) -> dict:
@@ -32,7 +28,7 @@ def pack_members(samples: Sequence[dict], image_sizes: Tensor) -> dict:
     counts = [int(s['scores'].shape[0]) for s in samples]  # host-side shapes, no sync
     packed = {k: torch.cat([s[k].reshape(-1, 4) if k == 'bboxes' else s[k].reshape(-1)
                             for s in samples]) if samples else torch.zeros(0, device=device)
-              for k in MEMBER_KEYS}
+              for k in PREDICTION_FIELDS}
     packed['bboxes'] = packed['bboxes'].float().reshape(-1, 4)  # [M, 4]
     packed['scores'] = packed['scores'].float()  # [M]
     packed['labels'] = packed['labels'].long()  # [M]
