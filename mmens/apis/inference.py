@@ -4,23 +4,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from mmdet.registry import MODELS
-from mmengine.config import Config
-from mmengine.registry import init_default_scope
 from torch import Tensor, nn
 
 from mmens.evaluation.coco_eval import arrays_to_results, results_to_arrays
 from mmens.evaluation.fast_coco_ap import DetectionArrays
-from mmens.models.utils import rank_results
+from mmens.ops.ranking import rank_results
+from .fixed_ensemble import build_fixed_ensemble  # noqa: F401  (re-exported)
 from .member_files import MemberBatch
-
-
-def build_fixed_ensemble(members: Sequence[str], method: str, **fusion_cfg) -> nn.Module:
-    """A :class:`FusionDetector` for ``method`` (``wbf``, ``nms``, ``soft_nms``, ``nmw``)."""
-    init_default_scope('mmdet')
-    fusion_cfg = {k: v for k, v in fusion_cfg.items() if v is not None}
-    return MODELS.build(dict(type='FusionDetector', members=list(members), method=method,
-                             fusion_cfg=fusion_cfg)).eval()
 
 
 def load_ensemble_checkpoint(checkpoint: str, config: Optional[str] = None,
@@ -31,6 +21,11 @@ def load_ensemble_checkpoint(checkpoint: str, config: Optional[str] = None,
     it. Loading uses ``torch.load(weights_only=True)`` with mmens' allow-list; a checkpoint
     needing anything else is refused (:class:`mmens.utils.UnsafeCheckpointError`).
     """
+    # mmdet & co. only here: the fixed rules and the batch APIs below run without them
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
     from mmens.utils.setup_env import safe_torch_load
     ckpt = safe_torch_load(checkpoint, map_location='cpu')  # one-line errors (ValueError)
     if not isinstance(ckpt, dict):

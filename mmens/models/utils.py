@@ -10,6 +10,7 @@ from mmdet.structures import SampleList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from mmens.ops.ranking import rank_results
 from mmens.ops.targets import assign_targets
 
 
@@ -60,28 +61,6 @@ def cluster_targets(clusters, samples: SampleList, image_sizes: Tensor, iou_thr:
     return assign_targets(clusters.fused_boxes, clusters.fused_scores, clusters.labels,
                           clusters.image_index, gt_boxes, gt_labels, gt_images,
                           iou_thr=iou_thr, gt_ignore=gt_ignore)
-
-
-def rank_results(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
-                 image_sizes: Tensor, max_per_img: int = 100, score_thr: float = 0.0
-                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`split_results` before the split: flat ``boxes [K, 4]`` pixels, ``scores``,
-    ``labels``, ``images`` sorted by image, then by score (descending, stable), at most
-    ``max_per_img`` per image. Concatenating :func:`split_results` gives the same."""
-    num_images = image_sizes.shape[0]
-    keep = scores >= score_thr  # [K]
-    boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
-    # sort by (image, score desc), then rank within the image
-    order = torch.argsort(scores, descending=True, stable=True)
-    order = order[torch.argsort(images[order], stable=True)]  # [K]
-    boxes, scores, labels, images = boxes[order], scores[order], labels[order], images[order]
-    counts = torch.bincount(images, minlength=num_images)  # [B]
-    starts = torch.cumsum(counts, 0) - counts  # [B]
-    rank = torch.arange(len(images), device=images.device) - starts[images]  # [K]
-    keep = rank < max_per_img
-    boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
-    boxes = boxes * image_sizes[images].repeat(1, 2)  # [K, 4] pixels
-    return boxes, scores, labels, images
 
 
 def split_results(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
