@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from mmens.evaluation.coco_eval import arrays_to_results, results_to_arrays
 from mmens.evaluation.fast_coco_ap import DetectionArrays
-from mmens.ops.ranking import rank_results
+from mmens.ops.results import rank_results
 from .fixed_ensemble import build_fixed_ensemble  # noqa: F401  (re-exported)
 from .member_files import MemberBatch
 

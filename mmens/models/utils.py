@@ -10,7 +10,7 @@ from mmdet.structures import SampleList
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from mmens.ops.ranking import rank_results
+from mmens.ops.results import rank_results
 from mmens.ops.targets import assign_targets
 
 
