@@ -75,6 +75,8 @@ class CELDetector(BaseEnsembleDetector):
         self.register_buffer('member_seconds', torch.as_tensor(
             member_seconds if member_seconds is not None else [1.0] * n,
             dtype=torch.float32), persistent=False)
+        # the unit costs above stand in for k-selection only: a time budget needs real ones
+        self.has_member_seconds = member_seconds is not None
         self.fusion_cfg = dict(dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
                                **(fusion_cfg or {}))
         self.register_member_weights(self.fusion_cfg.pop('weights', None))
@@ -88,6 +90,9 @@ class CELDetector(BaseEnsembleDetector):
         budgets)."""
         if (k is None) == (budget is None):
             raise ValueError('CELDetector.set_budget: give exactly one of k or budget')
+        if budget is not None and not self.has_member_seconds:
+            raise ValueError('CELDetector.set_budget: a time budget needs each member\'s '
+                             'seconds per image (member_seconds), and this model has none')
         if k is not None:
             self.selector = PerturbedSelector(k=k, **self.selector_cfg)
         else:
