@@ -22,7 +22,7 @@ def load_ensemble_checkpoint(checkpoint: str, config: Optional[str] = None,
     needing anything else is refused (:class:`mmens.utils.UnsafeCheckpointError`).
     """
     # mmdet & co. only here: the fixed rules and the batch APIs below run without them
-    from mmdet.registry import MODELS
+    from mmens.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
@@ -38,7 +38,7 @@ def load_ensemble_checkpoint(checkpoint: str, config: Optional[str] = None,
         if not text:
             raise ValueError(f'checkpoint {checkpoint} carries no config; pass --config')
         cfg = Config.fromstring(text, file_format='.py')
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    init_default_scope('mmens')  # configs saved before mmens.registry say 'mmdet'
     model = MODELS.build(cfg.model)
     state = ckpt.get('state_dict', ckpt)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -74,14 +74,16 @@ def member_remap(model_members: Sequence[str], names: Sequence[str]) -> Tensor:
 def fuse_batch_arrays(model: nn.Module, batch: MemberBatch, chunk: int = 256,
                       device: str = 'cpu', max_per_img: int = 100,
                       selections: Optional[list] = None) -> Tuple[DetectionArrays, float]:
-    """Fuse every image of ``batch`` with ``model.fuse``, ``chunk`` images at a time.
+    """Fuse every image of ``batch`` with ``model.fuse_with_metainfo``, ``chunk`` images at
+    a time.
 
     The batch's members are mapped to the model's members by name. Returns the fused
     detections as columns (COCO ids, ``bbox`` xywh pixels rounded to 1e-3, ``score`` to
     1e-6; by image, then by descending score) and the seconds spent fusing (excluding
     file I/O and the conversion to COCO ids). For models that select members per image
-    (e2e-CEL), ``selections`` receives each chunk's selection ``[B, N]`` in the batch's
-    member order.
+    (e2e-CEL), ``selections`` receives each chunk's ``selected_members`` (the metainfo
+    that ``model.predict`` gives each sample, as ``[B, N]`` 0/1) in the batch's member
+    order.
     """
     remap = member_remap(model.members, batch.names)
     n_img = len(batch.img_ids)
@@ -105,15 +107,15 @@ def fuse_batch_arrays(model: nn.Module, batch: MemberBatch, chunk: int = 256,
         if device.startswith('cuda'):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        boxes, scores, labels, images = model.fuse(part)
+        (boxes, scores, labels, images), info = model.fuse_with_metainfo(part)
         boxes, scores, labels, images = rank_results(boxes, scores, labels, images,
                                                      part['image_sizes'],
                                                      max_per_img=max_per_img)
         if device.startswith('cuda'):
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t0
-        if selections is not None and hasattr(model, 'last_selection'):
-            selections.append(model.last_selection[:, remap.to(device)].cpu())
+        if selections is not None and 'selected_members' in info:
+            selections.append(info['selected_members'][:, remap.to(device)].float().cpu())
         parts.append(results_to_arrays(boxes, scores, labels, images + start, batch.img_ids,
                                        batch.cat_ids))
     if not parts:  # no images

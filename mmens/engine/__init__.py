@@ -1,5 +1,7 @@
+from .cel_warm_start_hook import CELWarmStartHook
 from .full_batch_loop import FullBatchTrainLoop
 from .model_wrapper import EnsembleDistributedWrapper
 from .theta_plot_hook import ThetaPlotHook
 
-__all__ = ['EnsembleDistributedWrapper', 'FullBatchTrainLoop', 'ThetaPlotHook']
+__all__ = ['CELWarmStartHook', 'EnsembleDistributedWrapper', 'FullBatchTrainLoop',
+           'ThetaPlotHook']

@@ -5,7 +5,7 @@ import os.path as osp
 import pytest
 import torch
 
-from conftest import DATA
+from conftest import DATA, load_tool
 from mmens.ops.clustering import Clusters
 from mmens.ops.selection_features import selection_feature_names, selection_features
 from mmens.ops.targets import TargetAssignment
@@ -95,15 +95,18 @@ def test_cel_learns_per_image_selection_and_beats_every_fixed_member():
     assert cel < min(fixed) - 0.05
 
 
-def test_selected_fusion_of_all_members_is_wbf_and_budget_is_respected():
+def six_images() -> dict:
+    """The packed member predictions of the first 6 embedded val images."""
     from mmens.apis import load_coco, load_member_batch
-    from mmens.experiments.cross_val import subset_batch
-    from mmens.ops.selected_fusion import selected_fusion
     coco = load_coco(osp.join(DATA, 'annotations', 'val.json'))
     batch = load_member_batch(coco, [osp.join(DATA, 'predictions', 'val', f'{m}.json')
                                      for m in MEMBERS], MEMBERS)
-    batch = subset_batch(batch, batch.img_ids[:6])
-    packed = dict(batch.packed)
+    return dict(load_tool('cross_val').subset_batch(batch, batch.img_ids[:6]).packed)
+
+
+def test_selected_fusion_of_all_members_is_wbf_and_budget_is_respected():
+    from mmens.ops.selected_fusion import selected_fusion
+    packed = six_images()
     model = build(dict(budget=0.2))
     clusters = model.extract_feat(packed)
     boxes, scores = selected_fusion(clusters, torch.ones(6, 6), model.weights)
@@ -119,14 +122,78 @@ def test_selected_fusion_of_all_members_is_wbf_and_budget_is_respected():
     for a, b in zip(model.fuse(packed), wbf.fuse(packed)):
         assert torch.equal(a, b)
     model.set_budget(k=2)
-    boxes, scores, labels, images = model.fuse(packed)
-    x = model.last_selection
+    x = model.fuse_with_metainfo(packed)[1]['selected_members'].float()
     assert (x.sum(1) == 2).all()
     # only the selected members' boxes were fused: fusing them alone gives the same
     keep = x[packed['images'], packed['members']] > 0.5
     sub = {k: (v if k == 'image_sizes' else v[keep]) for k, v in packed.items()}
     for a, b in zip(model.fuse(packed), wbf.fuse(sub)):
         assert torch.equal(a, b)
+
+
+def test_predict_puts_each_images_selection_in_its_metainfo():
+    from mmdet.structures import DetDataSample
+    packed = six_images()
+    model = build(dict(budget=0.2)).eval()
+    samples = [DetDataSample(metainfo=dict(img_shape=(int(h), int(w))))
+               for w, h in packed['image_sizes'].tolist()]
+    with torch.no_grad():
+        out = model.predict(packed, samples)
+        x, _ = model.select(packed)
+    assert not hasattr(model, 'last_selection')  # no hidden state between calls
+    for b, sample in enumerate(out):
+        assert sample.selected_members == (x[b] > 0.5).tolist()
+        assert sample.member_seconds == pytest.approx(float(x[b] @ model.member_seconds))
+        assert sample.member_seconds <= 0.2 + 1e-6 and any(sample.selected_members)
+    # the same fused detections as fuse, per image
+    from mmens.models.utils import split_results
+    for sample, inst in zip(out, split_results(*model.fuse(packed), packed['image_sizes'],
+                                               **model.test_cfg)):
+        assert torch.equal(sample.pred_instances.bboxes, inst.bboxes)
+        assert torch.equal(sample.pred_instances.scores, inst.scores)
+
+
+def test_warm_start_uses_the_injected_evaluator_or_names_the_missing_hook():
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    packed = six_images()
+    samples = []
+    for w, h in packed['image_sizes'].tolist():
+        s = DetDataSample(metainfo=dict(img_shape=(int(h), int(w))))
+        s.gt_instances = InstanceData(bboxes=torch.tensor([[0., 0., 10., 10.]]),
+                                      labels=torch.tensor([0]))
+        samples.append(s)
+    model = build(dict(k=2), train_cfg=dict(warm_start_gap=0.5))
+    with pytest.raises(ValueError, match=r"add dict\(type='CELWarmStartHook'\) to custom_hooks"):
+        model.loss_inputs(packed, samples)
+    assert not bool(model.warm_started)
+    seen = []
+
+    def evaluator(m, batch_inputs, data_samples, subsets):  # AP: subset (1, 4) is best
+        seen.append(list(subsets))
+        return [1.0 if s == (1, 4) else 0.5 for s in subsets]
+
+    model.subset_evaluator = evaluator
+    model.loss_inputs(packed, samples)
+    assert seen[0] == [s for s in seen[0] if len(s) == 2] and len(seen[0]) == 15
+    assert model.warm_start_subset == (1, 4) and model.warm_start_ap == 1.0
+    expected = torch.tensor([-0.25, 0.25, -0.25, -0.25, 0.25, -0.25])
+    assert torch.equal(model.selection_net.init_scores, expected)
+    assert bool(model.warm_started)
+    model.loss_inputs(packed, samples)  # computed once
+    assert len(seen) == 1
+
+
+def test_set_init_scores_starts_and_anchors_the_scores():
+    from mmens.models.heads import MemberSelectionNet
+    net = MemberSelectionNet(3, hidden=4)
+    meta = torch.randn(5, net.num_meta)
+    net.set_init_scores(torch.tensor([0.5, -0.5, 0.25]))
+    # the output layer's weight is zero before training: ĉ is the prior on every image
+    assert torch.equal(net(meta), torch.tensor([[0.5, -0.5, 0.25]]).expand(5, 3))
+    assert torch.equal(net.init_scores, torch.tensor([0.5, -0.5, 0.25]))
+    with pytest.raises(ValueError, match='init_scores has 2 values for 3 members'):
+        net.set_init_scores([1.0, 2.0])
 
 
 def test_cel_gradient_reaches_the_selection_net():
@@ -201,12 +268,13 @@ def test_anchor_penalty_keeps_the_scores_at_their_warm_start():
     torch.manual_seed(0)
     model = build(dict(k=2), members=['a', 'b', 'c'], train_cfg=dict(anchor=2.0))
     net = model.selection_net
-    net.mlp[2].bias.data += torch.tensor([0.3, 0.0, -0.3])  # moved off init_scores
+    net.set_init_scores(torch.tensor([0.1, 0.0, -0.1]))
+    net.init_scores.zero_()  # ĉ moved off its anchor, as training moves it
     c_hat = net(meta)
     loss = model.loss_by_feat(clusters, targets, meta, None)['loss_anchor']
     assert torch.allclose(loss, 2.0 * (c_hat - net.init_scores).pow(2).mean())
     loss.backward()
-    assert net.mlp[2].bias.grad[0] > 0 > net.mlp[2].bias.grad[2]  # pulled back
+    assert net.mlp[2].bias.grad[0] > 0 > net.mlp[2].bias.grad[2]  # pulled back to 0
     # checkpoints carry the warm start, so that a resumed training keeps its anchor
     assert torch.equal(net.state_dict()['init_scores'], net.init_scores)
 

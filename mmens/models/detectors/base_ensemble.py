@@ -81,12 +81,25 @@ class BaseEnsembleDetector(BaseDetector, metaclass=ABCMeta):
                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.fuse(batch_inputs)
 
+    def fuse_with_metainfo(self, batch_inputs: dict
+                           ) -> Tuple[Tuple[Tensor, Tensor, Tensor, Tensor], Dict[str, Tensor]]:
+        """:meth:`fuse`, and what the fusion decided per image as ``Tensor[B, ...]`` by
+        metainfo key (e.g. e2e-CEL's selection); by default nothing."""
+        return self.fuse(batch_inputs), {}
+
     def predict(self, batch_inputs: dict, batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
         """Fused detections as ``pred_instances`` of the data samples, in the pixels of the
-        raw images (the members' boxes are, so ``rescale`` changes nothing)."""
-        results = self.predict_by_feat(*self.fuse(batch_inputs), batch_inputs['image_sizes'])
-        return self.add_pred_to_datasample(batch_data_samples, results)
+        raw images (the members' boxes are, so ``rescale`` changes nothing), and the
+        per-image output of :meth:`fuse_with_metainfo` in each sample's metainfo (as
+        Python values)."""
+        fused, info = self.fuse_with_metainfo(batch_inputs)
+        results = self.predict_by_feat(*fused, batch_inputs['image_sizes'])
+        samples = self.add_pred_to_datasample(batch_data_samples, results)
+        columns = {key: value.tolist() for key, value in info.items()}  # one sync per key
+        for b, sample in enumerate(samples):
+            sample.set_metainfo({key: column[b] for key, column in columns.items()})
+        return samples
 
     def predict_by_feat(self, boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
                         image_sizes: Tensor) -> List[InstanceData]:

@@ -17,7 +17,7 @@ from mmens.ops.selection_features import selection_features
 from ..utils import cluster_targets, select_members
 from .base_ensemble import BaseEnsembleDetector
 from .cel_train_cfg import cel_train_cfg
-from .cel_warm_start import (apply_warm_start, best_fixed_subset, broadcast_subset,
+from .cel_warm_start import (SubsetEvaluator, best_fixed_subset, broadcast_subset,
                              warm_start_scores)
 
 
@@ -31,11 +31,13 @@ class CELDetector(BaseEnsembleDetector):
     fused output of the selected members (docs/theory.md §5.4): a ranking surrogate of AP
     (or BCE) of the fused score against match/no-match with the ground truth, plus an L1 box
     term and an anchor to the warm start. ĉ starts at the best fixed subset of the training
-    images (:meth:`warm_start`) and gets the gradient of each image's expected loss over
-    perturbed selections (default), or the perturbed optimizer's Jacobian
-    (``train_cfg.selection_grad='jacobian'``; docs/theory.md §5.3).
+    images (:meth:`warm_start`, by the AP of ``subset_evaluator``, which
+    :class:`mmens.engine.CELWarmStartHook` sets before training) and gets the gradient of
+    each image's expected loss over perturbed selections (default), or the perturbed
+    optimizer's Jacobian (``train_cfg.selection_grad='jacobian'``; docs/theory.md §5.3).
     Inference: hard selection, then WBF of the selected members' boxes only (live members
-    with an image-only net: unselected members are not run).
+    with an image-only net: unselected members are not run); :meth:`predict` puts each
+    image's selection in its sample's metainfo.
 
     Args:
         members (Sequence[str | dict]): member names (cached predictions) or live members
@@ -83,6 +85,8 @@ class CELDetector(BaseEnsembleDetector):
         self.train_cfg = cel_train_cfg(train_cfg)
         # set once the warm start is computed; saved, so that resuming does not redo it
         self.register_buffer('warm_started', torch.tensor(False))
+        # injected (CELWarmStartHook): models do not import the evaluation layer
+        self.subset_evaluator: Optional[SubsetEvaluator] = None
 
     def set_budget(self, k: Optional[int] = None, budget: Optional[float] = None) -> None:
         """Select ``k`` members per image, or members costing at most ``budget`` seconds
@@ -160,9 +164,14 @@ class CELDetector(BaseEnsembleDetector):
         """Start ĉ at the best fixed subset of these images by COCO AP (±gap/2; see
         :mod:`.cel_warm_start`) and anchor it there. Sets ``warm_start_subset`` (member
         indices) and ``warm_start_ap``."""
-        subset, ap = best_fixed_subset(self, batch_inputs, batch_data_samples)
+        if self.subset_evaluator is None:
+            raise ValueError("CELDetector: train_cfg.warm_start needs the AP of each fixed "
+                             "subset: add dict(type='CELWarmStartHook') to custom_hooks, or "
+                             'set train_cfg.warm_start=False')
+        subset, ap = best_fixed_subset(self, batch_inputs, batch_data_samples,
+                                       self.subset_evaluator)
         subset = broadcast_subset(subset, self.num_members, self.warm_started.device)
-        apply_warm_start(self.selection_net, warm_start_scores(
+        self.selection_net.set_init_scores(warm_start_scores(
             subset, self.num_members, self.train_cfg['warm_start_gap']))
         self.warm_started.fill_(True)
         self.warm_start_subset, self.warm_start_ap = subset, ap
@@ -255,9 +264,17 @@ class CELDetector(BaseEnsembleDetector):
     def fuse(self, batch_inputs: dict) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Select per image, then WBF of the selected members' boxes only: ``boxes [K, 4]``
         (normalised), ``scores [K]``, ``labels [K]``, ``images [K]``."""
+        return self.fuse_with_metainfo(batch_inputs)[0]
+
+    def fuse_with_metainfo(self, batch_inputs: dict
+                           ) -> Tuple[Tuple[Tensor, Tensor, Tensor, Tensor], Dict[str, Tensor]]:
+        """:meth:`fuse`, and each image's ``selected_members`` (``Tensor[B, N]`` bool) and
+        their ``member_seconds`` (``Tensor[B]``): what :meth:`predict` puts in the samples'
+        metainfo."""
         x, batch_inputs = self.select(batch_inputs)  # [B, N]
-        self.last_selection = x.detach()
-        return self.fuse_selection(batch_inputs, x)
+        x = x.detach()
+        return self.fuse_selection(batch_inputs, x), dict(
+            selected_members=x > 0.5, member_seconds=x @ self.member_seconds)
 
     def fuse_selection(self, batch_inputs: dict, x: Tensor
                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -266,13 +283,3 @@ class CELDetector(BaseEnsembleDetector):
             'bboxes', 'scores', 'labels', 'members', 'images', 'image_sizes')}, x)
         return FUSION_METHODS['wbf'](PackedDetections.from_batch_inputs(sub, self.num_members),
                                      weights=self.weights, **self.fusion_cfg)
-
-    def predict(self, batch_inputs: dict, batch_data_samples: SampleList,
-                rescale: bool = True) -> SampleList:
-        """As :meth:`BaseEnsembleDetector.predict`, with each image's ``selected_members``
-        (N bools) and their ``member_seconds`` in its metainfo."""
-        samples = super().predict(batch_inputs, batch_data_samples, rescale)
-        cost = (self.last_selection @ self.member_seconds).tolist()  # [B]
-        for sample, x, c in zip(samples, self.last_selection.bool().tolist(), cost):
-            sample.set_metainfo(dict(selected_members=x, member_seconds=c))
-        return samples

@@ -4,19 +4,21 @@ The selection net learns per-image departures from one fixed subset. Started any
 else, its training loss (a surrogate of AP) walks to the subsets *it* prefers, which at
 k = 2, 3 and 4 are not the ones AP prefers (docs/experiments.md, loss against AP). So,
 before the first step, :class:`CELDetector` fuses every feasible fixed subset on its
-training images, scores each by COCO AP (pycocotools) against their ground truth, and
-starts ĉ at ``+gap/2`` for the members of the best and ``-gap/2`` for the others: the
-exact top-k or knapsack on that start is that subset (with positive scores for all, a
-knapsack would add every other member that still fits).
+training images, scores each with its ``subset_evaluator`` (COCO AP against their ground
+truth: :class:`mmens.engine.CELWarmStartHook` injects it, so that models need not import
+the evaluation layer), and starts ĉ at ``+gap/2`` for the members of the best and
+``-gap/2`` for the others: the exact top-k or knapsack on that start is that subset
+(with positive scores for all, a knapsack would add every other member that still fits).
 """
 import itertools
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from mmens.evaluation.coco_eval import CocoEvaluation, results_to_arrays
-from mmens.evaluation.samples_coco import coco_from_samples
+#: ``(model, batch_inputs, samples, subsets) -> [AP of each subset]``: scores the WBF of
+#: each fixed subset of members on a batch against the samples' ground truth
+SubsetEvaluator = Callable[..., List[float]]
 
 
 def feasible_fixed_subsets(num_members: int, k: Optional[int] = None,
@@ -41,44 +43,11 @@ def warm_start_scores(subset: Sequence[int], num_members: int,
     return [gap / 2 if i in subset else -gap / 2 for i in range(num_members)]
 
 
-@torch.no_grad()
-def fixed_subset_aps(model, batch_inputs: dict, samples: Sequence,
-                     subsets: Sequence[Tuple[int, ...]]) -> List[float]:
-    """COCO AP (IoU .50:.95) on the batch's images of the WBF of each fixed subset.
-
-    Args:
-        model (CELDetector): fuses with its ``fusion_cfg`` and ``test_cfg``.
-        batch_inputs (dict): packed member predictions of B images.
-        samples (Sequence[DetDataSample]): their ground truth.
-        subsets: member index tuples.
-    """
-    sizes = batch_inputs['image_sizes']
-    num_images = sizes.shape[0]
-    labels = [batch_inputs['labels']] + [
-        inst.labels for s in samples
-        for inst in (s.gt_instances, s.get('ignored_instances', None))
-        if inst is not None and 'labels' in inst]
-    num_classes = max([int(t.max()) + 1 for t in labels if t.numel()] + [1])
-    coco = coco_from_samples(samples, sizes, num_classes)
-    img_ids, cat_ids = list(range(1, num_images + 1)), list(range(1, num_classes + 1))
-    aps = []
-    for s in subsets:
-        x = torch.zeros(num_images, model.num_members, device=sizes.device)  # [B, N]
-        x[:, list(s)] = 1.0
-        per_image = model.predict_by_feat(*model.fuse_selection(batch_inputs, x), sizes)
-        dets = results_to_arrays(  # the values fuse_results writes (rounded)
-            torch.cat([r.bboxes for r in per_image]), torch.cat([r.scores for r in per_image]),
-            torch.cat([r.labels for r in per_image]),
-            torch.cat([torch.full((len(r.scores), ), b) for b, r in enumerate(per_image)]),
-            img_ids, cat_ids)
-        aps.append(CocoEvaluation(coco, dets, img_ids, ap_only=True).ap(np.arange(num_images)))
-    return aps
-
-
-def best_fixed_subset(model, batch_inputs: dict, samples: Sequence
-                      ) -> Tuple[Tuple[int, ...], float]:
+def best_fixed_subset(model, batch_inputs: dict, samples: Sequence,
+                      evaluator: SubsetEvaluator) -> Tuple[Tuple[int, ...], float]:
     """The feasible fixed subset of ``model``'s selector (k members, or within its time
-    budget) with the highest COCO AP on the batch, and that AP (ties: the first)."""
+    budget) with the highest AP by ``evaluator`` on the batch, and that AP (ties: the
+    first)."""
     sel = model.selector
     subsets = feasible_fixed_subsets(
         model.num_members, k=sel.k,
@@ -87,7 +56,7 @@ def best_fixed_subset(model, batch_inputs: dict, samples: Sequence
     if not subsets:
         raise ValueError(f'CELDetector: no subset of the {model.num_members} members fits '
                          f'the budget {sel.budget}')
-    aps = fixed_subset_aps(model, batch_inputs, samples, subsets)
+    aps = evaluator(model, batch_inputs, samples, subsets)
     best = int(np.argmax(aps))  # the first maximum
     return subsets[best], float(aps[best])
 
@@ -103,12 +72,3 @@ def broadcast_subset(subset: Tuple[int, ...], num_members: int,
     mask[list(subset)] = 1.0
     dist.broadcast(mask, 0)
     return tuple(int(i) for i in mask.nonzero().flatten().tolist())
-
-
-def apply_warm_start(net, scores: Sequence[float]) -> None:
-    """Start ``MemberSelectionNet`` at ĉ = ``scores`` (its output layer's weight is zero
-    until training moves it) and anchor it there."""
-    b = torch.as_tensor(scores, dtype=net.init_scores.dtype, device=net.init_scores.device)
-    net.mlp[2].bias.data.copy_(b)
-    net.init_scores.copy_(b)
-

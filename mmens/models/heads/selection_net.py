@@ -49,16 +49,28 @@ class MemberSelectionNet(BaseModule):
         self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(),
                                  nn.Linear(hidden, num_members))
         nn.init.zeros_(self.mlp[2].weight)
-        b = torch.ones(num_members) if init_scores is None else torch.as_tensor(
-            init_scores, dtype=torch.float32)
-        if b.shape != (num_members,):
-            raise ValueError(f'MemberSelectionNet: init_scores has {b.numel()} values for '
-                             f'{num_members} members')
-        with torch.no_grad():
-            self.mlp[2].bias.copy_(b)
         # the warm start, for the anchor on how far training moves ĉ; saved, so that a
         # resumed training keeps its anchor (the warm start is computed before training)
-        self.register_buffer('init_scores', b.clone())
+        self.register_buffer('init_scores', torch.ones(num_members))
+        self.set_init_scores(torch.ones(num_members) if init_scores is None else init_scores)
+
+    @torch.no_grad()
+    def set_init_scores(self, prior) -> None:
+        """Start ĉ at ``prior`` and anchor it there (``init_scores``).
+
+        The output layer's weight is zero until training moves it, so its bias *is* ĉ
+        before the first step.
+
+        Args:
+            prior (Tensor | Sequence[float]): ``[N]`` scores of the members.
+        """
+        b = torch.as_tensor(prior, dtype=self.init_scores.dtype,
+                            device=self.init_scores.device)
+        if b.shape != (self.num_members, ):
+            raise ValueError(f'MemberSelectionNet: init_scores has {b.numel()} values for '
+                             f'{self.num_members} members')
+        self.mlp[2].bias.copy_(b)
+        self.init_scores.copy_(b)
 
     @property
     def image_only(self) -> bool:
