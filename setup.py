@@ -33,6 +33,11 @@ def parse_requirements(fname: str) -> list:
     return reqs
 
 
+#: the installed package: mmens and its subpackages only (configs, tools with their report
+#: helpers, tests and scripts stay in the repository)
+PACKAGES = find_packages(where=HERE, include=('mmens', 'mmens.*'))
+
+
 def get_extensions() -> dict:
     """``ext_modules``/``cmdclass`` for the C++ kernels (needs torch at build
     time, hence ``--no-build-isolation``)."""
@@ -61,7 +66,7 @@ if __name__ == '__main__':
         long_description=open(osp.join(HERE, 'README.md'), encoding='utf-8').read()
         if osp.exists(osp.join(HERE, 'README.md')) else '',
         long_description_content_type='text/markdown',
-        packages=find_packages(exclude=('configs', 'tools', 'tests', 'scripts')),
+        packages=PACKAGES,
         include_package_data=True,
         python_requires='>=3.9',
         license='Apache License 2.0',

@@ -14,9 +14,9 @@ import tempfile
 import mmens  # noqa: F401  (registers the mmens modules)
 from mmengine.registry import init_default_scope
 
+from cross_val import fold_config, train_from_cfg  # helper modules next to this tool
+from fusion_baselines import grid_search_wbf, weight_grid
 from mmens.apis import load_coco, load_member_batch
-from mmens.experiments.cross_val import fold_config, train_from_cfg
-from mmens.experiments.methods import grid_search_wbf, weight_grid
 from mmens.datasets.ensemble_dataset import fold_image_ids
 from mmens.utils import run_cli
 

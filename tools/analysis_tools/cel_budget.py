@@ -8,22 +8,238 @@ compute per image, from ``members.json``) it reports e2e-CEL (trained per fold w
 (exhaustive), a random subset, and all-member fusion; all fuse with equal-weight WBF.
 Writes ``budget.md``, ``budget.csv``, ``budget.json``, ``ap_vs_budget.png`` and
 ``selection_frequency.png`` into the work dir.
+
+Every method is scored out of fold on one split: e2e-CEL is trained on the training folds
+(the ``tools/train.py`` path) and the best fixed subset is chosen on the same training folds
+(exhaustively over subsets); both are applied to the held-out fold.
 """
 import argparse
+import csv
 import glob
 import json
 import os
 import os.path as osp
+from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmens  # noqa: F401  (registers the mmens modules)
-from mmengine.config import DictAction
+import numpy as np
+import torch
+from cel_out_of_fold import cel_out_of_fold, fuse_selected  # helper modules next to this tool
+from cross_val import fold_positions, subset_batch
+from mmengine.config import Config, DictAction
+from pycocotools.coco import COCO
+
 from mmens.apis import load_coco, load_member_batch
-from mmens.experiments.cel_budget import budget_report, write_budget_outputs
+from mmens.apis.member_files import MemberBatch
+from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
+from mmens.models.detectors.cel_warm_start import feasible_fixed_subsets
+from mmens.ops.knapsack import knapsack, topk_mask
 from mmens.utils import run_cli
 from mmens.utils.progress import Progress
 
 DATA = osp.join(ROOT, 'data', 'coco_real')
+
+
+def cel_config(path: str) -> Config:
+    """Load an e2e-CEL training config; a ValueError names a missing file or another model."""
+    if not osp.isfile(path):
+        raise ValueError(f'config {path} does not exist')
+    cfg = Config.fromfile(path)
+    kind = cfg.get('model', {}).get('type')
+    if kind != 'CELDetector' or not cfg.get('train_dataloader'):
+        raise ValueError(f"{path} is not an e2e-CEL training config (model type {kind!r}, "
+                         "needs 'CELDetector' and a train_dataloader)")
+    return cfg
+
+
+def random_selection(num_images: int, setting: dict, seconds: np.ndarray,
+                     seed: int = 0) -> torch.Tensor:
+    """A random feasible subset per image ``[I, N]``: k random members, or the knapsack of
+    uniform random member values (a random maximal subset under the budget)."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(num_images, len(seconds), generator=g, dtype=torch.float64)
+    if 'k' in setting:
+        return topk_mask(values, setting['k']).float()
+    return knapsack(values, torch.as_tensor(seconds), setting['budget'], 100).float()
+
+
+def setting_name(setting: dict) -> str:
+    return f"k={setting['k']}" if 'k' in setting else f"{setting['budget']:g} s"
+
+
+def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
+                  settings: Sequence[dict], config: str, work_root: str,
+                  num_folds: int = 5, seed: int = 0, fusion_cfg: Optional[dict] = None,
+                  cfg_options: Optional[dict] = None,
+                  progress: Optional[Callable[[str], None]] = None,
+                  on_fold: Optional[Callable[[str, int, dict], None]] = None) -> Dict:
+    """Out-of-fold AP and mean member compute per image, per budget setting and method.
+
+    Args:
+        batch (MemberBatch): all members on the split's images.
+        seconds (Sequence[float]): seconds per image of each member (batch order).
+        settings (Sequence[dict]): ``{'k': k}`` or ``{'budget': seconds}`` each.
+        config (str): the e2e-CEL config; its selector is set per setting. Each fold's
+            model starts from the best fixed subset of its training images, which
+            training computes itself (``CELDetector.warm_start``).
+        cfg_options (dict, optional): overrides of that config.
+        progress: called with a message at each stage; ``on_fold(setting name, k, fold
+            output)`` after each e2e-CEL fit.
+
+    Returns:
+        dict with ``rows`` (setting, method, AP, seconds, members per image, ``differs``:
+        the fraction of images whose selection is not the best fixed subset of their fold) and
+        ``frequency`` (setting → how often each member was selected by e2e-CEL) and
+        ``cel_results`` (setting → e2e-CEL's out-of-fold COCO results, fit seconds per
+        fold, mean member seconds per image), ``best_fixed`` (setting → each fold's best
+        fixed subset) and ``warm_starts`` (setting → the subset each fold's training
+        started from, which should be the same).
+    """
+    cel_config(config)  # fail before any work
+    fusion_cfg = dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg', **(fusion_cfg or {}))
+    say = progress or (lambda s: None)
+    sec = np.asarray(seconds, dtype=np.float64)
+    n = len(batch.names)
+    folds = fold_positions(batch.img_ids, num_folds, seed)
+    feasible = feasible_by_setting(settings, n, sec)
+    subsets = sorted({s for ok in feasible.values() for s in ok} | {tuple(range(n))},
+                     key=lambda s: (len(s), s))
+    say(f'scoring {len(subsets)} fixed subsets')
+    evals = {s: CocoEvaluation(coco, fuse_fixed(batch, s, fusion_cfg), batch.img_ids,
+                               ap_only=True) for s in subsets}
+    report = dict(rows=[], frequency={}, members=list(batch.names), cel_results={},
+                  best_fixed={}, warm_starts={})
+    for setting in settings:
+        name = setting_name(setting)
+        baselines = fixed_and_random(batch, setting, feasible[name], evals, folds, sec, seed,
+                                     fusion_cfg)
+        say(f'{name}: training e2e-CEL, {num_folds} folds')
+        cel_res, cel_sel, per_fold = cel_out_of_fold(
+            batch, config, setting, folds, osp.join(work_root, name.replace(' ', '')),
+            seed, fusion_cfg, cfg_options, coco,
+            None if on_fold is None else lambda k, out, name=name: on_fold(name, k, out))
+        best, chosen, fixed, rand, random_res = baselines
+        fixed_in = [evals[b].ap(train) for b, (train, _) in zip(best, folds)]
+        methods = [('e2e-CEL', cel_res, cel_sel,
+                    dict(train_AP=float(np.mean([f['train_AP'] for f in per_fold])))),
+                   ('best fixed subset', fixed, chosen,
+                    dict(train_AP=float(np.mean(fixed_in)))),
+                   ('random subset', random_res, rand.numpy(), None)]
+        report['rows'] += setting_rows(coco, batch.img_ids, name, methods, chosen, sec, seed)
+        report['frequency'][name] = cel_sel.mean(0).tolist()
+        report['cel_results'][name] = dict(
+            results=cel_res, fit_s=sum(f['fit_s'] for f in per_fold) / num_folds,
+            member_s=float((cel_sel @ sec).mean()))
+        report['best_fixed'][name] = [list(b) for b in best]
+        report['warm_starts'][name] = [f['warm_start'] for f in per_fold]
+    report['rows'].append(dict(setting='all', method='all-member fusion',
+                               AP=evals[tuple(range(n))].ap(np.arange(len(batch.img_ids))),
+                               seconds=float(sec.sum()), members=float(n)))
+    return report
+
+
+def feasible_by_setting(settings: Sequence[dict], num_members: int, seconds: np.ndarray
+                        ) -> Dict[str, List[tuple]]:
+    """Setting name → its feasible fixed subsets; a ValueError names a setting none fits."""
+    feasible = {setting_name(s): feasible_fixed_subsets(
+        num_members, k=s.get('k'), costs=None if 'k' in s else seconds, budget=s.get('budget'))
+        for s in settings}
+    for name, ok in feasible.items():
+        if not ok:
+            raise ValueError(f'budget {name}: no subset of members fits')
+    return feasible
+
+
+def fuse_fixed(batch: MemberBatch, subset: tuple, fusion_cfg: dict) -> List[dict]:
+    """WBF of the members ``subset`` on every image of ``batch``."""
+    sel = torch.zeros(len(batch.img_ids), len(batch.names))
+    sel[:, list(subset)] = 1.0
+    return fuse_selected(batch, sel, **fusion_cfg)
+
+
+def fixed_and_random(batch: MemberBatch, setting: dict, feasible: List[tuple],
+                     evals: Dict[tuple, CocoEvaluation], folds: list, seconds: np.ndarray,
+                     seed: int, fusion_cfg: dict) -> tuple:
+    """The baselines of one setting: the best fixed subset chosen per training fold and
+    applied to its held-out fold, and a random subset per image. Returns each fold's best
+    subset, their selection ``[I, N]``, its results, the random selection ``[I, N]`` and
+    its results."""
+    best = [best_subset(feasible, evals, train) for train, _ in folds]
+    chosen = fixed_selection(best, folds, len(batch.img_ids), len(batch.names))  # [I, N]
+    fixed = fuse_selected(batch, torch.as_tensor(chosen, dtype=torch.float32), **fusion_cfg)
+    rand = random_selection(len(batch.img_ids), setting, seconds, seed)
+    return best, chosen, fixed, rand, fuse_selected(batch, rand, **fusion_cfg)
+
+
+def setting_rows(coco: COCO, img_ids: Sequence[int], name: str, methods: list,
+                 chosen: np.ndarray, seconds: np.ndarray, seed: int) -> List[dict]:
+    """One row per ``(method, results, selection [I, N], extra columns)``: AP, member
+    seconds and members per image, the fraction of images off the best fixed subset
+    ``chosen``; the first (e2e-CEL) also gets its paired bootstrap difference to the best
+    fixed subset."""
+    rows, ev = [], {}
+    for method, res, sel, extra in methods:
+        ev[method] = CocoEvaluation(coco, res, img_ids)
+        sel = np.asarray(sel)
+        rows.append(dict(setting=name, method=method, AP=ev[method].metrics()['AP'],
+                         seconds=float((sel @ seconds).mean()),
+                         members=float(sel.sum(1).mean()),
+                         differs=float((sel != chosen).any(1).mean()), **(extra or {})))
+    b = paired_bootstrap(ev['e2e-CEL'], ev['best fixed subset'], 500, seed)
+    rows[0].update(delta_vs_fixed=b['diff'], ci_lo=b['lo'], ci_hi=b['hi'])
+    return rows
+
+
+def best_subset(feasible_subsets: List[tuple], evals: Dict[tuple, CocoEvaluation],
+                positions: np.ndarray) -> tuple:
+    """The feasible fixed subset with the highest AP on ``positions`` (ties: the first)."""
+    return max(feasible_subsets, key=lambda s: evals[s].ap(positions))
+
+
+def fixed_selection(best: List[tuple], folds: list, num_images: int, num_members: int
+                    ) -> np.ndarray:
+    """``[I, N]`` 0/1: on each fold's held-out images, that fold's subset ``best[k]``."""
+    chosen = np.zeros((num_images, num_members))
+    for b, (_, test) in zip(best, folds):
+        chosen[np.ix_(test, list(b))] = 1.0
+    return chosen
+
+
+def write_budget_outputs(report: dict, work_dir: str) -> str:
+    """Markdown and CSV tables, JSON, and the two plots; returns the Markdown table."""
+    from mmens.visualization.plots import plot_budget_curve, plot_selection_frequency
+    rows = report['rows']
+    lines = ['| budget | method | AP | ΔAP vs best fixed subset [95% CI] | member s / image '
+             '| members / image | images off the best fixed subset | AP on its training folds |',
+             '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        delta = (f"{100 * r['delta_vs_fixed']:+.1f} [{100 * r['ci_lo']:+.1f}, "
+                 f"{100 * r['ci_hi']:+.1f}]" if 'delta_vs_fixed' in r else '')
+        lines.append(f"| {r['setting']} | {r['method']} | {100 * r['AP']:.1f} | {delta} | "
+                     f"{r['seconds']:.3f} | {r['members']:.2f} | "
+                     f"{'' if r['setting'] == 'all' else format(r['differs'], '.0%')} | "
+                     f"{format(100 * r['train_AP'], '.1f') if 'train_AP' in r else ''} |")
+    table = '\n'.join(lines)
+    with open(osp.join(work_dir, 'budget.md'), 'w', encoding='utf-8') as f:
+        f.write(table + '\n')
+    with open(osp.join(work_dir, 'budget.csv'), 'w', newline='', encoding='utf-8') as f:
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w.writeheader()
+        w.writerows(rows)
+    with open(osp.join(work_dir, 'budget.json'), 'w', encoding='utf-8') as f:
+        json.dump({k: v for k, v in report.items() if k != 'cel_results'}, f, indent=1)
+    curves = {}
+    for r in rows:
+        if r['method'] == 'all-member fusion':
+            continue
+        curves.setdefault(r['method'], []).append((r['seconds'], r['AP']))
+    every = [r for r in rows if r['method'] == 'all-member fusion'][0]
+    curves['all-member fusion'] = [(every['seconds'], every['AP'])]
+    plot_budget_curve(curves, osp.join(work_dir, 'ap_vs_budget.png'))
+    plot_selection_frequency(report['frequency'], report['members'],
+                             osp.join(work_dir, 'selection_frequency.png'))
+    return table
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +267,6 @@ def main(argv=None) -> None:
     files = [osp.join(DATA, 'predictions', 'val', f'{n}.json') for n in names]
     batch = load_member_batch(coco, files, names)
     if args.max_images:
-        from mmens.experiments.cross_val import subset_batch
         batch = subset_batch(batch, batch.img_ids[:args.max_images])
     ks = args.ks if args.ks is not None else list(range(1, len(names)))
     settings = [dict(k=k) for k in ks] + [dict(budget=b) for b in args.budgets]

@@ -28,12 +28,12 @@ import numpy as np
 
 import mmens  # noqa: F401  (registers the mmens modules)
 from mmengine.registry import init_default_scope
+from cel_out_of_fold import cel_fold  # helper modules next to this tool
+from cross_val import fold_positions, runner_fold
+from fusion_baselines import (grid_wbf_out_of_fold, run_ensemble_boxes_wbf, run_fixed,
+                              weight_grid)
 from mmens.apis import load_coco, load_member_batch, member_results
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
-from mmens.experiments.cel_out_of_fold import cel_fold
-from mmens.experiments.cross_val import fold_positions, runner_fold
-from mmens.experiments.methods import (grid_wbf_out_of_fold, run_ensemble_boxes_wbf,
-                                       run_fixed, weight_grid)
 from mmens.utils import run_cli
 from mmens.utils.progress import Progress
 from mmens.visualization import draw_examples, plot_ap_bars, plot_theta

@@ -8,8 +8,11 @@ import warnings
 
 import pytest
 import torch
+from conftest import load_tool
 
-from mmens.experiments.cel_digits import CelDigitsConfig, aggregate, format_table, run_cel_digits
+cel_digits = load_tool('cel_digits')  # tools/analysis_tools/cel_digits.py
+CelDigitsConfig, aggregate = cel_digits.CelDigitsConfig, cel_digits.aggregate
+format_table, run_cel_digits = cel_digits.format_table, cel_digits.run_cel_digits
 
 
 def _run(selection: str):

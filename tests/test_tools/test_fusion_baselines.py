@@ -1,15 +1,18 @@
-"""Benchmark building blocks on a few real images: the mmens rules equal the reference."""
+"""Benchmark building blocks (tools/analysis_tools/fusion_baselines.py, cross_val.py) on
+a few real images: the mmens rules equal the reference."""
 import os.path as osp
 
 import numpy as np
 import pytest
+from conftest import DATA, load_tool
 
 from mmens.apis import load_coco, load_member_batch
-from mmens.experiments.cross_val import subset_batch
-from mmens.experiments.methods import run_ensemble_boxes_wbf, run_fixed, weight_grid
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
 
-from conftest import DATA
+cross_val, baselines = load_tool('cross_val'), load_tool('fusion_baselines')
+subset_batch = cross_val.subset_batch
+run_ensemble_boxes_wbf, run_fixed = baselines.run_ensemble_boxes_wbf, baselines.run_fixed
+weight_grid = baselines.weight_grid
 
 MEMBERS = ['centernet-512', 'centernet-512-hflip', 'nanodet-416', 'yolofastestv2-352']
 
@@ -59,8 +62,9 @@ def test_weight_grid_ties_flips():
 
 def test_grid_out_of_fold_equals_a_grid_search_per_fold(val):
     from mmens.apis import build_fixed_ensemble, fuse_batch
-    from mmens.experiments.cross_val import fold_positions
-    from mmens.experiments.methods import grid_search_wbf, grid_wbf_out_of_fold
+    fold_positions = cross_val.fold_positions
+    grid_search_wbf = baselines.grid_search_wbf
+    grid_wbf_out_of_fold = baselines.grid_wbf_out_of_fold
     coco, batch = val
     grid = [(1.0, 1.0, 1.0, 1.0), (3.0, 1.0, 1.0, 1.0), (1.0, 1.0, 3.0, 1.0),
             (1.0, 1.0, 1.0, 3.0)]

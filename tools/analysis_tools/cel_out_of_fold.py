@@ -3,6 +3,9 @@
 Each fold's model is trained through mmengine's Runner, exactly as ``tools/train.py``
 trains it: the config with ``train_dataloader.dataset.fold`` set. Its warm start (the best
 fixed subset of that fold's training images) is computed inside training.
+
+A helper module of the report tools in tools/analysis_tools (not part of the installed
+package).
 """
 import copy
 import os.path as osp
@@ -16,7 +19,7 @@ from mmens.apis.inference import build_fixed_ensemble, fuse_batch, member_remap
 from mmens.apis.member_files import MemberBatch
 from mmens.evaluation.coco_eval import CocoEvaluation
 from mmens.models.utils import select_members
-from .cross_val import fold_config, subset_batch, train_from_cfg
+from cross_val import fold_config, subset_batch, train_from_cfg
 
 
 def fuse_selected(batch: MemberBatch, selection: torch.Tensor, **fusion_cfg) -> List[dict]:

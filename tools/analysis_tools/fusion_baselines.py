@@ -1,5 +1,9 @@
 """Fixed-rule ensembles for the benchmark: mmens rules, the ensemble-boxes reference, and
-WBF with member weights grid-searched on training folds."""
+WBF with member weights grid-searched on training folds.
+
+A helper module of the report tools in tools/analysis_tools (not part of the installed
+package; the ensemble-boxes reference is a test and report requirement only).
+"""
 import itertools
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -8,10 +12,10 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from mmens.evaluation.coco_eval import CocoEvaluation
-from .cross_val import subset_batch
+from cross_val import subset_batch
 from mmens.apis.inference import build_fixed_ensemble, fuse_batch
 from mmens.apis.member_files import MemberBatch, results_to_coco
+from mmens.evaluation.coco_eval import CocoEvaluation
 
 
 def run_fixed(batch: MemberBatch, method: str, **fusion_cfg) -> Tuple[List[dict], float]:

@@ -4,6 +4,9 @@ The members' own training images cannot teach an ensemble (their scores there ar
 so ensembles learn on a held-out split and are scored out of fold: each image is predicted
 by a model that did not see it, and COCO AP is computed once over all out-of-fold results.
 Training goes through mmengine's ``Runner`` exactly as ``tools/train.py`` does.
+
+A helper module of the report tools in tools/analysis_tools (not part of the installed
+package); those tools and the tests import it with this folder on ``sys.path``.
 """
 import copy
 import logging
