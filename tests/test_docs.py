@@ -309,3 +309,60 @@ def test_links_to_deleted_code_name_the_commit_that_has_it():
         pytest.skip('not a git checkout')
     broken = [f'{link!r}: {why}' for link in links for why in [check(link)] if why]
     assert not broken, 'stale links to earlier commits:\n' + '\n'.join(broken)
+
+
+def readme_block(marker: str) -> str:
+    """The fenced block right after ``<!-- test_docs: marker -->`` in README.md."""
+    with open(osp.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        found = re.search(rf'<!-- test_docs: {marker} -->\n```\w*\n(.*?)\n```', f.read(), re.S)
+    assert found, f'README.md has no fenced block after <!-- test_docs: {marker} -->'
+    return found.group(1)
+
+
+def _call_source(snippet: str, function: str) -> str:
+    """The source of the snippet's first call of ``function``."""
+    for node in ast.walk(ast.parse(snippet)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == function):
+            return ast.get_source_segment(snippet, node)
+    raise AssertionError(f"the README's Python snippet no longer calls {function}")
+
+
+def test_readme_python_snippet_runs_and_equals_ensemble_boxes(tmp_path):
+    snippet = readme_block('python')
+    # after the snippet, as written: its WBF call again with ensemble-boxes' function, and
+    # the modules it imported (the README says mmens.ops needs torch and numpy only)
+    check = textwrap.dedent(f"""
+        import sys
+        import ensemble_boxes
+        ref = eval({_call_source(snippet, 'weighted_boxes_fusion')!r},
+                   dict(globals(), weighted_boxes_fusion=ensemble_boxes.weighted_boxes_fusion))
+        for got in [(boxes, scores, labels)] + list(per_image):
+            assert all(np.array_equal(a, b) for a, b in zip(got, ref)), (got, ref)
+        print('OPENMMLAB', sorted(m for m in sys.modules
+                                  if m.split('.')[0] in ('mmdet', 'mmcv', 'mmengine')))
+        """)
+    out = subprocess.run([sys.executable, '-c', snippet + '\n' + check], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == 'OPENMMLAB []'
+
+
+def test_readme_config_snippet_builds_and_gives_a_finite_loss(tmp_path, monkeypatch):
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, DefaultScope
+    from mmengine.runner import Runner
+
+    path = tmp_path / 'readme_config.py'
+    path.write_text(readme_block('config'))
+    monkeypatch.chdir(ROOT)  # its data_root is relative, as in a clone of the repo
+    cfg = Config.fromfile(str(path))
+    # what the Runner does with the config: its scope, then its dataloader and model
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        loader = Runner.build_dataloader(cfg.train_dataloader)
+        model = MODELS.build(cfg.model)
+        data = model.data_preprocessor(next(iter(loader)), True)
+        losses = model(**data, mode='loss')
+    assert len(loader.dataset) == 80
+    assert losses and all(torch.isfinite(v).all() for v in losses.values())
