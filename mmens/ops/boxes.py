@@ -1,8 +1,8 @@
 """Box primitives: IoU, format conversion and (de)normalisation.
 
-All functions are pure torch, work on any device, and follow torchvision's
-conventions: boxes are ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)`` order unless
-the name says ``xywh``.
+All functions are pure torch (the format converters also take NumPy arrays),
+work on any device, and follow torchvision's conventions: boxes are
+``Tensor[N, 4]`` in ``(x1, y1, x2, y2)`` order unless the name says ``xywh``.
 
 The IoU formula is written exactly like ensemble-boxes'
 (``inter / (area_a + area_b - inter)`` with ``inter = max(xB - xA, 0) *
@@ -10,10 +10,14 @@ max(yB - yA, 0)``) so that, in float64, results are bit-identical to the
 reference implementation -- the fusion code relies on that for parity of the
 strict ``iou > thr`` decisions.
 """
-from typing import Union
+from typing import TypeVar, Union
 
+import numpy as np
 import torch
 from torch import Tensor
+
+#: A box array of either library: the format converters return the type they get.
+BoxArray = TypeVar('BoxArray', Tensor, np.ndarray)
 
 __all__ = [
     'box_area', 'box_iou', 'xywh_to_xyxy', 'xyxy_to_xywh',
@@ -80,34 +84,39 @@ def box_iou(boxes1: Tensor,
     return inter / (den.clamp_min(eps) if eps else den)
 
 
-def xywh_to_xyxy(boxes: Tensor) -> Tensor:
+def xywh_to_xyxy(boxes: BoxArray) -> BoxArray:
     """Convert ``(x, y, w, h)`` boxes (COCO) to ``(x1, y1, x2, y2)``.
 
+    The one xywh/xyxy conversion of mmens: COCO-results files, evaluation and drawing
+    all go through it, in NumPy or torch, whichever the caller holds.
+
     Args:
-        boxes (Tensor[N, 4]): ``(x, y, w, h)`` boxes.
+        boxes (Tensor[..., 4] | np.ndarray[..., 4]): ``(x, y, w, h)`` boxes.
 
     Returns:
-        Tensor[N, 4]: ``(x, y, x + w, y + h)``.
+        Tensor[..., 4] | np.ndarray[..., 4]: ``(x, y, x + w, y + h)``, a new array of
+        the input's type and dtype.
     """
-    if boxes.numel() == 0:
-        return boxes.clone()
-    x, y, w, h = boxes.unbind(-1)
-    return torch.stack((x, y, x + w, y + h), dim=-1)  # [N, 4]
+    xy, wh = boxes[..., :2], boxes[..., 2:]
+    if isinstance(boxes, np.ndarray):
+        return np.concatenate([xy, xy + wh], axis=-1)
+    return torch.cat([xy, xy + wh], dim=-1)
 
 
-def xyxy_to_xywh(boxes: Tensor) -> Tensor:
+def xyxy_to_xywh(boxes: BoxArray) -> BoxArray:
     """Convert ``(x1, y1, x2, y2)`` boxes to ``(x, y, w, h)`` (COCO).
 
     Args:
-        boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)`` boxes.
+        boxes (Tensor[..., 4] | np.ndarray[..., 4]): ``(x1, y1, x2, y2)`` boxes.
 
     Returns:
-        Tensor[N, 4]: ``(x1, y1, x2 - x1, y2 - y1)``.
+        Tensor[..., 4] | np.ndarray[..., 4]: ``(x1, y1, x2 - x1, y2 - y1)``, a new array
+        of the input's type and dtype.
     """
-    if boxes.numel() == 0:
-        return boxes.clone()
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)  # [N, 4]
+    xy1, xy2 = boxes[..., :2], boxes[..., 2:]
+    if isinstance(boxes, np.ndarray):
+        return np.concatenate([xy1, xy2 - xy1], axis=-1)
+    return torch.cat([xy1, xy2 - xy1], dim=-1)
 
 
 def _scale(boxes: Tensor, image_sizes: Tensor,

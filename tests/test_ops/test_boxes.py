@@ -74,14 +74,23 @@ def test_box_iou_empty(n, m):
     assert out.shape == (n, m) and out.dtype == torch.float64
 
 
-def test_xywh_roundtrip():
-    xywh = torch.tensor([[10., 20., 30., 40.], [0., 0., 1., 1.]])
-    xyxy = xywh_to_xyxy(xywh)
-    assert torch.equal(xyxy,
-                       torch.tensor([[10., 20., 40., 60.], [0., 0., 1., 1.]]))
-    assert torch.equal(xyxy_to_xywh(xyxy), xywh)
-    assert xywh_to_xyxy(torch.zeros(0, 4)).shape == (0, 4)
-    assert xyxy_to_xywh(torch.zeros(0, 4)).shape == (0, 4)
+@pytest.mark.parametrize('lib', ['torch', 'numpy'])
+def test_xywh_roundtrip(lib):
+    xywh = np.array([[10., 20., 30., 40.], [0., 0., 1., 1.]], dtype=np.float32)
+    xyxy = np.array([[10., 20., 40., 60.], [0., 0., 1., 1.]], dtype=np.float32)
+    arr = torch.from_numpy if lib == 'torch' else np.asarray
+    out = xywh_to_xyxy(arr(xywh))
+    assert type(out) is type(arr(xywh)) and out.dtype == arr(xywh).dtype
+    np.testing.assert_array_equal(np.asarray(out), xyxy)
+    back = xyxy_to_xywh(arr(xyxy))
+    assert type(back) is type(arr(xyxy))
+    np.testing.assert_array_equal(np.asarray(back), xywh)
+    assert xywh_to_xyxy(arr(np.zeros((0, 4)))).shape == (0, 4)
+    assert xyxy_to_xywh(arr(np.zeros((0, 4)))).shape == (0, 4)
+    # a new array: the caller's boxes are never written
+    src = arr(xywh.copy())
+    xywh_to_xyxy(src)[0, 0] = -1
+    np.testing.assert_array_equal(np.asarray(src), xywh)
 
 
 def test_normalize_per_image_per_box_and_single():
