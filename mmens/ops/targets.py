@@ -151,6 +151,79 @@ def _check(name: str, t: Tensor, shape: Tuple[Optional[int], ...]) -> None:
         raise ValueError(f'{name} must have shape [{want}], got {list(t.shape)}')
 
 
+def _padded_tables(grp: Tensor, local: Tensor, cl_grp: Tensor, gt_grp: Tensor,
+                   cl_pos: Tensor, gt_pos: Tensor, lc: int, lg: int) -> Tuple[Tensor, Tensor]:
+    """The clusters and GT of the groups ``grp`` as padded index tables.
+
+    Args:
+        grp: ``Tensor[k]`` global ids of the chunk's groups; ``local`` maps them to
+            ``0..k-1`` (-1 for the other groups).
+        cl_grp, gt_grp: ``Tensor[C]`` / ``Tensor[G]`` group of each cluster / GT.
+        cl_pos, gt_pos: their rank inside the group. lc, lg: widest group of the chunk.
+
+    Returns:
+        ``Tensor[k, Lc]`` cluster index by score rank and ``Tensor[k, Lg]`` GT index
+        (-1 padding).
+    """
+    dev = grp.device
+    cl_tab = torch.full((grp.numel(), lc), -1, dtype=torch.long, device=dev)
+    gt_tab = torch.full((grp.numel(), lg), -1, dtype=torch.long, device=dev)
+    csel = torch.nonzero(local[cl_grp] >= 0).squeeze(1)
+    gsel = torch.nonzero(local[gt_grp] >= 0).squeeze(1)
+    cl_tab[local[cl_grp[csel]], cl_pos[csel]] = csel  # [k, Lc] by rank
+    gt_tab[local[gt_grp[gsel]], gt_pos[gsel]] = gsel  # [k, Lg]
+    return cl_tab, gt_tab
+
+
+def _match_chunk(cl_tab: Tensor, gt_tab: Tensor, fused_boxes: Tensor, gt_boxes: Tensor,
+                 gt_ignore: Tensor, iou_thr: float, out: TargetAssignment) -> None:
+    """Match the clusters of a chunk of groups (:func:`_padded_tables`) to their GT, and
+    write ``matched_gt``, ``iou``, ``max_iou`` and ``ignored`` of ``out`` in place."""
+    cvalid, gvalid = cl_tab >= 0, gt_tab >= 0
+    cb = fused_boxes[cl_tab.clamp(min=0)]  # [k, Lc, 4]
+    gb = gt_boxes[gt_tab.clamp(min=0)]  # [k, Lg, 4]
+    ign = gt_ignore[gt_tab.clamp(min=0)] & gvalid  # [k, Lg]
+    pos_gt = gvalid & ~ign  # [k, Lg]
+    ious = box_iou(cb, gb, eps=1e-9)  # [k, Lc, Lg]
+    ious_pos = torch.where(pos_gt.unsqueeze(1), ious, torch.full_like(ious, -1.))
+    mx = ious_pos.max(-1).values.clamp(min=0)  # [k, Lc]
+    out.max_iou[cl_tab[cvalid]] = mx[cvalid]
+    m_loc, m_iou = _greedy_match(ious_pos, mx, cvalid, iou_thr)  # [k, Lc] x2
+    rows = torch.arange(cl_tab.shape[0], device=cl_tab.device)
+    hit = m_loc >= 0  # [k, Lc]
+    out.matched_gt[cl_tab[hit]] = gt_tab[rows[:, None].expand_as(m_loc)[hit], m_loc[hit]]
+    out.iou[cl_tab[hit]] = m_iou[hit]
+    if bool(ign.any()):
+        iof = box_iou(cb, gb, mode='iof', eps=1e-9)  # [k, Lc, Lg]
+        crowd = ((iof >= iou_thr) & ign.unsqueeze(1)).any(-1)  # [k, Lc]
+        out.ignored[cl_tab[crowd & cvalid & ~hit]] = True
+
+
+def _match_groups(fused_boxes: Tensor, fused_scores: Tensor, labels: Tensor,
+                  image_index: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
+                  gt_image_index: Tensor, gt_ignore: Tensor, iou_thr: float, budget: int,
+                  out: TargetAssignment) -> None:
+    """Group clusters and GT by (image, class), then match chunk by chunk of groups
+    (padded tensors below ``budget`` elements), writing into ``out``."""
+    c, dev = labels.shape[0], labels.device
+    n_cls = int(torch.cat([labels, gt_labels]).max()) + 1
+    key = torch.cat([image_index * n_cls + labels, gt_image_index * n_cls + gt_labels])
+    _, inv = torch.unique(key, return_inverse=True)  # [C + G]
+    cl_grp, gt_grp = inv[:c], inv[c:]
+    k = int(inv.max()) + 1
+    cl_pos, cl_cnt = group_positions(cl_grp, k, fused_scores)  # rank in group
+    gt_pos, gt_cnt = group_positions(gt_grp, k)
+    grp_ids = torch.nonzero((cl_cnt > 0) & (gt_cnt > 0)).squeeze(1)  # both sides present
+    local = torch.full((k,), -1, dtype=torch.long, device=dev)
+    for chunk in group_chunks(cl_cnt[grp_ids], gt_cnt[grp_ids], budget):
+        grp = grp_ids[chunk]  # [k'] global group ids
+        local.fill_(-1)
+        local[grp] = torch.arange(grp.numel(), device=dev)
+        cl_tab, gt_tab = _padded_tables(grp, local, cl_grp, gt_grp, cl_pos, gt_pos,
+                                        int(cl_cnt[grp].max()), int(gt_cnt[grp].max()))
+        _match_chunk(cl_tab, gt_tab, fused_boxes, gt_boxes, gt_ignore, iou_thr, out)
+
+
 @torch.no_grad()
 def assign_targets(fused_boxes: Tensor, fused_scores: Tensor, labels: Tensor,
                    image_index: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
@@ -186,56 +259,17 @@ def assign_targets(fused_boxes: Tensor, fused_scores: Tensor, labels: Tensor,
     if gt_ignore is None:
         gt_ignore = torch.zeros(g, dtype=torch.bool, device=dev)
     _check('gt_ignore', gt_ignore, (g,))
-    gt_ignore = gt_ignore.bool()
     gt_boxes = gt_boxes.to(dt)
-
-    matched_gt = torch.full((c,), -1, dtype=torch.long, device=dev)
-    iou_out = torch.zeros(c, dtype=dt, device=dev)
-    max_iou = torch.zeros(c, dtype=dt, device=dev)
-    ignored = torch.zeros(c, dtype=torch.bool, device=dev)
+    out = TargetAssignment(
+        y_cls=torch.zeros(c, dtype=dt, device=dev),
+        y_box=torch.zeros(c, 4, dtype=dt, device=dev),
+        matched_gt=torch.full((c,), -1, dtype=torch.long, device=dev),
+        iou=torch.zeros(c, dtype=dt, device=dev), max_iou=torch.zeros(c, dtype=dt, device=dev),
+        ignored=torch.zeros(c, dtype=torch.bool, device=dev))
     if c > 0 and g > 0:
-        # (image, class) groups shared by clusters and GT
-        n_cls = int(torch.cat([labels, gt_labels]).max()) + 1
-        key = torch.cat([image_index * n_cls + labels, gt_image_index * n_cls + gt_labels])
-        _, inv = torch.unique(key, return_inverse=True)  # [C + G]
-        cl_grp, gt_grp = inv[:c], inv[c:]
-        k = int(inv.max()) + 1
-        cl_pos, cl_cnt = group_positions(cl_grp, k, fused_scores)  # rank in group
-        gt_pos, gt_cnt = group_positions(gt_grp, k)
-        active = (cl_cnt > 0) & (gt_cnt > 0)  # only groups with both sides
-        grp_ids = torch.nonzero(active).squeeze(1)
-        local = torch.full((k,), -1, dtype=torch.long, device=dev)
-        for chunk in group_chunks(cl_cnt[grp_ids], gt_cnt[grp_ids], budget):
-            grp = grp_ids[chunk]  # [k'] global group ids
-            local.fill_(-1)
-            local[grp] = torch.arange(grp.numel(), device=dev)
-            lc, lg = int(cl_cnt[grp].max()), int(gt_cnt[grp].max())
-            cl_tab = torch.full((grp.numel(), lc), -1, dtype=torch.long, device=dev)
-            gt_tab = torch.full((grp.numel(), lg), -1, dtype=torch.long, device=dev)
-            csel = torch.nonzero(local[cl_grp] >= 0).squeeze(1)
-            gsel = torch.nonzero(local[gt_grp] >= 0).squeeze(1)
-            cl_tab[local[cl_grp[csel]], cl_pos[csel]] = csel  # [k', Lc] by rank
-            gt_tab[local[gt_grp[gsel]], gt_pos[gsel]] = gsel  # [k', Lg]
-            cvalid, gvalid = cl_tab >= 0, gt_tab >= 0
-            cb = fused_boxes[cl_tab.clamp(min=0)]  # [k', Lc, 4]
-            gb = gt_boxes[gt_tab.clamp(min=0)]  # [k', Lg, 4]
-            ign = gt_ignore[gt_tab.clamp(min=0)] & gvalid  # [k', Lg]
-            pos_gt = gvalid & ~ign  # [k', Lg]
-            ious = box_iou(cb, gb, eps=1e-9)  # [k', Lc, Lg]
-            ious_pos = torch.where(pos_gt.unsqueeze(1), ious, torch.full_like(ious, -1.))
-            mx = ious_pos.max(-1).values.clamp(min=0)  # [k', Lc]
-            max_iou[cl_tab[cvalid]] = mx[cvalid]
-            m_loc, m_iou = _greedy_match(ious_pos, mx, cvalid, iou_thr)  # [k', Lc] x2
-            rows = torch.arange(grp.numel(), device=dev)
-            hit = m_loc >= 0  # [k', Lc]
-            matched_gt[cl_tab[hit]] = gt_tab[rows[:, None].expand_as(m_loc)[hit], m_loc[hit]]
-            iou_out[cl_tab[hit]] = m_iou[hit]
-            if bool(ign.any()):
-                iof = box_iou(cb, gb, mode='iof', eps=1e-9)  # [k', Lc, Lg]
-                crowd = ((iof >= iou_thr) & ign.unsqueeze(1)).any(-1)  # [k', Lc]
-                flag = crowd & cvalid & ~hit
-                ignored[cl_tab[flag]] = True
-    matched = matched_gt >= 0  # [C]
-    y_box = torch.zeros(c, 4, dtype=dt, device=dev)
-    y_box[matched] = gt_boxes[matched_gt[matched]]
-    return TargetAssignment(matched.to(dt), y_box, matched_gt, iou_out, max_iou, ignored)
+        _match_groups(fused_boxes, fused_scores, labels, image_index, gt_boxes, gt_labels,
+                      gt_image_index, gt_ignore.bool(), iou_thr, budget, out)
+    matched = out.matched_gt >= 0  # [C]
+    out.y_cls[matched] = 1.0
+    out.y_box[matched] = gt_boxes[out.matched_gt[matched]]
+    return out
