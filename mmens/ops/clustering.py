@@ -13,10 +13,10 @@ from .greedy import GreedyResult, greedy_cluster
 from .layout import cluster_slots, concat_order, sort_desc_ties_last_first, take
 from .packed import PackedDetections
 from .prepare import Prepared, layout_groups, prepare_packed
+from .validation import CONF_TYPES
 
 __all__ = ['Clusters', 'match_boxes', 'wbf_clusters', 'CONF_TYPES']
 
-CONF_TYPES = ('avg', 'max', 'box_and_model_avg', 'absent_model_aware_avg')
 
 
 class Clusters(NamedTuple):
@@ -52,11 +52,6 @@ def wbf_clusters(prep: Prepared,
     a group (the order of every per-cluster sum); ``with_clusters=False``
     lets the kernel skip these two (empty then), fusion does not need them.
     """
-    if conf_type not in CONF_TYPES:
-        raise ValueError(f'conf_type must be one of {CONF_TYPES}, got '
-                         f'{conf_type!r}')
-    if iou_thr < 0:
-        raise ValueError(f'iou_thr must be >= 0, got {iou_thr}')
     w = prep.weights
     keep = prep.valid & (prep.scores >= skip_box_thr)  # [M]
     if kernel.use_kernel(prep.boxes):
@@ -198,10 +193,11 @@ def match_boxes(dets: PackedDetections,
         descending (the order of ensemble-boxes' output for that image).
         Float outputs have the dtype of ``boxes`` (float32 for integer).
     """
-    if member_reduce not in ('mean', 'best'):
-        raise ValueError(f"member_reduce must be 'mean' or 'best', got "
-                         f'{member_reduce!r}')
-    prep = prepare_packed(dets, weights, image_sizes)
+    prep = prepare_packed(dets, weights, image_sizes, iou_thr=iou_thr,
+                          skip_box_thr=skip_box_thr, conf_type=conf_type,
+                          allows_overflow=allows_overflow,
+                          class_agnostic=class_agnostic,
+                          member_reduce=member_reduce)
     r = wbf_clusters(prep, iou_thr, skip_box_thr, conf_type, allows_overflow,
                      class_agnostic)
     n = prep.num_members

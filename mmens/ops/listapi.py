@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .packed import PackedDetections
-from .validation import check_member_lists
+from .validation import check_member_lists, member_arrays, member_sizes
 
 __all__ = ['PackedLists', 'pack_images', 'run_packed', 'unpack_images']
 
@@ -58,20 +58,26 @@ def _cat_np(arrays: List[np.ndarray], shape: Tuple[int, ...]) -> Tensor:
 def _split_members(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
                    report_image: bool) -> Tuple[int, list, list, list]:
     """Flatten the per-image member lists (member-major per image), checking
-    that every image has the same members and consistent list lengths.
+    that every image is a ``(boxes_list, scores_list, labels_list)`` of
+    lists with the same number of members.
 
     Returns:
-        tuple: ``N``, and the boxes, scores and labels arrays of every
+        tuple: ``N``, and the boxes, scores and labels (as given) of every
         ``(image, member)``, image-major.
     """
+    if not isinstance(images, Sequence):
+        raise TypeError('images must be a list of (boxes_list, scores_list, '
+                        f'labels_list) tuples, got {type(images).__name__}')
     num_members = None
     bl: List[Any] = []
     sl: List[Any] = []
     ll: List[Any] = []
-    for i, (b_list, s_list, l_list) in enumerate(images):
-        n = len(b_list)
-        if len(s_list) != n or len(l_list) != n:
-            check_member_lists(b_list, s_list, l_list,
+    for i, img in enumerate(images):
+        if not isinstance(img, (tuple, list)) or len(img) != 3:
+            raise TypeError(f'image {i}: expected a (boxes_list, scores_list,'
+                            f' labels_list) tuple, got {type(img).__name__}')
+        b_list, s_list, l_list = img
+        n = check_member_lists(b_list, s_list, l_list,
                                i if report_image else None)
         if num_members is None:
             num_members = n
@@ -82,29 +88,6 @@ def _split_members(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
         sl.extend(s_list)
         ll.extend(l_list)
     return num_members or 0, bl, sl, ll
-
-
-def _check_lengths(bl: list, sl: list, ll: list, num_members: int,
-                   report_image: bool) -> List[int]:
-    """Box counts of every ``(image, member)``; raises on a boxes array that
-    is not ``[n, 4]`` or a scores / labels list of another length."""
-    shapes = [b.shape if isinstance(b, (np.ndarray, Tensor)) else np.shape(b)
-              for b in bl]
-    sizes = [sh[0] if sh else 0 for sh in shapes]
-    if ([len(x) for x in sl] != sizes or [len(x) for x in ll] != sizes
-            or any(len(sh) != 2 or sh[1] != 4 for sh in shapes if sh and sh[0])):
-        n = max(num_members, 1)
-        for j, sh in enumerate(shapes):  # slow path: name the first culprit
-            i, t = divmod(j, n)
-            if t == 0:
-                m = slice(i * n, (i + 1) * n)
-                check_member_lists(bl[m], sl[m], ll[m],
-                                   i if report_image else None)
-            if sh[0] and (len(sh) != 2 or sh[1] != 4):
-                where = f'image {i}, ' if report_image else ''
-                raise ValueError(f"{where}member {t}: field 'boxes' must be "
-                                 f'[n, 4], got shape {tuple(sh)}')
-    return sizes
 
 
 def pack_images(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
@@ -121,15 +104,17 @@ def pack_images(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
         PackedLists: see the class.
 
     Raises:
-        ValueError: inconsistent lengths / shapes, naming image, member and
-            field.
+        TypeError: a field that is not a list of numeric arrays (``None``,
+            strings, ...), naming image, member and field.
+        ValueError: ragged lists, inconsistent lengths / shapes, naming
+            image, member and field.
     """
     num_members, bl, sl, ll = _split_members(images, report_image)
     num_images = len(images)
+    bl, sl, ll = (member_arrays(x, f, num_members, report_image)
+                  for x, f in ((bl, 'boxes'), (sl, 'scores'), (ll, 'labels')))
     ref = next((x for x in bl + sl if isinstance(x, Tensor)), None)
-    if ref is None:  # NumPy / lists: one np.concatenate per field
-        bl, sl, ll = ([np.asarray(x) for x in xs] for xs in (bl, sl, ll))
-    sizes = _check_lengths(bl, sl, ll, num_members, report_image)
+    sizes = member_sizes(bl, sl, ll, num_members, report_image)
     if ref is not None:
         dev = ref.device
         dtype = ref.dtype if ref.is_floating_point() else torch.float32

@@ -78,8 +78,6 @@ def _hard_nms(prep: Prepared, weighted: bool, iou_thr: float,
               class_agnostic: bool) -> Dict[str, Tensor]:
     scores = nms_scores(prep, weighted)
     if kernel.use_kernel(prep.boxes):
-        if iou_thr < 0:
-            raise ValueError(f'iou_thr must be >= 0, got {iou_thr}')
         sel, rank = kernel._ext.nms(prep.boxes.contiguous(),
                                     scores.contiguous(),
                                     prep.labels.contiguous(),
@@ -128,7 +126,8 @@ def nms_packed(dets: PackedDetections,
         tuple: ``boxes [K, 4]`` (normalised), ``scores [K]``, ``labels [K]``
         (long), ``images [K]``; sorted by image then score descending.
     """
-    prep = prepare_packed(dets, weights, image_sizes, _report_image)
+    prep = prepare_packed(dets, weights, image_sizes, _report_image,
+                          iou_thr=iou_thr, class_agnostic=class_agnostic)
     r = _hard_nms(prep, weights is not None, iou_thr, class_agnostic)
     return finish(prep, r, _packed_order)
 

@@ -47,14 +47,14 @@ def non_maximum_weighted_packed(
         tuple: ``boxes [K, 4]``, ``scores [K]``, ``labels [K]`` (long),
         ``images [K]``; sorted by image then score descending.
     """
-    prep = prepare_packed(dets, weights, image_sizes, _report_image)
+    prep = prepare_packed(dets, weights, image_sizes, _report_image,
+                          iou_thr=iou_thr, skip_box_thr=skip_box_thr,
+                          class_agnostic=class_agnostic)
     w = prep.weights
     if prep.num_members:
         w = w / w.max()  # [N] ensemble-boxes divides by the max weight
     keep = prep.valid & (prep.scores >= skip_box_thr)  # [M]
     if kernel.use_kernel(prep.boxes):
-        if iou_thr < 0:
-            raise ValueError(f'iou_thr must be >= 0, got {iou_thr}')
         b, s, lab, img = kernel._ext.nmw(
             prep.boxes.contiguous(), prep.scores * take(w, prep.members),
             prep.labels.contiguous(), prep.images.contiguous(), keep,

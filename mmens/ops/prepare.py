@@ -7,7 +7,7 @@ from torch import Tensor
 from .boxes import normalize_boxes
 from .layout import GroupLayout, build_layout, take
 from .packed import PackedDetections
-from .validation import check_packed, check_weights, repair_boxes
+from .validation import repair_boxes, validate_fusion
 
 __all__ = ['Prepared', 'prepare_packed', 'group_key', 'layout_groups']
 
@@ -42,8 +42,10 @@ class Prepared(NamedTuple):
 def prepare_packed(dets: PackedDetections,
                    weights=None,
                    image_sizes: Optional[Tensor] = None,
-                   report_image: bool = True) -> Prepared:
-    """Validate and normalise packed detections.
+                   report_image: bool = True,
+                   **params) -> Prepared:
+    """Validate and normalise packed detections (the front end of every
+    fusion op, on both backends).
 
     Args:
         dets (PackedDetections): the detections; boxes normalised, or pixels
@@ -51,36 +53,23 @@ def prepare_packed(dets: PackedDetections,
         weights (Tensor[N] | Sequence[float] | None): member weights.
         image_sizes (Tensor[I, 2], optional): ``(width, height)`` per image.
         report_image (bool): name the image in error messages.
+        **params: the op's scalar parameters (``iou_thr``, ...), checked by
+            :func:`~mmens.ops.validation.check_params`.
 
     Returns:
         Prepared: see the class.
 
     Raises:
-        ValueError: malformed input (see :mod:`mmens.ops.validation`).
+        TypeError, ValueError: malformed input (see
+        :func:`~mmens.ops.validation.validate_fusion`).
     """
+    dets, w, sizes = validate_fusion(dets, weights, image_sizes, report_image,
+                                     **params)
     boxes, scores, labels, members, images, num_members, num_images = dets
-    boxes = torch.as_tensor(boxes)
-    dev = boxes.device
     dtype = boxes.dtype if boxes.is_floating_point() else torch.float32
-    boxes = boxes.to(torch.float64).reshape(-1, 4) if boxes.numel() == 0 \
-        else boxes.to(torch.float64)
-    scores = torch.as_tensor(scores, device=dev).to(torch.float64)
-    labels = torch.as_tensor(labels, device=dev)
-    members = torch.as_tensor(members, device=dev).long()
-    if images is None:
-        images = torch.zeros_like(members)
-    images = torch.as_tensor(images, device=dev).long()
-    check_packed(
-        PackedDetections(boxes, scores, labels, members, images, num_members,
-                         num_images), report_image)
+    boxes, scores = boxes.to(torch.float64), scores.to(torch.float64)
     labels = labels.long()
-    w = check_weights(weights, num_members, dev)
-    if image_sizes is not None:
-        sizes = torch.as_tensor(image_sizes, dtype=torch.float64).to(dev)
-        if sizes.shape != (num_images, 2) or not bool(
-            (torch.isfinite(sizes) & (sizes > 0)).all()):
-            raise ValueError("field 'image_sizes' must be a finite positive "
-                             f'[{num_images}, 2] (width, height) tensor')
+    if sizes is not None:
         boxes = normalize_boxes(boxes, sizes, images)
     boxes, valid = repair_boxes(boxes, members)
     return Prepared(boxes, scores, labels, members, images, w, valid, dtype,
@@ -102,7 +91,11 @@ def group_key(labels: Tensor,
     """
     if class_agnostic or labels.numel() == 0:
         return images.clone()
-    lo, hi = torch.stack((labels.min(), labels.max())).tolist()
+    lo, hi, last = torch.stack(
+        (labels.min(), labels.max(), images.max())).tolist()
+    if (hi - lo + 1) * (last + 1) >= 2**62:  # sparse labels: dense ids
+        labels = torch.unique(labels, return_inverse=True)[1]
+        lo, hi = 0, int(labels.max())
     return images * (hi - lo + 1) + (labels - lo)
 
 

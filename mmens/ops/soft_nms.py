@@ -151,10 +151,10 @@ def soft_nms_packed(dets: PackedDetections,
         tuple: ``boxes [K, 4]``, ``scores [K]``, ``labels [K]`` (long),
         ``images [K]``; sorted by image then (returned) score descending.
     """
-    if method not in (1, 2, 3):
-        raise ValueError(f'method must be 1 (linear), 2 (gaussian) or 3 '
-                         f'(hard), got {method!r}')
-    prep = prepare_packed(dets, weights, image_sizes, _report_image)
+    prep = prepare_packed(dets, weights, image_sizes, _report_image,
+                          method=method, iou_thr=iou_thr, sigma=sigma,
+                          thresh=thresh, class_agnostic=class_agnostic,
+                          return_decayed_scores=return_decayed_scores)
     if method == 3:
         from .nms import _hard_nms
         r = _hard_nms(prep, weights is not None, iou_thr, class_agnostic)

@@ -1,14 +1,23 @@
-"""Vectorised input validation and repair shared by the fusion ops.
+"""The one input contract of the fusion ops, checked before any kernel call.
 
-ensemble-boxes prints a message and calls ``exit()`` on malformed input, and
-silently swaps / clips other defects. Here:
+Every public fusion entry point (the list, ``*_batch`` and ``*_packed``
+forms of WBF, NMS, soft-NMS and NMW, and :func:`~mmens.ops.match_boxes`)
+goes through :func:`validate_fusion` (the list forms first through
+:func:`member_arrays`, which turns the per-member lists into arrays), on
+both backends. So a mistake raises the same error on the compiled kernel
+and on the pure-torch path, and the kernel only ever sees input it can
+handle. ensemble-boxes prints a message and calls ``exit()`` on malformed
+input, and silently swaps / clips other defects. Here:
 
-* malformed input raises :class:`ValueError` whose message names the member
-  index, the image index (in batch calls), the box index within that
-  member's list and the offending field: different list lengths, a box that
-  is not 4 numbers, NaN/inf coordinates or scores, ``x2 < x1`` / ``y2 < y1``
-  (ensemble-boxes swaps them; we refuse), scores outside ``[0, 1]``,
-  non-integral labels, bad weights;
+* a wrong type raises :class:`TypeError` and a wrong value
+  :class:`ValueError`, in one line naming the argument or field and, for a
+  box, its member, its index within that member's list and (in batch calls)
+  its image: a member that is ``None`` or holds strings, a ragged list,
+  different list lengths, a box that is not 4 numbers, NaN/inf coordinates
+  or scores, ``x2 < x1`` / ``y2 < y1`` (ensemble-boxes swaps them; we
+  refuse), scores outside ``[0, 1]``, labels that are not integers of
+  magnitude below :data:`LABEL_LIMIT`, member or image indices out of range,
+  bad weights, and parameters out of their range (:func:`check_params`);
 * coordinates outside ``[0, 1]`` are clipped exactly like ensemble-boxes does,
   with one :func:`warnings.warn` that counts the clipped boxes;
 * zero-area boxes (after clipping) are skipped like ensemble-boxes does, with
@@ -18,17 +27,29 @@ The counts cover every input box (ensemble-boxes' WBF only looks at boxes
 whose score passed ``skip_box_thr``). Nothing here imports mmdet/mmcv, so the
 dataset layer can reuse it.
 """
+import math
+import numbers
 import warnings
-from typing import Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .packed import PackedDetections
 
 __all__ = [
-    'check_member_lists', 'check_packed', 'check_weights', 'repair_boxes'
+    'CONF_TYPES', 'LABEL_LIMIT', 'check_member_lists', 'check_packed',
+    'check_params', 'check_weights', 'member_arrays', 'member_sizes',
+    'repair_boxes', 'validate_fusion'
 ]
+
+CONF_TYPES = ('avg', 'max', 'box_and_model_avg', 'absent_model_aware_avg')
+
+#: Labels must satisfy ``|label| < LABEL_LIMIT``: every such integer is exact
+#: in float64 (the list API's label dtype, like ensemble-boxes') and in
+#: int64, and the span of any two of them fits in int64.
+LABEL_LIMIT = 2**53
 
 
 def _where(member: int, box: Optional[int], image: Optional[int]) -> str:
@@ -39,11 +60,147 @@ def _where(member: int, box: Optional[int], image: Optional[int]) -> str:
     return ', '.join(parts)
 
 
+def _real(name: str, x: Any) -> float:
+    """``x`` as a float; a TypeError unless it is a real number."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f'{name} must be a real number, got '
+                        f'{type(x).__name__} {x!r}')
+    return float(x)
+
+
+def _param_rules():
+    """``name -> check(value)`` of every fusion parameter."""
+
+    def unit(name, x):
+        v = _real(name, x)
+        if not 0 <= v <= 1:  # NaN fails too
+            raise ValueError(f'{name} must be in [0, 1], got {x!r}')
+
+    def nonneg(name, x):
+        v = _real(name, x)
+        if not 0 <= v < math.inf:
+            raise ValueError(f'{name} must be finite and >= 0, got {x!r}')
+
+    def positive(name, x):
+        v = _real(name, x)
+        if not 0 < v < math.inf:
+            raise ValueError(f'{name} must be finite and > 0, got {x!r}')
+
+    def flag(name, x):
+        if not isinstance(x, (bool, np.bool_)):
+            raise TypeError(f'{name} must be a bool, got {type(x).__name__} '
+                            f'{x!r}')
+
+    def choice(options):
+
+        def check(name, x):
+            if (not isinstance(x, (str, numbers.Integral))
+                    or isinstance(x, (bool, np.bool_)) or x not in options):
+                raise ValueError(f'{name} must be one of {options}, got {x!r}')
+
+        return check
+
+    return dict(iou_thr=unit, skip_box_thr=nonneg, thresh=nonneg,
+                sigma=positive, conf_type=choice(CONF_TYPES),
+                method=choice((1, 2, 3)), member_reduce=choice(('mean',
+                                                                'best')),
+                allows_overflow=flag, class_agnostic=flag,
+                return_decayed_scores=flag)
+
+
+_RULES = _param_rules()
+
+
+def check_params(**params) -> None:
+    """Check the scalar parameters of a fusion op.
+
+    ``iou_thr`` a real number in ``[0, 1]``; ``skip_box_thr`` and ``thresh``
+    finite and ``>= 0``; ``sigma`` finite and ``> 0``; ``conf_type`` one of
+    :data:`CONF_TYPES`; ``method`` 1, 2 or 3; ``member_reduce`` ``'mean'``
+    or ``'best'``; ``allows_overflow``, ``class_agnostic`` and
+    ``return_decayed_scores`` bools.
+
+    Raises:
+        TypeError: a parameter of the wrong type (``None``, a string for a
+            number, ...), naming it.
+        ValueError: a parameter out of its range (NaN included), naming it.
+    """
+    for name, value in params.items():
+        _RULES[name](name, value)
+
+
+def _count(name: str, x: Any) -> int:
+    """A non-negative integer count (``num_members`` / ``num_images``)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+        raise TypeError(f'{name} must be an int, got {type(x).__name__} '
+                        f'{x!r}')
+    if x < 0:
+        raise ValueError(f'{name} must be >= 0, got {x}')
+    return int(x)
+
+
+def _numeric(x: Any, what: str) -> Any:
+    """``x`` as a real-valued NumPy array or tensor (uint64 as int64)."""
+    if isinstance(x, Tensor):
+        if x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f'{what} must hold real numbers, got {x.dtype}')
+        return x
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError):  # ragged nested lists
+        raise ValueError(f'{what} is a ragged list, not an array') from None
+    if a.dtype.kind not in 'iuf':
+        got = type(x).__name__ if a.dtype == object else a.dtype
+        raise TypeError(f'{what} must hold real numbers, got {got}')
+    if a.dtype.kind == 'u' and a.dtype.itemsize == 8:
+        if a.size and a.max() >= 2**63:
+            raise ValueError(f'{what} has a value >= 2**63')
+        a = a.astype(np.int64)
+    return a
+
+
+def _is_list(x: Any) -> bool:
+    return isinstance(x, (Sequence, np.ndarray, Tensor))
+
+
+def member_arrays(lists: List[Any], field: str, num_members: int,
+                  report_image: bool) -> List[Any]:
+    """The per-member arrays of one field, type-checked.
+
+    Args:
+        lists (list): one array-like per ``(image, member)``, image-major.
+        field (str): ``'boxes'``, ``'scores'`` or ``'labels'`` (for errors).
+        num_members (int): ``N``, to name image and member in errors.
+        report_image (bool): name the image in errors (batch calls).
+
+    Returns:
+        list: tensors as given, everything else as NumPy arrays, all of
+        real numbers.
+
+    Raises:
+        TypeError: a member is ``None``, holds strings, bools or objects.
+        ValueError: a member is a ragged list.
+    """
+    if not any(isinstance(x, Tensor) for x in lists):
+        try:  # fast path: one asarray each, one dtype check per dtype
+            arrs = [np.asarray(x) for x in lists]
+            if all(d.kind in 'iuf' and d != np.uint64
+                   for d in {a.dtype for a in arrs}):
+                return arrs
+        except (ValueError, TypeError):  # ragged: named below
+            pass
+    n = max(num_members, 1)
+    return [
+        _numeric(x, f"{_where(j % n, None, j // n if report_image else None)}"
+                 f": field '{field}'") for j, x in enumerate(lists)
+    ]
+
+
 def check_member_lists(boxes_list: Sequence,
                        scores_list: Sequence,
                        labels_list: Sequence,
                        image: Optional[int] = None) -> int:
-    """Check the per-member lists of one image have consistent lengths.
+    """Check the per-member lists of one image are lists of equal length.
 
     Args:
         boxes_list (Sequence[array[n_i, 4]]): boxes of each member.
@@ -55,22 +212,57 @@ def check_member_lists(boxes_list: Sequence,
         int: number of members.
 
     Raises:
-        ValueError: on any length mismatch, naming member/image/field.
+        TypeError: a field is not a list (e.g. ``None``).
+        ValueError: on a length mismatch, naming image and field.
     """
     img = '' if image is None else f'image {image}: '
+    for name, lst in (('boxes', boxes_list), ('scores', scores_list),
+                      ('labels', labels_list)):
+        if not _is_list(lst) or isinstance(lst, str):
+            raise TypeError(f"{img}field '{name}' must be a list with one "
+                            f'array per member, got {type(lst).__name__}')
     n = len(boxes_list)
     for name, lst in (('scores', scores_list), ('labels', labels_list)):
         if len(lst) != n:
             raise ValueError(f"{img}field '{name}' has {len(lst)} members but "
                              f"field 'boxes' has {n}")
-    for t in range(n):
-        nb = len(boxes_list[t])
-        for name, lst in (('scores', scores_list), ('labels', labels_list)):
-            if len(lst[t]) != nb:
-                raise ValueError(
-                    f"{_where(t, None, image)}: field '{name}' has "
-                    f"{len(lst[t])} entries but field 'boxes' has {nb}")
     return n
+
+
+def member_sizes(boxes: List[Any], scores: List[Any], labels: List[Any],
+                 num_members: int, report_image: bool) -> List[int]:
+    """Box counts of every ``(image, member)`` (image-major lists).
+
+    A member's boxes are ``[n, 4]`` (any shape when empty), its scores and
+    labels ``[n]``.
+
+    Raises:
+        ValueError: the first member (image-major) breaking that, naming
+            image, member and field.
+    """
+    shapes = [tuple(b.shape) for b in boxes]
+    sizes = [sh[0] if len(sh) == 2 and sh[1] == 4 else 0 for sh in shapes]
+    if ([tuple(x.shape) for x in scores] == [(s, ) for s in sizes]
+            and [tuple(x.shape) for x in labels] == [(s, ) for s in sizes]
+            and all(len(sh) == 2 and sh[1] == 4 or 0 in sh for sh in shapes)):
+        return sizes
+    n = max(num_members, 1)
+    for j, sh in enumerate(shapes):  # slow path: name the first culprit
+        i, t = divmod(j, n)
+        where = _where(t, None, i if report_image else None)
+        if 0 not in sh and (len(sh) != 2 or sh[1] != 4):
+            raise ValueError(f"{where}: field 'boxes' must be [n, 4], got "
+                             f'shape {sh}')
+        for name, x in (('scores', scores[j]), ('labels', labels[j])):
+            xs = tuple(x.shape)
+            if len(xs) != 1 and not (sizes[j] == 0 and 0 in xs):
+                raise ValueError(f"{where}: field '{name}' must be 1-d, got "
+                                 f'shape {xs}')
+            if xs[0] != sizes[j] and not (sizes[j] == 0 and 0 in xs):
+                raise ValueError(
+                    f"{where}: field '{name}' has {xs[0]} entries but field "
+                    f"'boxes' has {sizes[j]}")
+    return sizes
 
 
 def check_weights(weights, num_members: int, device: torch.device) -> Tensor:
@@ -86,13 +278,15 @@ def check_weights(weights, num_members: int, device: torch.device) -> Tensor:
         Tensor[N]: float64 weights.
 
     Raises:
+        TypeError: weights that are not real numbers.
         ValueError: wrong length, non-finite or non-positive weight.
             (ensemble-boxes prints a warning and uses ones for a wrong
             length; zero/negative weights make it divide by zero.)
     """
     if weights is None:
         return torch.ones(num_members, dtype=torch.float64, device=device)
-    w = torch.as_tensor(weights, dtype=torch.float64).to(device).reshape(-1)
+    w = _numeric(weights, "field 'weights'")
+    w = torch.as_tensor(w).to(device, torch.float64).reshape(-1)
     if w.numel() != num_members:
         raise ValueError(f"field 'weights' has {w.numel()} entries, expected "
                          f'one per member ({num_members})')
@@ -104,12 +298,97 @@ def check_weights(weights, num_members: int, device: torch.device) -> Tensor:
     return w
 
 
+def _packed_fields(dets: Any) -> PackedDetections:
+    """``dets`` as a :class:`PackedDetections` of tensors on one device, with
+    clean type errors (real boxes, scores and labels, long members/images)."""
+    if not isinstance(dets, tuple) or len(dets) not in (6, 7):
+        raise TypeError('dets must be a PackedDetections, got '
+                        f'{type(dets).__name__}')
+    boxes, scores, labels, members, images, n, i = PackedDetections(*dets)
+    n, i = _count('num_members', n), _count('num_images', i)
+    boxes = torch.as_tensor(_numeric(boxes, "field 'boxes'"))
+    dev = boxes.device
+    out = [boxes]
+    for name, x in (('scores', scores), ('labels', labels),
+                    ('members', members), ('images', images)):
+        t = None if x is None else torch.as_tensor(
+            _numeric(x, f"field '{name}'")).to(dev)
+        if name in ('members', 'images') and t is not None:
+            if t.is_floating_point():
+                raise TypeError(f"field '{name}' must have an integer dtype, "
+                                f'got {t.dtype}')
+            t = t.long()
+        out.append(t)
+    if boxes.numel() == 0:
+        out[0] = boxes.reshape(-1, 4)
+    if out[4] is None:
+        out[4] = torch.zeros_like(out[3])
+    return PackedDetections(*out, n, i)
+
+
+def validate_fusion(dets: Any,
+                    weights=None,
+                    image_sizes=None,
+                    report_image: bool = True,
+                    **params) -> Tuple[PackedDetections, Tensor,
+                                       Optional[Tensor]]:
+    """The one check of a fusion op's input, before either backend runs.
+
+    Args:
+        dets (PackedDetections): see the class; fields may be tensors or
+            NumPy arrays (boxes on any real dtype).
+        weights (Tensor[N] | Sequence[float] | None): member weights.
+        image_sizes (Tensor[I, 2], optional): ``(width, height)`` per image.
+        report_image (bool): name the image in messages (batch calls).
+        **params: the op's scalar parameters, see :func:`check_params`.
+
+    Returns:
+        tuple: the detections (boxes ``[M, 4]``, scores and labels of their
+        given dtypes, long members and images, as tensors on the device of
+        ``boxes``),
+        float64 weights ``[N]`` and float64 image sizes ``[I, 2]`` (or
+        ``None``).
+
+    Raises:
+        TypeError, ValueError: see the module doc; one line naming the
+        argument, and the member, image and box where relevant.
+    """
+    check_params(**params)
+    dets = _packed_fields(dets)
+    check_packed(dets, report_image)
+    dev = dets.boxes.device
+    w = check_weights(weights, dets.num_members, dev)
+    sizes = None
+    if image_sizes is not None:
+        sizes = torch.as_tensor(_numeric(image_sizes, "field 'image_sizes'"))
+        sizes = sizes.to(dev, torch.float64)
+        if sizes.shape != (dets.num_images, 2) or not bool(
+            (torch.isfinite(sizes) & (sizes > 0)).all()):
+            raise ValueError("field 'image_sizes' must be a finite positive "
+                             f'[{dets.num_images}, 2] (width, height) tensor')
+    return dets, w, sizes
+
+
+def _first_bad(checks: list, m: int) -> Optional[Tuple[int, int]]:
+    """``(check, box)`` of the first failing box (packed order, then check
+    order) among ``checks`` of ``(name, bad [M], what)``; ``None`` if none."""
+    bad = torch.stack([c[1] for c in checks])  # [num_checks, M]
+    any_bad = bad.any(1).tolist()
+    if not any(any_bad):
+        return None
+    first = torch.where(bad, torch.arange(m, device=bad.device), m).amin(1)
+    c = min((k for k in range(len(checks)) if any_bad[k]),
+            key=lambda k: (int(first[k]), k))
+    return c, int(first[c])
+
+
 def check_packed(dets: PackedDetections, report_image: bool = True) -> None:
     """Validate packed (flat) detections in one vectorised pass.
 
     Args:
         dets (PackedDetections): the detections as tensors on one device
             (``images`` not ``None``); scores must lie in ``[0, 1]``,
+            labels be integers with ``|label| <`` :data:`LABEL_LIMIT`,
             members in ``[0, N)``, images in ``[0, I)``.
         report_image (bool): name the image in messages (batch calls).
 
@@ -129,25 +408,23 @@ def check_packed(dets: PackedDetections, report_image: bool = True) -> None:
                              f'{tuple(t.shape)}')
     if m == 0:
         return
-    lab = labels if labels.is_floating_point() else None
+    lab = labels.double()
     # fast path: one host sync; aminmax propagates NaN, so NaN fails too
     stats = [
         boxes.aminmax(), scores.aminmax(),
-        members.aminmax(), images.aminmax()
+        members.aminmax(), images.aminmax(),
+        lab.aminmax()
     ]
-    vals = torch.stack([v.double() for mm in stats for v in mm]
-                       + [(boxes[:, 2:] >= boxes[:, :2]).all().double()])
-    if lab is not None:
-        vals = torch.cat([
-            vals, torch.stack([v.double() for v in lab.aminmax()]),
-            (lab == lab.trunc()).all().double()[None]
-        ])
+    vals = torch.stack([v.double() for mm in stats for v in mm] + [
+        (boxes[:, 2:] >= boxes[:, :2]).all().double(),
+        (lab == lab.trunc()).all().double()
+    ])
     v = vals.tolist()
-    inf = float('inf')
+    inf, lim = float('inf'), float(LABEL_LIMIT)
     if (-inf < v[0] and v[1] < inf and 0 <= v[2] and v[3] <= 1
             and 0 <= v[4] and v[5] < num_members and 0 <= v[6]
-            and v[7] < num_images and v[8] == 1
-            and (lab is None or (-inf < v[9] and v[10] < inf and v[11]))):
+            and v[7] < num_images and -lim < v[8] and v[9] < lim
+            and v[10] == 1 and v[11] == 1):
         return
     checks = [
         ('members', (members < 0) | (members >= num_members),
@@ -159,18 +436,15 @@ def check_packed(dets: PackedDetections, report_image: bool = True) -> None:
         ('scores', (scores < 0) | (scores > 1), 'is outside [0, 1]'),
         ('boxes', boxes[:, 2] < boxes[:, 0], 'has x2 < x1'),
         ('boxes', boxes[:, 3] < boxes[:, 1], 'has y2 < y1'),
+        ('labels', ~torch.isfinite(lab) | (lab != lab.trunc()),
+         'is not an integer'),
+        ('labels', (labels <= -LABEL_LIMIT) | (labels >= LABEL_LIMIT),
+         'is not within (-2**53, 2**53)'),
     ]
-    if lab is not None:
-        checks.append(('labels', ~torch.isfinite(lab) | (lab != lab.trunc()),
-                       'is not an integer'))
-    bad = torch.stack([c[1] for c in checks])  # [num_checks, M]
-    any_bad = bad.any(1).tolist()
-    if not any(any_bad):
+    found = _first_bad(checks, m)
+    if found is None:
         return
-    first = torch.where(bad, torch.arange(m, device=bad.device), m).amin(1)
-    c = min((k for k in range(len(checks)) if any_bad[k]),
-            key=lambda k: (int(first[k]), k))
-    k = int(first[c])
+    c, k = found
     name, _, what = checks[c]
     if name in ('members', 'images'):
         raise ValueError(

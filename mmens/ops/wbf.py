@@ -48,7 +48,10 @@ def weighted_boxes_fusion_packed(
         tuple: ``boxes [K, 4]`` (normalised), ``scores [K]``, ``labels [K]``
         (long), ``images [K]``; sorted by image then score descending.
     """
-    prep = prepare_packed(dets, weights, image_sizes, _report_image)
+    prep = prepare_packed(dets, weights, image_sizes, _report_image,
+                          iou_thr=iou_thr, skip_box_thr=skip_box_thr,
+                          conf_type=conf_type, allows_overflow=allows_overflow,
+                          class_agnostic=class_agnostic)
     r = wbf_clusters(prep, iou_thr, skip_box_thr, conf_type, allows_overflow,
                      class_agnostic, with_clusters=False)
     return (r['boxes'].to(prep.dtype), r['scores'].to(prep.dtype), r['labels'],

@@ -78,7 +78,6 @@ SCRIPT = textwrap.dedent('''
     assert torch.equal(b, t(box)) and torch.equal(s, t(score))
     assert torch.equal(l, t(label)) and torch.equal(i, torch.zeros(2).long())
 
-    assert not mmens.HAS_MMDET
     loaded = sorted(m for m in sys.modules if m.partition('.')[0] in BLOCKED)
     assert not loaded, loaded
     print('standalone ok')
@@ -98,28 +97,3 @@ def test_ops_run_without_openmmlab():
     res = _run(SCRIPT)
     assert res.returncode == 0, res.stdout + res.stderr
     assert 'standalone ok' in res.stdout
-
-
-def test_a_broken_openmmlab_install_is_not_hidden():
-    """Only an absent package is tolerated: other import errors surface."""
-    script = textwrap.dedent('''
-        import importlib.abc
-        import sys
-
-
-        class Broken(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == 'mmcv':
-                    raise ImportError('mmcv._ext: undefined symbol')
-                return None
-
-
-        sys.meta_path.insert(0, Broken())
-        try:
-            import mmens.ops  # noqa: F401
-        except ImportError as e:
-            assert 'undefined symbol' in str(e), e
-            print('raised')
-    ''')
-    res = _run(script)
-    assert res.returncode == 0 and 'raised' in res.stdout, res.stdout + res.stderr
