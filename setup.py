@@ -40,18 +40,31 @@ PACKAGES = find_packages(where=HERE, include=('mmens', 'mmens.*'))
 
 def get_extensions() -> dict:
     """``ext_modules``/``cmdclass`` for the C++ kernels (needs torch at build
-    time, hence ``--no-build-isolation``)."""
+    time, hence ``--no-build-isolation``).
+
+    Environment: ``MMENS_PORTABLE=1`` builds without x86-specific code (no
+    AVX2 clone, no private SLEEF symbol; e.g. for aarch64);
+    ``MMENS_SANITIZE=1`` builds with AddressSanitizer and UBSan (``make
+    sanitize``, into a separate build directory)."""
     if os.environ.get('MMENS_WITH_KERNEL', '1') == '0':
         return {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-    # -ffp-contract=off: no FMA may change a rounding (outputs are
-    # bit-for-bit those of the torch path); OpenMP runs the groups in
+    # -ffp-contract=off: no FMA may change a rounding (outputs follow the
+    # numerical contract of mmens/ops/kernel.py); OpenMP runs the groups in
     # parallel and resolves to the libgomp torch already loaded.
-    ext = CppExtension(
-        'mmens._ext', ['mmens/ops/csrc/fusion_cpu.cpp'],
-        extra_compile_args=['-O3', '-g0', '-fopenmp', '-ffp-contract=off'],
-        extra_link_args=['-fopenmp'])
+    cflags = ['-O3', '-g0', '-fopenmp', '-ffp-contract=off']
+    lflags = ['-fopenmp']
+    if os.environ.get('MMENS_PORTABLE', '0') == '1':
+        # plain C++: no AVX2 clone, no private SLEEF symbol (aarch64 builds)
+        cflags.append('-DMMENS_PORTABLE')
+    if os.environ.get('MMENS_SANITIZE', '0') == '1':  # `make sanitize`
+        san = ['-fsanitize=address,undefined', '-fno-sanitize-recover=all']
+        cflags = ['-O1', '-g', '-fno-omit-frame-pointer', '-fopenmp',
+                  '-ffp-contract=off'] + san + cflags[4:]
+        lflags += san
+    ext = CppExtension('mmens._ext', ['mmens/ops/csrc/fusion_cpu.cpp'],
+                       extra_compile_args=cflags, extra_link_args=lflags)
     return dict(ext_modules=[ext],
                 cmdclass={'build_ext': BuildExtension.with_options(
                     use_ninja=True)})

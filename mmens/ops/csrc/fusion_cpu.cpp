@@ -21,9 +21,23 @@
 //   order inside a group), and member sums in member order.
 // Built without -ffast-math and with -ffp-contract=off so that no FMA changes
 // a rounding.
+//
+// Each entry point TORCH_CHECKs its own preconditions (dtypes, every size
+// relation between its tensors, index ranges, counts, parameter ranges)
+// before any work, so a direct call with bad arguments raises a Python
+// RuntimeError instead of reading or writing out of bounds; nothing inside an
+// OpenMP region throws (an exception escaping one would abort the process),
+// and no buffer is sized by the span of the label values.
+//
+// MMENS_PORTABLE (setup.py, env MMENS_PORTABLE=1): plain C++ only, no x86
+// intrinsics, no AVX2 function clone and no private SLEEF symbol of
+// libtorch, so the kernel builds on aarch64; the gaussian decay then uses
+// std::exp (within the 1 ulp of mmens/ops/kernel.py's numerical contract).
 #include <torch/extension.h>
 
+#ifndef MMENS_PORTABLE
 #include <immintrin.h>
+#endif
 #include <omp.h>
 
 #include <algorithm>
@@ -101,17 +115,40 @@ struct Dets {
   i64 m;
 };
 
+// Every value of the long tensor t lies in [0, hi).
+void check_index(const at::Tensor& t, i64 hi, const char* name) {
+  const i64* v = t.data_ptr<i64>();
+  for (i64 j = 0, m = t.size(0); j < m; ++j)
+    TORCH_CHECK(v[j] >= 0 && v[j] < hi, name, "[", j, "] = ", v[j],
+                " is outside [0, ", hi, ")");
+}
+
+// The IoU threshold: a number in [0, 1] (NaN fails).
+void check_iou_thr(double iou_thr) {
+  TORCH_CHECK(iou_thr >= 0.0 && iou_thr <= 1.0,
+              "iou_thr must be in [0, 1], got ", iou_thr);
+}
+
+// boxes [M, 4], scores, labels, images and keep [M]; images in [0, I).
 Dets check_dets(const at::Tensor& boxes, const at::Tensor& scores,
                 const at::Tensor& labels, const at::Tensor& images,
-                const at::Tensor& keep) {
+                const at::Tensor& keep, i64 num_images) {
   check_input(boxes, at::kDouble, 2, "boxes");
   check_input(scores, at::kDouble, 1, "scores");
   check_input(labels, at::kLong, 1, "labels");
   check_input(images, at::kLong, 1, "images");
   check_input(keep, at::kBool, 1, "keep");
+  const i64 m = boxes.size(0);
+  TORCH_CHECK(boxes.size(1) == 4, "boxes must be [M, 4], got [", m, ", ",
+              boxes.size(1), "]");
+  for (const auto* t : {&scores, &labels, &images, &keep})
+    TORCH_CHECK(t->size(0) == m, "scores, labels, images and keep must have ",
+                "the M = ", m, " entries of boxes, got ", t->size(0));
+  TORCH_CHECK(num_images >= 0, "num_images must be >= 0, got ", num_images);
+  check_index(images, num_images, "images");
   return {boxes.data_ptr<double>(), scores.data_ptr<double>(),
           labels.data_ptr<i64>(),   images.data_ptr<i64>(),
-          keep.data_ptr<bool>(),    boxes.size(0)};
+          keep.data_ptr<bool>(),    m};
 }
 
 // The kept boxes grouped by (image, label) -- or image only -- with the
@@ -163,15 +200,22 @@ Layout build_layout(const i64* labels, const i64* images, const bool* keep,
           lo = std::min(lo, labels[idx[p]]);
           hi = std::max(hi, labels[idx[p]]);
         }
-        if (hi - lo < 4 * (e - b) + 64) {  // counting sort by label
-          cnt.assign(hi - lo + 2, 0);
-          for (i64 p = b; p < e; ++p) ++cnt[labels[idx[p]] - lo + 1];
-          for (i64 l = 0; l <= hi - lo; ++l) {
+        // label offsets in uint64: exact for any two int64 labels
+        auto off = [&](i64 p) {
+          return static_cast<i64>(static_cast<uint64_t>(labels[idx[p]]) -
+                                  static_cast<uint64_t>(lo));
+        };
+        const uint64_t span = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo);
+        if (span < static_cast<uint64_t>(4 * (e - b) + 64)) {  // counting sort
+          const i64 nl = static_cast<i64>(span);
+          cnt.assign(nl + 2, 0);
+          for (i64 p = b; p < e; ++p) ++cnt[off(p) + 1];
+          for (i64 l = 0; l <= nl; ++l) {
             if (cnt[l + 1]) runs.push_back({b + cnt[l], b + cnt[l] + cnt[l + 1]});
             cnt[l + 1] += cnt[l];
           }
           tmp.resize(e - b);
-          for (i64 p = b; p < e; ++p) tmp[cnt[labels[idx[p]] - lo]++] = idx[p];
+          for (i64 p = b; p < e; ++p) tmp[cnt[off(p)]++] = idx[p];
           std::copy(tmp.begin(), tmp.end(), idx + b);
         } else {  // sparse labels: a stable comparison sort by label
           std::stable_sort(idx + b, idx + e, [&](i64 x, i64 y) {
@@ -271,7 +315,10 @@ struct Scratch {
 // cloned); the ternaries are the exact x86 min/max
 // semantics (equal to std::min/max up to the sign of a zero, which changes
 // no IoU decision). The IoU is ensemble-boxes' with the listed box as "A".
-__attribute__((target_clones("avx2", "default"))) i64 batch_iou(
+#ifndef MMENS_PORTABLE
+__attribute__((target_clones("avx2", "default")))
+#endif
+i64 batch_iou(
     const double* __restrict x1, const double* __restrict y1,
     const double* __restrict x2, const double* __restrict y2,
     const double* __restrict area, i64 n, const double* b, double area_b,
@@ -504,10 +551,16 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
                             double iou_thr, i64 conf_type, bool allows_overflow,
                             bool class_agnostic, double weight_sum,
                             double weight_max, bool with_clusters) {
-  const Dets d = check_dets(boxes_t, ws_t, labels_t, images_t, keep_t);
+  const Dets d =
+      check_dets(boxes_t, ws_t, labels_t, images_t, keep_t, num_images);
   check_input(members_t, at::kLong, 1, "members");
   check_input(weights_t, at::kDouble, 1, "weights");
-  TORCH_CHECK(conf_type >= 0 && conf_type <= 3, "bad conf_type");
+  TORCH_CHECK(members_t.size(0) == d.m, "members must have the M = ", d.m,
+              " entries of boxes, got ", members_t.size(0));
+  check_index(members_t, weights_t.size(0), "members");
+  TORCH_CHECK(conf_type >= 0 && conf_type <= 3,
+              "conf_type must be in [0, 3], got ", conf_type);
+  check_iou_thr(iou_thr);
   const double *boxes = d.boxes, *ws = d.scores;
   const i64* members = members_t.data_ptr<i64>();
   const double* w = weights_t.data_ptr<double>();
@@ -554,30 +607,28 @@ struct LeaderClusters {
   Greedy g;
 };
 
-LeaderClusters cluster_by_leader(const at::Tensor& boxes_t,
-                                 const at::Tensor& sc_t,
-                                 const at::Tensor& labels_t,
-                                 const at::Tensor& images_t,
-                                 const at::Tensor& keep_t, i64 num_images,
-                                 double iou_thr, bool class_agnostic) {
-  const Dets d = check_dets(boxes_t, sc_t, labels_t, images_t, keep_t);
+// The Python entry of a leader-clustering op: checks, clusters, then calls
+// Op(clusters, num_images). (scores: the scores that order a group.)
+template <std::vector<at::Tensor> (*Op)(const LeaderClusters&, i64)>
+std::vector<at::Tensor> leader_op(const at::Tensor& boxes_t,
+                                  const at::Tensor& sc_t,
+                                  const at::Tensor& labels_t,
+                                  const at::Tensor& images_t,
+                                  const at::Tensor& keep_t, i64 num_images,
+                                  double iou_thr, bool class_agnostic) {
+  const Dets d =
+      check_dets(boxes_t, sc_t, labels_t, images_t, keep_t, num_images);
+  check_iou_thr(iou_thr);
   Layout lay = build_layout(d.labels, d.images, d.keep, d.scores, d.m,
                             num_images, class_agnostic);
   Greedy g = run_greedy(lay, d.boxes, d.scores, nullptr, nullptr, iou_thr);
-  return {d, std::move(lay), std::move(g)};
+  return Op(LeaderClusters{d, std::move(lay), std::move(g)}, num_images);
 }
 
 // NMW: clusters matched against their first box; the fused box is the mean
 // of the cluster's boxes weighted by score * IoU(box, first box), the score
 // the first box's (float32, like ensemble-boxes).
-std::vector<at::Tensor> nmw(const at::Tensor& boxes_t, const at::Tensor& ws_t,
-                            const at::Tensor& labels_t,
-                            const at::Tensor& images_t, const at::Tensor& keep_t,
-                            i64 num_images, double iou_thr,
-                            bool class_agnostic) {
-  const LeaderClusters lc = cluster_by_leader(
-      boxes_t, ws_t, labels_t, images_t, keep_t, num_images, iou_thr,
-      class_agnostic);
+std::vector<at::Tensor> nmw(const LeaderClusters& lc, i64 num_images) {
   const Dets& d = lc.d;
   const Layout& lay = lc.lay;
   const Greedy& g = lc.g;
@@ -618,14 +669,7 @@ std::vector<at::Tensor> nmw(const at::Tensor& boxes_t, const at::Tensor& ws_t,
 
 // Hard NMS: the packed index of every kept box and its rank in its group
 // (the caller orders them, see mmens/ops/nms.py::finish).
-std::vector<at::Tensor> nms(const at::Tensor& boxes_t, const at::Tensor& sc_t,
-                            const at::Tensor& labels_t,
-                            const at::Tensor& images_t, const at::Tensor& keep_t,
-                            i64 num_images, double iou_thr,
-                            bool class_agnostic) {
-  const LeaderClusters lc = cluster_by_leader(
-      boxes_t, sc_t, labels_t, images_t, keep_t, num_images, iou_thr,
-      class_agnostic);
+std::vector<at::Tensor> nms(const LeaderClusters& lc, i64) {
   const Layout& lay = lc.lay;
   const Greedy& g = lc.g;
   const i64 ng = static_cast<i64>(lay.gfirst.size());
@@ -644,8 +688,13 @@ std::vector<at::Tensor> nms(const at::Tensor& boxes_t, const at::Tensor& sc_t,
   return {sel, rank};
 }
 
+#ifndef MMENS_PORTABLE
 // SLEEF's 4-lane exp, exported by libtorch_cpu: the exp torch's own CPU
-// kernels use, so the gaussian decay matches the pure-torch path.
+// kernels use on AVX2 hosts, where the gaussian decay is then bit-equal to
+// the pure-torch path's. Where torch dispatches to another variant (the
+// 8-lane one on AVX-512 hosts) or without AVX2, the two exps are each
+// faithfully rounded (SLEEF u10, glibc), so they differ by at most 1 ulp:
+// the numerical contract of mmens/ops/kernel.py.
 extern "C" __m256d Sleef_expd4_u10(__m256d);
 
 const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
@@ -680,10 +729,13 @@ __attribute__((target("avx2"))) void decay_avx2(const double* ovr,
     std::copy(s4, s4 + m, sc + u);
   }
 }
+#endif  // MMENS_PORTABLE
 
 void decay(const double* ovr, double* sc, i64 n, i64 method, double iou_thr,
            double sigma) {
+#ifndef MMENS_PORTABLE
   if (kHaveAvx2) return decay_avx2(ovr, sc, n, method, iou_thr, sigma);
+#endif
   for (i64 u = 0; u < n; ++u) {
     const double o = ovr[u];
     if (o > 0.0)
@@ -748,8 +800,13 @@ std::vector<at::Tensor> soft_nms(const at::Tensor& boxes_t,
                                  const at::Tensor& keep_t, i64 num_images,
                                  i64 method, double iou_thr, double sigma,
                                  double thresh, bool class_agnostic) {
-  const Dets d = check_dets(boxes_t, sc_t, labels_t, images_t, keep_t);
+  const Dets d =
+      check_dets(boxes_t, sc_t, labels_t, images_t, keep_t, num_images);
   TORCH_CHECK(method == 1 || method == 2, "soft-NMS method must be 1 or 2");
+  check_iou_thr(iou_thr);
+  TORCH_CHECK(method != 2 || (sigma > 0.0 && std::isfinite(sigma)),
+              "sigma must be finite and > 0, got ", sigma);
+  TORCH_CHECK(!std::isnan(thresh), "thresh must not be NaN");
   const double *boxes = d.boxes, *sc0 = d.scores;
   const Layout lay = build_layout(d.labels, d.images, d.keep, nullptr, d.m,
                                   num_images, class_agnostic);
@@ -791,7 +848,7 @@ std::vector<at::Tensor> soft_nms(const at::Tensor& boxes_t,
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mmens compiled CPU fusion kernels (see mmens/ops/kernel.py)";
   m.def("wbf", &wbf, py::call_guard<py::gil_scoped_release>());
-  m.def("nmw", &nmw, py::call_guard<py::gil_scoped_release>());
-  m.def("nms", &nms, py::call_guard<py::gil_scoped_release>());
+  m.def("nmw", &leader_op<nmw>, py::call_guard<py::gil_scoped_release>());
+  m.def("nms", &leader_op<nms>, py::call_guard<py::gil_scoped_release>());
   m.def("soft_nms", &soft_nms, py::call_guard<py::gil_scoped_release>());
 }
