@@ -3,9 +3,26 @@
 ``mmens._ext`` (built from ``mmens/ops/csrc`` by ``pip install -e .``) runs
 WBF, NMW, NMS and soft-NMS on CPU tensors, one plain loop per ``(image,
 label)`` group and the groups in parallel (OpenMP, ``torch.get_num_threads()``
-threads). Its outputs are bit-for-bit those of the pure-torch path, which
-stays for CUDA tensors and is the fallback, with one warning, when the
-extension is missing.
+threads). The pure-torch path stays for CUDA tensors and is the fallback,
+with one warning, when the extension is missing. Both backends take their
+input only through :func:`~mmens.ops.validation.validate_fusion`, so they
+also raise the same error on the same mistake.
+
+Numerical contract between the two backends, on the same input (tested in
+``tests/test_ops/test_kernel.py`` and by the fuzz test):
+
+* WBF (and :func:`~mmens.ops.match_boxes`), NMW and hard NMS
+  (:data:`EXACT_METHODS`): identical outputs, ``torch.equal`` on every
+  tensor (values, order, dtypes);
+* soft-NMS: the linear decay is identical; each gaussian decay factor
+  ``exp(-IoU**2 / sigma)`` lies within :data:`SOFT_NMS_DECAY_ULPS` ulp of the
+  other backend's. Both call a faithfully rounded exp (SLEEF's, the one
+  torch uses, or libm's in the portable build), so the factors are
+  bit-equal where torch dispatches to the same SLEEF routine as the kernel
+  (AVX2 hosts without AVX-512) and may differ in the last bit elsewhere
+  (AVX-512 hosts, ``MMENS_PORTABLE=1`` builds). The boxes kept, their order
+  and the (original) scores returned are identical unless a decayed score
+  lies within that rounding of ``thresh`` or of another decayed score.
 
 Backends (``set_backend``, the :func:`backend` context manager, or the
 ``MMENS_OPS_BACKEND`` environment variable):
@@ -21,10 +38,17 @@ from typing import Iterator, Optional
 
 from torch import Tensor
 
-__all__ = ['BACKENDS', 'backend', 'get_backend', 'set_backend', 'use_kernel',
-           'kernel_available']
+__all__ = ['BACKENDS', 'EXACT_METHODS', 'SOFT_NMS_DECAY_ULPS', 'backend',
+           'get_backend', 'set_backend', 'use_kernel', 'kernel_available']
 
 BACKENDS = ('auto', 'cpp', 'torch')
+
+#: Fusion methods whose outputs are identical on both backends.
+EXACT_METHODS = ('wbf', 'nmw', 'nms')
+
+#: Largest difference, in units in the last place, between the backends'
+#: gaussian soft-NMS decay factors.
+SOFT_NMS_DECAY_ULPS = 1
 
 try:
     from mmens import _ext
