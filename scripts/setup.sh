@@ -61,6 +61,6 @@ if ! $PIP install -q --no-deps --no-build-isolation -e .; then
   echo "[setup] ERROR: building the C++ fusion kernel mmens/ops/csrc failed (see the compiler output above); needs g++ with OpenMP" >&2
   exit 1
 fi
-"$VPY" -c "import mmens._ext" || { echo "[setup] ERROR: mmens._ext was built but does not import" >&2; exit 1; }
+"$VPY" -c "import torch, mmens._ext" || { echo "[setup] ERROR: mmens._ext was built but does not import" >&2; exit 1; }
 "$VPY" -c "import mmens, mmcv, mmdet, mmengine, torch; print('[setup] ok: mmens', mmens.__version__, '| torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmengine', mmengine.__version__, '| mmdet', mmdet.__version__)"
 echo "[setup] done in $(( $(date +%s) - start )) s"
