@@ -8,10 +8,9 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 os.environ.setdefault('OMP_NUM_THREADS', '2')
 
-try:  # the mmdet layer (ops tests run without it)
-    import mmens  # noqa: F401
-    from mmengine.registry import init_default_scope
-    init_default_scope('mmdet')
+try:  # the mmdet layer (ops tests run without it): mmens' modules, default scope 'mmens'
+    from mmens.utils import register_all_modules
+    register_all_modules()
 except ImportError:  # pragma: no cover
     pass
 

@@ -5,11 +5,9 @@ Fixed fusion rules (WBF, NMS, ...) have no weights: the checkpoint is optional.
 import argparse
 
 from mmengine.config import Config
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
-import mmens  # noqa: F401  (registers the mmens modules)
-from mmens.utils import (init_cpu_distributed, run_cli,
+from mmens.registry import RUNNERS
+from mmens.utils import (init_cpu_distributed, register_all_modules, run_cli,
                          shutdown_distributed)
 from mmens.utils.runner_args import (add_runner_args, load_runner_cfg,
                                      parse_runner_args)
@@ -44,10 +42,12 @@ def build_test_cfg(args: argparse.Namespace) -> Config:
 def main() -> None:
     args = parse_args()
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
-        raise SystemExit(f'--out must name a .pkl file, got {args.out}')
-    init_cpu_distributed(args.launcher)
+        raise ValueError(f'--out must name a .pkl file, got {args.out}')
+    # the version check and every module, so that --cfg-options are checked against them
+    register_all_modules(init_default_scope=False)
     cfg = build_test_cfg(args)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    init_cpu_distributed(args.launcher)
+    runner = RUNNERS.build(cfg)  # runner_type (EnsembleRunner) from mmens' registry
     if args.out is not None:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

@@ -2,11 +2,10 @@
 import argparse
 
 from mmengine.config import Config
-from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import mmens  # noqa: F401  (registers the mmens modules)
-from mmens.utils import (init_cpu_distributed, run_cli,
+from mmens.registry import RUNNERS
+from mmens.utils import (init_cpu_distributed, register_all_modules, run_cli,
                          shutdown_distributed)
 from mmens.utils.runner_args import (add_runner_args, load_runner_cfg,
                                      parse_runner_args)
@@ -43,9 +42,11 @@ def build_train_cfg(args: argparse.Namespace) -> Config:
 def train(args: argparse.Namespace) -> Runner:
     """Build the runner from parsed arguments and train (also the path that
     ``tools/analysis_tools/fit_ensemble.py`` trains through)."""
-    init_cpu_distributed(args.launcher)
+    # the version check and every module, so that --cfg-options are checked against them
+    register_all_modules(init_default_scope=False)
     cfg = build_train_cfg(args)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    init_cpu_distributed(args.launcher)
+    runner = RUNNERS.build(cfg)  # runner_type (EnsembleRunner) from mmens' registry
     runner.train()
     shutdown_distributed()
     return runner

@@ -1,7 +1,12 @@
 _base_ = 'mmdet::_base_/default_runtime.py'
 
-default_scope = 'mmdet'
-custom_imports = dict(imports=['mmens'], allow_failed_imports=False)
+# mmens' registry nodes (mmens/registry.py) build every module of a config: an mmens name
+# resolves there, an mmdet or mmengine name (CocoDataset, CheckpointHook) through their
+# parents, and mmens' modules are imported on first use (no custom_imports needed).
+default_scope = 'mmens'
+# the Runner that loads and resumes checkpoints with torch.load(weights_only=True) and
+# mmens' allow-list, and saves them so that they load so
+runner_type = 'EnsembleRunner'
 
 # Works on CPU (gloo) and CUDA, and with fusion rules that have no parameters.
 model_wrapper_cfg = dict(type='EnsembleDistributedWrapper')

@@ -18,8 +18,9 @@ model = dict(
     fusion_cfg=dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
     test_cfg=dict(max_per_img=100))
 # Clusters and targets do not depend on the selection: they are computed once over the
-# training split, then 200 Adam steps on the Monte Carlo gradient.
-train_cfg = dict(type='FullBatchTrainLoop', steps=200, val_interval=1)
+# training split, then 200 Adam steps on the Monte Carlo gradient; a resumable checkpoint
+# every 50 steps (and at Ctrl-C), so that an interrupted fit goes on with --resume.
+train_cfg = dict(type='FullBatchTrainLoop', steps=200, val_interval=1, checkpoint_interval=50)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='Adam', lr=0.01))

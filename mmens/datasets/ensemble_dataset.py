@@ -5,7 +5,7 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 from mmdet.datasets import CocoDataset
-from mmdet.registry import DATASETS
+from mmens.registry import DATASETS
 from mmengine.logging import print_log
 
 from .coco_results import index_in, load_member_predictions, member_name

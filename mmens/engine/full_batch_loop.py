@@ -1,11 +1,13 @@
 """A training loop that fits an ensemble head on the whole training set at once."""
+import os.path as osp
 from typing import Dict
 
 import torch
 import torch.distributed as dist
-from mmengine.registry import LOOPS
+from mmengine.dist import is_main_process
 from mmengine.runner import EpochBasedTrainLoop
 
+from mmens.registry import LOOPS
 from mmens.utils.batch import uncollate
 
 
@@ -26,28 +28,72 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
     Ensemble heads have few parameters and convex or nearly convex objectives (e.g. the
     logistic model of :class:`LearnedWeightsHead`), where mini-batch SGD converges slowly
     and full-batch L-BFGS converges in a fraction of a second. The clusters and targets of
-    the training set are computed once (``model.loss_inputs``; the matching weights are
-    fixed while training), then the optimizer takes ``steps`` steps on
+    the training set are computed once per epoch (``model.loss_inputs``; the matching
+    weights are fixed while training), then the optimizer takes ``steps`` steps on
     ``head.loss_by_feat`` (or the model's own ``loss_by_feat``, e.g. e2e-CEL) — with a
     closure when it is L-BFGS. Hooks run as for one epoch of ``steps`` iterations, so
-    logging, checkpoints and resuming work as usual. With several processes, each computes
-    the loss on its shard and the gradients are averaged.
+    logging and checkpoints work as usual.
+
+    Training is counted in steps: ``--resume`` goes on from the step of the checkpoint,
+    also when the config now asks for more ``steps`` or ``max_epochs`` than the run that
+    saved it. With several processes, each computes the loss on its shard; the parameters
+    start from rank 0's and the gradients *and* losses are averaged, so every rank takes the
+    same steps (L-BFGS's line search evaluates its closure a data-dependent number of
+    times: all ranks must see the same values to make the same number of collective calls).
 
     Args:
         runner, dataloader: as for mmengine loops.
         steps (int): optimizer steps per epoch (L-BFGS: outer steps of ``max_iter``
             iterations each).
-        max_epochs (int): epochs of ``steps`` steps each (checkpoints and ``--resume`` are
-            per epoch, as with mmengine's loops).
-        val_interval (int): validate after the fit (1) or never (0).
+        max_epochs (int): epochs of ``steps`` steps each.
+        val_begin (int): the first epoch after which to validate.
+        val_interval (int): validate every ``val_interval`` epochs and after the last one;
+            0: never.
+        checkpoint_interval (int): also save a resumable checkpoint ``iter_<step>.pth``
+            every that many steps within an epoch (0: only the epoch checkpoints of
+            ``CheckpointHook``). A fit stopped by Ctrl-C saves one too.
     """
 
     def __init__(self, runner, dataloader, steps: int = 1, max_epochs: int = 1,
-                 val_begin: int = 1, val_interval: int = 1) -> None:
+                 val_begin: int = 1, val_interval: int = 1,
+                 checkpoint_interval: int = 0) -> None:
+        for name, value, low in (('steps', steps, 1), ('max_epochs', max_epochs, 1),
+                                 ('val_interval', val_interval, 0),
+                                 ('checkpoint_interval', checkpoint_interval, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f'train_cfg.{name} must be an integer >= {low}, '
+                                 f'got {value!r}')
         super().__init__(runner, dataloader, max_epochs=max_epochs, val_begin=val_begin,
-                         val_interval=max(1, val_interval))
+                         val_interval=val_interval)
         self.steps = steps
+        self.checkpoint_interval = checkpoint_interval
         self._max_iters = steps * max_epochs
+
+    def run(self) -> torch.nn.Module:
+        """Train from the current step (0, or a resumed checkpoint's) to ``max_iters``."""
+        runner = self.runner
+        if self._iter > self._max_iters:
+            raise ValueError(
+                f'the resumed checkpoint is at step {self._iter}, but train_cfg asks for '
+                f'{self._max_iters} steps in all (steps={self.steps} x '
+                f'max_epochs={self._max_epochs}): ask for more steps, or do not resume')
+        # a resumed run counts epochs from its step: the extra steps of a longer schedule
+        # are trained in the epoch they belong to
+        self._epoch = self._iter // self.steps
+        runner.call_hook('before_train')
+        if self._iter == self._max_iters:
+            runner.logger.info(f'resumed at step {self._iter} of {self._max_iters}: '
+                               'nothing left to train')
+        while self._iter < self._max_iters and not self.stop_training:
+            self.run_epoch()
+            self._decide_current_val_interval()
+            if (runner.val_loop is not None and self.val_interval > 0
+                    and self._epoch >= self.val_begin
+                    and (self._epoch % self.val_interval == 0
+                         or self._epoch == self._max_epochs)):
+                runner.val_loop.run()
+        runner.call_hook('after_train')
+        return runner.model
 
     def run_epoch(self) -> None:
         runner = self.runner
@@ -61,7 +107,9 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
         optimizer = runner.optim_wrapper.optimizer
         params = [p for g in optimizer.param_groups for p in g['params']]
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
+        if world > 1:  # hooks (e.g. a warm start) may have set them from the local shard
+            for p in params:
+                dist.broadcast(p.data, src=0)
         logged = {}
 
         def closure():
@@ -69,23 +117,51 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
             loss, log_vars = model.parse_losses(loss_by_feat(*cached))
             logged['vars'] = log_vars
             loss.backward()
-            if world > 1:
-                for p in params:
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= world
-            return loss
+            if world == 1:
+                return loss
+            for p in params:  # every rank reduces every parameter, in the same order
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= world
+            mean_loss = loss.detach().clone()
+            dist.all_reduce(mean_loss)
+            return mean_loss / world
 
-        for idx in range(self.steps):
-            runner.call_hook('before_train_iter', batch_idx=idx, data_batch=None)
-            if isinstance(optimizer, torch.optim.LBFGS):
-                optimizer.step(closure)
-            else:
-                closure()
-                optimizer.step()
-            # the loss of the step's (last) evaluation, as mmengine's loops log it
-            runner.call_hook('after_train_iter', batch_idx=idx, data_batch=None,
-                             outputs=logged['vars'])
-            self._iter += 1
+        first = self._iter - self._epoch * self.steps  # > 0 when resumed within the epoch
+        try:
+            for idx in range(first, self.steps):
+                runner.call_hook('before_train_iter', batch_idx=idx, data_batch=None)
+                if isinstance(optimizer, torch.optim.LBFGS):
+                    optimizer.step(closure)
+                else:
+                    closure()
+                    optimizer.step()
+                # the loss of the step's (last) evaluation, as mmengine's loops log it
+                runner.call_hook('after_train_iter', batch_idx=idx, data_batch=None,
+                                 outputs=logged['vars'])
+                self._iter += 1
+                if (self.checkpoint_interval and idx + 1 < self.steps
+                        and self._iter % self.checkpoint_interval == 0):
+                    self.save_step_checkpoint()
+        except KeyboardInterrupt:
+            if self._iter > 0:
+                self.save_step_checkpoint()
+            raise
         runner.call_hook('after_train_epoch')
         self._epoch += 1
+
+    def save_step_checkpoint(self) -> str:
+        """Save ``iter_<step>.pth`` (model, optimizer, schedulers) and point the work dir's
+        ``last_checkpoint`` at it, so that ``--resume`` goes on from this step."""
+        runner = self.runner
+        name = f'iter_{self._iter}.pth'
+        runner.save_checkpoint(runner.work_dir, name, save_optimizer=True,
+                               save_param_scheduler=True,
+                               meta=dict(epoch=self._epoch, iter=self._iter))
+        path = osp.join(runner.work_dir, name)
+        if is_main_process():
+            with open(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
+                f.write(path)
+        runner.logger.info(f'Saved the checkpoint of step {self._iter}: {path}')
+        return path

@@ -3,10 +3,11 @@ from typing import Dict, Optional, Union
 
 import torch
 import torch.distributed as dist
-from mmengine.registry import MODEL_WRAPPERS  # the runner looks wrappers up in the root
 from mmengine.model import MMDistributedDataParallel
 from mmengine.optim import OptimWrapper
 from torch import nn
+
+from mmens.registry import MODEL_WRAPPERS
 
 
 @MODEL_WRAPPERS.register_module()

@@ -2,7 +2,7 @@
 import os.path as osp
 
 from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
+from mmens.registry import HOOKS
 
 
 @HOOKS.register_module()

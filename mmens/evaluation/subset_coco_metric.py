@@ -2,7 +2,7 @@
 from typing import Dict
 
 from mmdet.evaluation import CocoMetric
-from mmdet.registry import METRICS
+from mmens.registry import METRICS
 
 
 @METRICS.register_module()

@@ -10,7 +10,7 @@ from mmengine.dataset import Compose
 from mmengine.hub import get_config
 from mmengine.logging import print_log
 from mmengine.model.utils import revert_sync_batchnorm
-from mmengine.registry import init_default_scope
+from mmengine.registry import DefaultScope
 from mmengine.runner import load_checkpoint
 from torch import Tensor, nn
 
@@ -70,10 +70,12 @@ def build_member(config: str, checkpoint: Optional[str], name: str, score_thr: f
     target = test_cfg.rcnn if 'rcnn' in test_cfg else test_cfg
     target.score_thr = score_thr
     target.max_per_img = max_per_img
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
     try:
-        model = revert_sync_batchnorm(MODELS.build(model_cfg))
-        pipeline = member_pipeline(cfg, name)
+        # in the member's own scope, for this build only: the ensemble around it is being
+        # built in the 'mmens' scope, which must stay current
+        with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
+            model = revert_sync_batchnorm(MODELS.build(model_cfg))
+            pipeline = member_pipeline(cfg, name)
     except (KeyError, TypeError, AssertionError) as e:  # unregistered types, bad arguments
         raise ValueError(f'member {name}: cannot build it from {config}: {e}') from e
     if checkpoint is not None:

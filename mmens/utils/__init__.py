@@ -1,8 +1,10 @@
 from .cli import run_cli
 from .setup_env import (CorruptCheckpointError, UnsafeCheckpointError,
-                        init_cpu_distributed, safe_checkpoint_globals, safe_torch_load,
-                        setup_safe_checkpoint_loading, shutdown_distributed)
+                        check_openmmlab_versions, data_only_message_hub,
+                        init_cpu_distributed, register_all_modules,
+                        safe_checkpoint_globals, safe_torch_load, shutdown_distributed)
 
-__all__ = ['run_cli', 'init_cpu_distributed', 'safe_checkpoint_globals',
-           'setup_safe_checkpoint_loading', 'shutdown_distributed', 'safe_torch_load',
-           'UnsafeCheckpointError', 'CorruptCheckpointError']
+__all__ = ['run_cli', 'init_cpu_distributed', 'register_all_modules',
+           'check_openmmlab_versions', 'data_only_message_hub', 'safe_checkpoint_globals',
+           'shutdown_distributed', 'safe_torch_load', 'UnsafeCheckpointError',
+           'CorruptCheckpointError']

@@ -4,9 +4,10 @@ from typing import Callable
 
 
 def run_cli(main: Callable[[], None]) -> None:
-    """Run ``main``; a ``ValueError`` (bad input, named by mmens) exits with status 2."""
+    """Run ``main``; a ``ValueError`` or ``TypeError`` (bad input, named by mmens) exits
+    with status 2 and one line on stderr."""
     try:
         main()
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)

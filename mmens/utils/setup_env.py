@@ -1,4 +1,11 @@
-"""Process-level set-up: safe checkpoint loading and CPU distributed runs."""
+"""Set-up: registration, weights-only checkpoint loading and CPU distributed runs.
+
+Nothing here changes mmengine or torch for the whole process: the checkpoint allow-list is
+applied only inside :func:`safe_torch_load` (mmens' tools and :class:`EnsembleRunner` load
+through it), and mmengine is imported inside the functions that need it, so
+``import mmens.utils`` stays light.
+"""
+import functools
 import os
 import os.path as osp
 import pickle
@@ -91,7 +98,8 @@ def safe_torch_load(path: str, map_location=None):
             f'{path}: is not a torch checkpoint (' +
             ('an empty file' if not head else 'neither a zip archive nor a pickle') + ')')
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(safe_checkpoint_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if 'Weights only load failed' in str(e) or 'WeightsUnpickler' in str(e):
             raise unsafe_checkpoint_error(path, e) from None
@@ -109,43 +117,90 @@ def safe_torch_load(path: str, map_location=None):
             f'{_first_sentence(e)}') from None
 
 
-def load_from_local(filename: str, map_location=None):
-    """mmengine's local-file checkpoint loader (``CheckpointLoader`` scheme ``''``) through
-    :func:`safe_torch_load`: ``tools/test.py``, ``tools/train.py --resume`` and ``load_from``
-    refuse unsafe checkpoints with one line. (Named ``load_from_local`` because mmengine
-    logs ``Loads checkpoint by <name[10:]> backend``.)"""
-    return safe_torch_load(filename, map_location=map_location)
+@functools.lru_cache(maxsize=None)
+def _data_only_history_buffer() -> type:
+    """A ``HistoryBuffer`` that pickles as a plain ``HistoryBuffer`` holding data only.
 
-
-def _history_buffer_getstate(self) -> dict:
-    """``HistoryBuffer`` state without its statistics *functions*.
-
-    mmengine pickles ``_statistics_methods`` (``{'min': HistoryBuffer.min, ...}``), which
-    the pickle stores as ``getattr(HistoryBuffer, 'min')``; allowing ``getattr`` would let a
-    checkpoint call anything. The built-in methods are restored by
-    ``HistoryBuffer.__setstate__`` itself (``_set_default_statistics``), so the state is
-    saved without them and the checkpoint holds data only.
+    mmengine's ``HistoryBuffer.__getstate__`` adds its statistics *functions*
+    (``{'min': HistoryBuffer.min, ...}``), which pickle stores as
+    ``getattr(HistoryBuffer, 'min')``; allowing ``getattr`` would let a checkpoint call
+    anything. This subclass pickles as ``HistoryBuffer()`` plus the histories (its own name
+    never enters the file); ``HistoryBuffer.__setstate__`` restores the built-in statistics.
+    A subclass of this copy, not a patch of mmengine's class, so no other caller changes.
     """
-    state = dict(self.__dict__)
-    state.pop('statistics_methods', None)
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    class DataOnlyHistoryBuffer(HistoryBuffer):
+
+        def __reduce_ex__(self, protocol):
+            state = {k: v for k, v in vars(self).items() if k != 'statistics_methods'}
+            return HistoryBuffer, (), state
+
+    return DataOnlyHistoryBuffer
+
+
+def data_only_message_hub(state: dict) -> dict:
+    """``MessageHub.state_dict()`` whose ``HistoryBuffer`` objects hold data only, so the
+    checkpoint loads under ``weights_only=True`` with :func:`safe_checkpoint_globals`."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    state = dict(state)
+    data_only = _data_only_history_buffer()
+    scalars = {}
+    for key, buffer in state.get('log_scalars', {}).items():
+        if isinstance(buffer, HistoryBuffer):
+            copy = object.__new__(data_only)
+            copy.__dict__.update(vars(buffer))
+            buffer = copy
+        scalars[key] = buffer
+    state['log_scalars'] = scalars
     return state
 
 
-def setup_safe_checkpoint_loading() -> None:
-    """Make mmengine checkpoints load with ``torch.load(weights_only=True)``.
+def register_all_modules(init_default_scope: bool = True) -> None:
+    """Import every mmens module into mmens' registries (:mod:`mmens.registry`).
 
-    Allow-lists :func:`safe_checkpoint_globals` (data classes only) and makes
-    ``HistoryBuffer`` save no function references (see :func:`_history_buffer_getstate`).
-    ``weights_only`` stays on: loading a checkpoint never runs arbitrary code. mmengine's
-    local checkpoint loader is replaced by :func:`load_from_local`, whose refusals are
-    one-line ``ValueError`` subclasses (:class:`UnsafeCheckpointError`).
+    As mmdet's and mmyolo's ``register_all_modules``: configs with
+    ``default_scope = 'mmens'`` do not need it (the registries import their ``locations``
+    on first use); code that builds mmens modules itself calls it once. It first checks
+    the installed OpenMMLab versions (``import mmens`` imports none of them).
+
+    Args:
+        init_default_scope (bool): also make ``'mmens'`` the default scope, so that
+            ``MODELS.build`` of any registry resolves mmens (and, through its parents,
+            mmdet and mmengine) names.
     """
-    from mmengine.logging.history_buffer import HistoryBuffer
-    from mmengine.runner.checkpoint import CheckpointLoader
-    HistoryBuffer.__getstate__ = _history_buffer_getstate
-    if hasattr(torch.serialization, 'add_safe_globals'):
-        torch.serialization.add_safe_globals(safe_checkpoint_globals())
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+    check_openmmlab_versions()
+    import mmdet.engine  # noqa: F401  (mmdet's hooks and visualizer, named by configs)
+    import mmdet.visualization  # noqa: F401
+
+    import mmens.datasets.ensemble_dataset  # noqa: F401
+    import mmens.datasets.transforms  # noqa: F401
+    import mmens.engine  # noqa: F401
+    import mmens.evaluation.subset_coco_metric  # noqa: F401
+    import mmens.models  # noqa: F401
+    if init_default_scope:
+        from mmengine.registry import init_default_scope as init_scope
+        init_scope('mmens')
+
+
+# the versions mmens is tested with (lower bound included, upper bound excluded)
+_REQUIRED = {'mmcv': ('2.0.0rc4', '2.2.0'), 'mmengine': ('0.7.1', '1.0.0'),
+             'mmdet': ('3.0.0', '4.0.0')}
+
+
+def check_openmmlab_versions() -> None:
+    """Raise a one-line ``ImportError`` when mmcv, mmengine or mmdet is outside the
+    range mmens supports (a broken or absent install raises its own ImportError)."""
+    import importlib
+
+    from mmengine.utils import digit_version
+
+    from mmens.version import __version__
+    for name, (low, high) in _REQUIRED.items():
+        have = importlib.import_module(name).__version__
+        if not digit_version(low) <= digit_version(have) < digit_version(high):
+            raise ImportError(f'mmens {__version__} needs {name}>={low},<{high}, but '
+                              f'{name}=={have} is installed; run `make setup`.')
 
 
 def init_cpu_distributed(launcher: str) -> None:

@@ -1,14 +1,17 @@
 """A checkpoint that would run code is refused with one line naming the file and the global.
 
 Every place mmens loads a checkpoint goes through ``torch.load(weights_only=True)`` with
-mmens' allow-list (mmens.utils.setup_env): mmengine's ``CheckpointLoader`` (tools/test.py,
-tools/train.py --resume, ``load_from``) and ``load_ensemble_checkpoint`` (fuse_results.py).
+mmens' allow-list (``mmens.utils.safe_torch_load``): its Runner (``EnsembleRunner``:
+tools/test.py, tools/train.py --resume, ``load_from``) and ``load_ensemble_checkpoint``
+(fuse_results.py). Nothing of mmengine is patched: its ``CheckpointLoader`` and
+``HistoryBuffer`` stay as they are for every other caller.
 """
 import glob
 import os
 import os.path as osp
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -45,16 +48,10 @@ def expected(path, name='posix.system'):
 
 
 def test_refused_in_process_with_one_line(tmp_path):
-    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
-
     from mmens.apis import load_ensemble_checkpoint
     from mmens.utils import CorruptCheckpointError, UnsafeCheckpointError, safe_torch_load
     path, marker = evil_checkpoint(tmp_path)
-    loaders = [lambda: safe_torch_load(path),
-               lambda: CheckpointLoader.load_checkpoint(path, map_location='cpu'),
-               lambda: _load_checkpoint(path, map_location='cpu'),  # Runner.load_checkpoint
-               lambda: load_ensemble_checkpoint(path)]
-    for load in loaders:
+    for load in [lambda: safe_torch_load(path), lambda: load_ensemble_checkpoint(path)]:
         with pytest.raises(UnsafeCheckpointError) as info:
             load()
         assert str(info.value) == expected(path)
@@ -70,23 +67,57 @@ def test_refused_in_process_with_one_line(tmp_path):
     truncated = tmp_path / 'truncated.pth'
     truncated.write_bytes(open(other, 'rb').read()[:200])
     with pytest.raises(CorruptCheckpointError, match='truncated or corrupt') as info:
-        CheckpointLoader.load_checkpoint(str(truncated), map_location='cpu')
+        safe_torch_load(str(truncated))
     assert '\n' not in str(info.value) and str(truncated) in str(info.value)
     with pytest.raises(ValueError, match='does not exist'):
-        CheckpointLoader.load_checkpoint(str(tmp_path / 'nope.pth'), map_location='cpu')
+        safe_torch_load(str(tmp_path / 'nope.pth'))
 
 
-def test_a_real_checkpoint_still_loads(tmp_path):
-    """The allow-list keeps mmengine checkpoints (MessageHub, numpy) loadable."""
+def test_message_hub_saved_as_data_loads_weights_only(tmp_path):
+    """What EnsembleRunner saves (data_only_message_hub) loads with the allow-list, and
+    the loaded MessageHub still computes its statistics."""
     from mmengine.logging import MessageHub
-    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from mmens.utils import data_only_message_hub, safe_torch_load
     hub = MessageHub.get_instance('ckpt-safety')
     hub.update_scalar('train/loss', 0.5)
+    hub.update_scalar('train/loss', 1.5)
     path = str(tmp_path / 'ok.pth')
     torch.save({'meta': {'epoch': 1}, 'state_dict': {'w': torch.ones(2)},
-                'message_hub': hub.state_dict()}, path)
-    ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+                'message_hub': data_only_message_hub(hub.state_dict())}, path)
+    ckpt = safe_torch_load(path, map_location='cpu')
     assert torch.equal(ckpt['state_dict']['w'], torch.ones(2))
+    loaded = MessageHub.get_instance('ckpt-safety-loaded')
+    loaded.load_state_dict(ckpt['message_hub'])
+    buffer = loaded.get_scalar('train/loss')
+    assert buffer.mean() == 1.0 and buffer.current() == 1.5
+    assert buffer.statistics('max') == 1.5
+    # the hub itself is untouched: data_only_message_hub works on a copy
+    assert hub.get_scalar('train/loss').statistics('min') == 0.5
+
+
+def test_importing_mmens_patches_nothing():
+    """After ``import mmens`` and registration, mmengine's CheckpointLoader, HistoryBuffer
+    and torch's weights-only allow-list are what they were."""
+    script = textwrap.dedent('''
+        import torch.serialization as ts
+        from mmengine.logging.history_buffer import HistoryBuffer
+        from mmengine.runner.checkpoint import CheckpointLoader
+
+        def state():
+            return (CheckpointLoader._schemes[''], dict(vars(HistoryBuffer)),
+                    list(ts.get_safe_globals()))
+
+        before = state()
+        import mmens, mmens.ops
+        from mmens.utils import register_all_modules
+        register_all_modules()
+        import mmens.engine.runner
+        print(before == state(), state()[0].__module__)
+    ''')
+    proc = cli(['-c', script])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ['True', 'mmengine.runner.checkpoint']
 
 
 def cli(args):

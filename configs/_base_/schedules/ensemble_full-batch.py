@@ -2,7 +2,9 @@
 # training split are matched once, then 300 full-batch Adam steps (FullBatchTrainLoop).
 # (SGD with lr=alpha on a raw Θ reproduces the seed's update rule Θ ← Θ − α∇J:
 #  optim_wrapper = dict(optimizer=dict(type='SGD', lr=alpha, momentum=0)).)
-train_cfg = dict(type='FullBatchTrainLoop', steps=300, val_interval=1)
+# (a resumable checkpoint every 100 steps and at Ctrl-C: an interrupted fit goes on with
+#  tools/train.py CONFIG --resume)
+train_cfg = dict(type='FullBatchTrainLoop', steps=300, val_interval=1, checkpoint_interval=100)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='Adam', lr=0.02))

@@ -1,6 +1,6 @@
 """Packing of ensemble samples."""
 from mmdet.datasets.transforms import PackDetInputs
-from mmdet.registry import TRANSFORMS
+from mmens.registry import TRANSFORMS
 
 from .loading import member_tensors
 

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
-from mmdet.registry import TRANSFORMS
+from mmens.registry import TRANSFORMS
 
 
 @TRANSFORMS.register_module()

@@ -2,7 +2,7 @@
 from typing import Optional, Sequence
 
 import torch
-from mmdet.registry import MODELS
+from mmens.registry import MODELS
 from mmengine.model import BaseDataPreprocessor
 from torch import Tensor
 

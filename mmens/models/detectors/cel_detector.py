@@ -3,7 +3,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmdet.registry import MODELS
+from mmens.registry import MODELS
 from mmdet.structures import SampleList
 from torch import Tensor
 

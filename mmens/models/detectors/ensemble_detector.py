@@ -2,7 +2,7 @@
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
-from mmdet.registry import MODELS
+from mmens.registry import MODELS
 from mmdet.structures import SampleList
 from torch import Tensor
 

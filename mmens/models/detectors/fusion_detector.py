@@ -1,7 +1,7 @@
 """Fixed (not learned) fusion of cached member predictions: WBF, NMS, soft-NMS, NMW."""
 from typing import Optional, Sequence, Tuple, Union
 
-from mmdet.registry import MODELS
+from mmens.registry import MODELS
 from mmdet.structures import SampleList
 from torch import Tensor
 

@@ -2,7 +2,7 @@
 from typing import Dict, Optional, Tuple
 
 import torch
-from mmdet.registry import MODELS
+from mmens.registry import MODELS
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 

@@ -1,0 +1,100 @@
+"""The Runner of mmens configs: weights-only checkpoints, without patching mmengine."""
+from typing import Optional
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+from mmens.registry import RUNNERS
+from mmens.utils.setup_env import data_only_message_hub, safe_torch_load
+
+
+class DataOnlyCheckpointHook(Hook):
+    """Saves the ``MessageHub`` of a checkpoint as data only (see
+    :func:`mmens.utils.data_only_message_hub`), so that the checkpoint loads with
+    ``torch.load(weights_only=True)``. Runs last, after every hook that adds to the
+    checkpoint; :class:`EnsembleRunner` registers it itself."""
+
+    priority = 'LOWEST'
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if 'message_hub' in checkpoint:
+            checkpoint['message_hub'] = data_only_message_hub(checkpoint['message_hub'])
+
+
+def _keys(keys, limit: int = 3) -> str:
+    keys = sorted(keys)
+    return ', '.join(keys[:limit]) + (f' and {len(keys) - limit} more'
+                                      if len(keys) > limit else '')
+
+
+@RUNNERS.register_module()
+class EnsembleRunner(Runner):
+    """mmengine's Runner, loading and resuming local checkpoints through
+    :func:`mmens.utils.safe_torch_load`.
+
+    ``load_from``, ``--resume`` and ``tools/test.py CHECKPOINT`` load with
+    ``torch.load(weights_only=True)`` and mmens' allow-list: a checkpoint that would run
+    code, a corrupt one, and one of another model (e.g. a learned-weights checkpoint given
+    to an e2e-CEL config) are refused with a one-line ``ValueError``. Only this Runner does
+    so: mmengine's ``CheckpointLoader`` stays as it is for every other caller. Checkpoints
+    it saves hold data only (:class:`DataOnlyCheckpointHook`). Set by
+    ``runner_type = 'EnsembleRunner'`` in ``configs/_base_/default_runtime.py``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_hook(DataOnlyCheckpointHook())
+
+    def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = False,
+                        revise_keys: list = [(r'^module.', '')]) -> dict:  # noqa: B006
+        """As :meth:`mmengine.runner.Runner.load_checkpoint` (the same arguments), through
+        :func:`safe_torch_load` for a local file, refusing a checkpoint whose weights do
+        not fit the model (``strict`` or not) in one line."""
+        if '://' in str(filename):  # URLs and other backends: mmengine's own loaders
+            return super().load_checkpoint(filename, map_location, strict, revise_keys)
+        checkpoint = safe_torch_load(filename, map_location=map_location)
+        if not isinstance(checkpoint, dict):
+            raise ValueError(f'{filename}: holds a {type(checkpoint).__name__}, not an '
+                             'mmengine checkpoint dict')
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        self._check_fits(filename, model, checkpoint)
+        checkpoint = _load_checkpoint_to_model(model, checkpoint, strict,
+                                               revise_keys=revise_keys)
+        self._has_loaded = True
+        self.logger.info(f'Load checkpoint from {filename}')
+        return checkpoint
+
+    @staticmethod
+    def _check_fits(filename: str, model, checkpoint: dict) -> None:
+        """A one-line ``ValueError`` when the checkpoint's weights are not the model's
+        (mmengine only warns, then evaluates a model that was not loaded)."""
+        state = checkpoint.get('state_dict', checkpoint)
+        have = {k[len('module.'):] if k.startswith('module.') else k for k in state}
+        want = set(model.state_dict())
+        unexpected = have - want
+        # the data preprocessor has no weights of its own worth refusing over
+        missing = {k for k in want - have if not k.startswith('data_preprocessor.')}
+        if not unexpected and not missing:
+            return
+        meta_cfg = checkpoint.get('meta', {}).get('cfg') or ''
+        saved = _model_type(meta_cfg)
+        raise ValueError(
+            f'{filename}: does not fit the config\'s model {type(model).__name__}'
+            + (f' (it was saved by a {saved})' if saved else '')
+            + (f'; unexpected weights {_keys(unexpected)}' if unexpected else '')
+            + (f'; missing weights {_keys(missing)}' if missing else ''))
+
+
+def _model_type(cfg_text: str) -> Optional[str]:
+    """The ``model.type`` of a checkpoint's saved config text, if it parses."""
+    if not cfg_text:
+        return None
+    try:
+        from mmengine.config import Config
+        return Config.fromstring(cfg_text, file_format='.py').model.type
+    except Exception:  # an old or foreign config: the weights' names say enough
+        return None
+
