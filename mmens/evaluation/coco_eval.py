@@ -1,8 +1,10 @@
 """Quiet pycocotools COCO evaluation of COCO-results lists, with per-image reuse.
 
-``CocoEvaluation`` runs ``COCOeval.evaluate()`` once and can then re-accumulate AP over any
-multiset of images (a fold, or a bootstrap resample with repeats) without re-matching.
-The numbers are pycocotools' own (``accumulate`` on the same per-image evaluations).
+``CocoEvaluation`` runs ``COCOeval.evaluate()`` once and can then re-accumulate the
+metrics over any multiset of images (a fold, or a bootstrap resample with repeats) without
+re-matching. Its AP alone (:meth:`CocoEvaluation.ap`, bootstrap resamples) comes from the
+one compiled accumulator of :mod:`.fast_coco_ap`; the numbers are pycocotools' own
+(``tests/test_evaluation/test_fast_coco_ap.py``).
 """
 import contextlib
 import copy
@@ -14,7 +16,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 from torch import Tensor
 
-from .fast_coco_ap import DetectionArrays, coco_ap_tables, resample_aps
+from mmens.ops.boxes import xyxy_to_xywh
+
+from .fast_coco_ap import (DetectionArrays, PooledTables, coco_ap_tables, pool_tables,
+                           resample_aps)
 
 METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl')
 
@@ -27,33 +32,6 @@ def _ap(precision: np.ndarray, iou_idx: Optional[int] = None, area: int = 0) -> 
     return float(p.mean()) if p.size else -1.0
 
 
-def category_ap(scores: np.ndarray, tp: np.ndarray, fp: np.ndarray, npig: int,
-                rec_thrs: np.ndarray) -> np.ndarray:
-    """pycocotools' ``accumulate`` for one category and area range: AP per IoU threshold.
-
-    Args:
-        scores (np.ndarray): ``[D]`` detection scores (any order; sorted here, stable).
-        tp, fp (np.ndarray): ``[T, D]`` bool, true / false positive at each IoU threshold
-            (ignored detections are neither).
-        npig (int): ground truths not ignored (> 0). rec_thrs: ``[R]`` recall thresholds.
-
-    Returns:
-        np.ndarray: ``[T]`` the mean interpolated precision over ``rec_thrs``.
-    """
-    order = np.argsort(-scores, kind='mergesort')
-    tp = np.cumsum(tp[:, order], axis=1, dtype=np.float64)  # [T, D]
-    fp = np.cumsum(fp[:, order], axis=1, dtype=np.float64)  # [T, D]
-    rc = tp / npig
-    pr = tp / (fp + tp + np.spacing(1))
-    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-    q = np.zeros((len(tp), len(rec_thrs)))
-    for t in range(len(tp)):
-        inds = np.searchsorted(rc[t], rec_thrs, side='left')
-        ok = inds < len(order)
-        q[t, ok] = pr[t, inds[ok]]
-    return q.mean(1)
-
-
 class CocoEvaluation:
     """Bounding-box COCO evaluation of one result list.
 
@@ -61,93 +39,53 @@ class CocoEvaluation:
         coco_gt (COCO): ground truth. results (list[dict]): COCO-results entries (with
             ``ap_only``, also :class:`DetectionArrays`).
         img_ids (Sequence[int], optional): images to evaluate (default: all of ``coco_gt``).
-        ap_only (bool): only :meth:`ap`, from pycocotools' matching compiled
-            (:mod:`.fast_coco_ap`; the same AP, many times faster): for choosing by AP, e.g.
-            the e2e-CEL warm start or a grid search. :meth:`metrics` is then unavailable.
+        ap_only (bool): only :meth:`ap` (pycocotools' matching compiled in
+            :mod:`.fast_coco_ap`; the same AP, many times faster), without running
+            ``COCOeval.evaluate()``: for choosing by AP, e.g. the e2e-CEL warm start or a
+            grid search. :meth:`metrics` is then unavailable.
     """
 
     def __init__(self, coco_gt: COCO, results: Union[List[dict], DetectionArrays],
                  img_ids: Optional[Sequence[int]] = None, ap_only: bool = False) -> None:
         self.img_ids = list(img_ids) if img_ids is not None else sorted(coco_gt.getImgIds())
         self.ap_only = ap_only
-        if ap_only:
-            self.empty = (len(results.score) == 0 if isinstance(results, DetectionArrays)
-                          else not results)
-            self._params = Params(iouType='bbox')
-            self._params.imgIds = [int(i) for i in np.unique(self.img_ids)]  # as evaluate()
-            self._fast = coco_ap_tables(coco_gt, results, self._params.imgIds,
-                                        self._params.iouThrs, self._params.maxDets[-1])
+        self.empty = (len(results.score) == 0 if isinstance(results, DetectionArrays)
+                      else not results)
+        self._params = Params(iouType='bbox')
+        self._params.imgIds = [int(i) for i in np.unique(self.img_ids)]  # as evaluate()
+        # what ap() reads, built at its first call: the compiled matching of .fast_coco_ap,
+        # also for a full evaluation (one AP accumulator, whichever evaluation ran)
+        self._source: Optional[tuple] = (coco_gt, results)
+        self._pooled: Optional[PooledTables] = None
+        if ap_only or self.empty:
             return
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(copy.deepcopy(results)) if results else COCO()
+            coco_dt = coco_gt.loadRes(copy.deepcopy(results))
             self.E = COCOeval(coco_gt, coco_dt, 'bbox')
             self.E.params.imgIds = self.img_ids
-            if results:
-                self.E.evaluate()
-        self.empty = not results
-        self._eval_imgs = self.E.evalImgs if results else None
-        self._params = copy.deepcopy(self.E._paramsEval) if results else None
+            self.E.evaluate()
+        self._eval_imgs = self.E.evalImgs
+        self._params = copy.deepcopy(self.E._paramsEval)
 
-    def _prepare_fast(self) -> None:
-        """Per category, the flat detections (area 'all', maxDets 100) for :meth:`ap`."""
-        n_img = len(self._params.imgIds)
-        a_n = len(self._params.areaRng)
-        max_det = self._params.maxDets[-1]
-        self._fast = []
-        for k in range(len(self._params.catIds)):
-            scores, tps, fps, owner = [], [], [], []
-            npig = np.zeros(n_img, dtype=np.int64)
-            for i in range(n_img):
-                e = self._eval_imgs[k * a_n * n_img + i]
-                if e is None:
-                    continue
-                sc = np.asarray(e['dtScores'][:max_det])
-                dtm = e['dtMatches'][:, :max_det]
-                dtig = e['dtIgnore'][:, :max_det]
-                npig[i] = int((np.asarray(e['gtIgnore']) == 0).sum())
-                scores.append(sc)
-                tps.append(np.logical_and(dtm != 0, ~dtig))
-                fps.append(np.logical_and(dtm == 0, ~dtig))
-                owner.append(np.full(len(sc), i))
-            if not scores:
-                self._fast.append(None)
-                continue
-            own = np.concatenate(owner)
-            counts = np.bincount(own, minlength=n_img)
-            self._fast.append(dict(
-                scores=np.concatenate(scores), tp=np.concatenate(tps, 1),
-                fp=np.concatenate(fps, 1), start=np.cumsum(counts) - counts,
-                count=counts, npig=npig))
+    def _resample(self, samples: np.ndarray) -> np.ndarray:
+        """``[S]`` AP over each row of image positions ``samples [S, I]``."""
+        if self.empty:
+            return np.zeros(len(samples))
+        if self._source is not None:
+            coco_gt, results = self._source
+            self._pooled = pool_tables(coco_ap_tables(
+                coco_gt, results, self._params.imgIds, self._params.iouThrs,
+                self._params.maxDets[-1]))
+            self._source = None  # the detections are no longer needed
+        return resample_aps(self._pooled, self._params.recThrs, samples)
 
     def ap(self, positions: np.ndarray) -> float:
         """COCO AP (IoU .50:.95, all areas, 100 dets) over ``img_ids[positions]``.
 
-        The same computation as pycocotools' ``accumulate`` for that list of images (repeats
-        allowed), vectorised per category; used for bootstrap resampling.
+        pycocotools' ``accumulate`` for that list of images (repeats allowed), compiled;
+        used for bootstrap resampling and choosing by AP.
         """
-        if self.empty:
-            return 0.0
-        if not hasattr(self, '_fast'):
-            self._prepare_fast()
-        rec_thrs = self._params.recThrs
-        per_cat = []
-        for f in self._fast:
-            if f is None:
-                continue
-            npig = int(f['npig'][positions].sum())
-            if npig == 0:
-                continue
-            cnt = f['count'][positions]
-            total = int(cnt.sum())
-            if total == 0:
-                per_cat.append(np.zeros(len(f['tp'])))
-                continue
-            # indices of the detections of each sampled image, in sample order
-            offs = np.repeat(f['start'][positions] - (np.cumsum(cnt) - cnt), cnt)
-            det = np.arange(total) + offs
-            per_cat.append(category_ap(f['scores'][det], f['tp'][:, det], f['fp'][:, det],
-                                       npig, rec_thrs))
-        return float(np.mean(per_cat)) if per_cat else 0.0
+        return float(self._resample(np.asarray(positions, dtype=np.int64)[None])[0])
 
     def bootstrap_aps(self, num_samples: int, seed: int = 0) -> np.ndarray:
         """``[num_samples]`` AP over bootstrap resamples of the images (with repeats), drawn
@@ -158,13 +96,7 @@ class CocoEvaluation:
             rng = np.random.RandomState(seed)
             n = len(self.img_ids)
             samples = np.stack([rng.randint(0, n, n) for _ in range(num_samples)])  # [S, I]
-            if self.empty:
-                cache[(num_samples, seed)] = np.zeros(num_samples)
-            else:
-                if not hasattr(self, '_fast'):
-                    self._prepare_fast()
-                cache[(num_samples, seed)] = resample_aps(self._fast, self._params.recThrs,
-                                                          samples)
+            cache[(num_samples, seed)] = self._resample(samples)
         return cache[(num_samples, seed)]
 
     def metrics(self, positions: Optional[np.ndarray] = None) -> Dict[str, float]:
@@ -198,8 +130,7 @@ def results_to_arrays(boxes: Tensor, scores: Tensor, labels: Tensor, images: Ten
     ``rounded``: boxes to 1e-3 pixel and scores to 1e-6 (compact files); False keeps the
     float32 values exactly (member dumps, compared with live members).
     """
-    b = boxes.detach().cpu().double().numpy().reshape(-1, 4)
-    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+    xywh = xyxy_to_xywh(boxes.detach().cpu().double().numpy().reshape(-1, 4))
     sc = scores.detach().cpu().double().numpy()
     if rounded:
         xywh, sc = xywh.round(3), sc.round(6)

@@ -232,30 +232,49 @@ def _resample_aps(scores, tp, fp, cat_bounds, start, count, npig, rec_thrs,
     return out
 
 
-def resample_aps(tables: List[Optional[dict]], rec_thrs: np.ndarray,
-                 samples: np.ndarray) -> np.ndarray:
-    """``[S]`` COCO AP over each row of image positions ``samples [S, I]`` from the
-    per-category tables of :func:`coco_ap_tables` (one compiled pass; what
-    :meth:`CocoEvaluation.ap` computes row by row)."""
+class PooledTables(NamedTuple):
+    """The tables of :func:`coco_ap_tables` concatenated over categories, as the compiled
+    accumulator reads them: ``scores [D]``, ``tp``/``fp`` ``[T, D]``, ``bounds [K]``
+    (first detection of each category, -1 for a category without a table), and ``start``,
+    ``count``, ``npig`` ``[K, I]``."""
+    scores: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    bounds: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+    npig: np.ndarray
+
+
+def pool_tables(tables: List[Optional[dict]]) -> Optional[PooledTables]:
+    """Concatenate the per-category tables of :func:`coco_ap_tables` once (an evaluation
+    is resampled many times); None when no category has a table."""
     present = [t for t in tables if t is not None]
     if not present:
-        return np.zeros(len(samples))
+        return None
     num_img = len(present[0]['count'])
     bounds = np.full(len(tables), -1, dtype=np.int64)
     start = np.zeros((len(tables), num_img), dtype=np.int64)
     count = np.zeros_like(start)
     npig = np.zeros_like(start)
-    scores, tps, fps, offset = [], [], [], 0
+    offset = 0
     for k, t in enumerate(tables):
-        if t is None:
-            continue
-        bounds[k] = offset
-        start[k], count[k], npig[k] = t['start'], t['count'], t['npig']
-        scores.append(t['scores'])
-        tps.append(t['tp'])
-        fps.append(t['fp'])
-        offset += len(t['scores'])
-    return _resample_aps(np.concatenate(scores), np.concatenate(tps, 1),
-                         np.concatenate(fps, 1), bounds, start, count, npig,
-                         np.asarray(rec_thrs, dtype=np.float64),
+        if t is not None:
+            bounds[k] = offset
+            start[k], count[k], npig[k] = t['start'], t['count'], t['npig']
+            offset += len(t['scores'])
+    return PooledTables(np.concatenate([t['scores'] for t in present]),
+                        np.concatenate([t['tp'] for t in present], 1),
+                        np.concatenate([t['fp'] for t in present], 1),
+                        bounds, start, count, npig)
+
+
+def resample_aps(pooled: Optional[PooledTables], rec_thrs: np.ndarray,
+                 samples: np.ndarray) -> np.ndarray:
+    """``[S]`` COCO AP over each row of image positions ``samples [S, I]`` (repeats
+    allowed) from :func:`pool_tables`, in one compiled pass: the only AP accumulator of
+    mmens (:meth:`~mmens.evaluation.coco_eval.CocoEvaluation.ap` is one row)."""
+    if pooled is None:
+        return np.zeros(len(samples))
+    return _resample_aps(*pooled, np.asarray(rec_thrs, dtype=np.float64),
                          np.ascontiguousarray(samples, dtype=np.int64))
