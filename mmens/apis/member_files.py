@@ -16,6 +16,7 @@ from torch import Tensor
 from mmens.datasets.coco_results import (Columns, MemberPredictions, gc_paused, index_in,
                                          read_results_columns, validate_columns)
 from mmens.evaluation.coco_eval import results_to_coco  # noqa: F401  (re-exported)
+from mmens.ops.boxes import xyxy_to_xywh
 
 
 class _ImagesAndCategories(msgspec.Struct):
@@ -147,7 +148,6 @@ def select_images(packed: Dict[str, Tensor], start: int, stop: int) -> Dict[str,
 
 def member_results(preds: MemberPredictions) -> List[dict]:
     """A validated member back as COCO-results entries (for scoring it)."""
-    b = preds.bboxes.astype(np.float64)
-    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+    xywh = xyxy_to_xywh(preds.bboxes.astype(np.float64))
     return [dict(image_id=int(i), category_id=int(c), bbox=bb.tolist(), score=float(s))
             for i, c, bb, s in zip(preds.image_ids, preds.category_ids, xywh, preds.scores)]

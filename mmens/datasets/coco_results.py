@@ -38,6 +38,8 @@ import msgspec
 import numpy as np
 import orjson
 
+from mmens.ops.boxes import xywh_to_xyxy
+
 REQUIRED_KEYS = ('image_id', 'category_id', 'bbox', 'score')
 
 
@@ -120,12 +122,6 @@ def _decode_untyped(raw: bytes, path: str, name: str) -> List[dict]:
                          f'{{image_id, category_id, bbox, score}} entries, '
                          f'got {type(data).__name__}')
     return data
-
-
-def read_results_json(path: str, name: Optional[str] = None) -> List[dict]:
-    """Read a COCO-results JSON file with errors that name the member and file."""
-    name = name or osp.splitext(osp.basename(path))[0]
-    return _decode_untyped(_read_bytes(path, name), path, name)
 
 
 Columns = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -230,15 +226,8 @@ def validate_coco_results(entries: Sequence[dict],
     Returns:
         MemberPredictions: boxes as ``x1, y1, x2, y2`` pixels clipped to the image.
     """
-    if len(entries) == 0:
-        _raise_empty(name, source)
     return validate_columns(_to_arrays(entries, name, source), name, image_sizes, cat_ids,
                             source, repair)
-
-
-def _raise_empty(name: str, source: str) -> None:
-    raise ValueError(f"member '{name}' ({source}): has no predictions at all "
-                     '(empty member); remove it from the ensemble or check the file')
 
 
 def _lookup(ids: np.ndarray, known: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -261,7 +250,8 @@ def validate_columns(columns: Columns,
     check is one vectorised pass over the entries, the messages are the same."""
     image_ids, cats, xywh, scores = columns
     if len(scores) == 0:
-        _raise_empty(name, source)
+        raise ValueError(f"member '{name}' ({source}): has no predictions at all "
+                         '(empty member); remove it from the ensemble or check the file')
     report: Dict[str, int] = {}
     keep = np.ones(len(scores), dtype=bool)
 
@@ -307,7 +297,7 @@ def validate_columns(columns: Columns,
         img_pos = img_pos[keep]
     sizes = np.array(list(image_sizes.values()), dtype=np.float64).reshape(-1, 2)[order]
     wh = sizes[img_pos]  # [M, 2] (width, height) of each entry's image
-    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    xyxy = xywh_to_xyxy(xywh)
     clipped = np.clip(xyxy, 0, np.concatenate([wh, wh], axis=1))
     n_clipped = int((np.abs(clipped - xyxy) > 1e-6).any(1).sum())
     if n_clipped:

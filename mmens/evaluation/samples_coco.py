@@ -6,6 +6,8 @@ from typing import Sequence
 from pycocotools.coco import COCO
 from torch import Tensor
 
+from mmens.ops.boxes import xyxy_to_xywh
+
 
 def coco_from_samples(samples: Sequence, image_sizes: Tensor, num_classes: int) -> COCO:
     """Ground truth of a batch as a COCO object: image ``b`` has id ``b + 1``, label ``l``
@@ -26,10 +28,10 @@ def coco_from_samples(samples: Sequence, image_sizes: Tensor, num_classes: int) 
             if inst is None or 'bboxes' not in inst:
                 continue
             boxes = inst.bboxes.tensor if hasattr(inst.bboxes, 'tensor') else inst.bboxes
-            for box, label in zip(boxes.reshape(-1, 4).tolist(), inst.labels.tolist()):
-                w, h = box[2] - box[0], box[3] - box[1]
+            xywh = xyxy_to_xywh(boxes.reshape(-1, 4).double())  # float64, as Python floats
+            for box, label in zip(xywh.tolist(), inst.labels.tolist()):
                 anns.append(dict(id=len(anns) + 1, image_id=b + 1, category_id=int(label) + 1,
-                                 bbox=[box[0], box[1], w, h], area=w * h, iscrowd=crowd))
+                                 bbox=box, area=box[2] * box[3], iscrowd=crowd))
     coco = COCO()
     coco.dataset = dict(images=images, annotations=anns,
                         categories=[dict(id=c + 1, name=str(c)) for c in range(num_classes)])

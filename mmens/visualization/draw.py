@@ -9,13 +9,15 @@ from mmdet.structures import DetDataSample
 from mmdet.visualization import DetLocalVisualizer
 from mmengine.structures import InstanceData
 
+from mmens.ops.boxes import xywh_to_xyxy
+
 
 def _sample(results: List[dict], img_id: int, cat_index: Dict[int, int],
             score_thr: float) -> DetDataSample:
     rows = [r for r in results if r['image_id'] == img_id and r['score'] >= score_thr]
     xywh = torch.tensor([r['bbox'] for r in rows], dtype=torch.float32).reshape(-1, 4)
     inst = InstanceData()
-    inst.bboxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    inst.bboxes = xywh_to_xyxy(xywh)
     inst.scores = torch.tensor([r['score'] for r in rows], dtype=torch.float32)
     inst.labels = torch.tensor([cat_index[r['category_id']] for r in rows], dtype=torch.long)
     sample = DetDataSample()

@@ -4,7 +4,7 @@ import os.path as osp
 import numpy as np
 import pytest
 
-from mmens.datasets import load_member_predictions, read_results_json, validate_coco_results
+from mmens.datasets import load_member_predictions, validate_coco_results
 from mmens.datasets.coco_results import _to_arrays, read_results_columns, write_results_json
 
 SIZES = {1: (100, 50), 2: (200, 100)}
@@ -73,7 +73,7 @@ def test_repair_mode_counts_everything_it_changes():
 
 def test_file_errors(tmp_path):
     with pytest.raises(ValueError, match="member 'x'.*does not exist"):
-        read_results_json(str(tmp_path / 'x.json'))
+        read_results_columns(str(tmp_path / 'x.json'))
     bad = tmp_path / 'trunc.json'
     bad.write_text(json.dumps([entry()])[:-5])
     with pytest.raises(ValueError, match="member 'trunc'.*not valid JSON"):
@@ -81,7 +81,7 @@ def test_file_errors(tmp_path):
     obj = tmp_path / 'obj.json'
     obj.write_text('{"a": 1}')
     with pytest.raises(ValueError, match='must hold a JSON list'):
-        read_results_json(str(obj))
+        read_results_columns(str(obj))
 
 
 def test_real_member_files_are_valid():
