@@ -1,4 +1,4 @@
-"""Where mmens' pure-torch batched WBF spends its time, on the load of ``benchmark_fusion.py``.
+"""Where mmens' pure-torch batched WBF spends its time, on ``benchmark_fusion.py``'s load.
 
 The pure-torch path is the one CUDA tensors run (on CPU the compiled kernel runs instead;
 ``benchmark_fusion.py`` times it). Prints, for one call of ``weighted_boxes_fusion_packed`` over all images:
@@ -24,8 +24,8 @@ import time
 
 import torch
 
-import benchmark_fusion as bf
 import mmens.ops as mo
+from benchmark.loads import make_load, pack
 from mmens.ops import clustering, greedy, kernel
 from mmens.utils import run_cli
 
@@ -100,9 +100,9 @@ def main(argv=None) -> None:
     if not 0.0 <= args.iou_thr < 1.0:
         p.error(f'--iou-thr must be in [0, 1), got {args.iou_thr}')
     torch.set_num_threads(args.threads)
-    load = bf.make_load(args.images, args.members, args.boxes, args.classes, args.objects,
+    load = make_load(args.images, args.members, args.boxes, args.classes, args.objects,
                         args.seed)
-    packed = bf.pack(load, 'cpu')
+    packed = pack(load, 'cpu')
     seen, spent = {}, [0.0]
     orig = greedy.greedy_cluster
 
