@@ -351,18 +351,21 @@ def test_readme_python_snippet_runs_and_equals_ensemble_boxes(tmp_path):
 def test_readme_config_snippet_builds_and_gives_a_finite_loss(tmp_path, monkeypatch):
     import torch
     from mmengine.config import Config
-    from mmengine.registry import MODELS, DefaultScope
-    from mmengine.runner import Runner
+
+    from mmens.registry import RUNNERS
+    from mmens.utils import register_all_modules
 
     path = tmp_path / 'readme_config.py'
     path.write_text(readme_block('config'))
     monkeypatch.chdir(ROOT)  # its data_root is relative, as in a clone of the repo
     cfg = Config.fromfile(str(path))
-    # what the Runner does with the config: its scope, then its dataloader and model
-    with DefaultScope.overwrite_default_scope(cfg.default_scope):
-        loader = Runner.build_dataloader(cfg.train_dataloader)
-        model = MODELS.build(cfg.model)
-        data = model.data_preprocessor(next(iter(loader)), True)
-        losses = model(**data, mode='loss')
-    assert len(loader.dataset) == 80
+    cfg.work_dir = str(tmp_path / 'work_dir')
+    # as tools/train.py builds it: its runner_type from mmens' registry, then the
+    # runner's own dataloader and model
+    register_all_modules(init_default_scope=False)
+    runner = RUNNERS.build(cfg)
+    loader = runner.build_dataloader(cfg.train_dataloader)
+    model = runner.model
+    losses = model(**model.data_preprocessor(next(iter(loader)), True), mode='loss')
+    assert type(runner).__name__ == 'EnsembleRunner' and len(loader.dataset) == 80
     assert losses and all(torch.isfinite(v).all() for v in losses.values())
