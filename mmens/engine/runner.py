@@ -6,7 +6,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from mmens.registry import RUNNERS
+from mmens.registry import MODEL_WRAPPERS, RUNNERS
 from mmens.utils.setup_env import data_only_message_hub, safe_torch_load
 
 
@@ -47,6 +47,17 @@ class EnsembleRunner(Runner):
         super().__init__(*args, **kwargs)
         self.register_hook(DataOnlyCheckpointHook())
 
+    def wrap_model(self, model_wrapper_cfg: Optional[dict], model):
+        """As mmengine's, with the wrapper ``type`` looked up in mmens' node: mmengine's
+        Runner looks it up in its root node, which does not see its descendants'
+        modules, so the type is passed on as the wrapper's import path."""
+        if model_wrapper_cfg is not None and isinstance(model_wrapper_cfg.get('type'), str):
+            wrapper = MODEL_WRAPPERS.get(model_wrapper_cfg['type'])
+            if wrapper is not None:
+                model_wrapper_cfg = dict(model_wrapper_cfg,
+                                         type=f'{wrapper.__module__}.{wrapper.__qualname__}')
+        return super().wrap_model(model_wrapper_cfg, model)
+
     def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = False,
                         revise_keys: list = [(r'^module.', '')]) -> dict:  # noqa: B006
         """As :meth:`mmengine.runner.Runner.load_checkpoint` (the same arguments), through
@@ -83,7 +94,7 @@ class EnsembleRunner(Runner):
         saved = _model_type(meta_cfg)
         raise ValueError(
             f'{filename}: does not fit the config\'s model {type(model).__name__}'
-            + (f' (it was saved by a {saved})' if saved else '')
+            + (f" (the checkpoint's model is {saved})" if saved else '')
             + (f'; unexpected weights {_keys(unexpected)}' if unexpected else '')
             + (f'; missing weights {_keys(missing)}' if missing else ''))
 

@@ -52,8 +52,9 @@ def check_cfg_options(cfg: Config, options: dict) -> None:
 
     A key (``a.b.c``, list items by index as mmengine merges them) must exist in the
     config, except its last part when that is an argument of the class that its dict
-    builds (``train_cfg.max_epochs`` for ``FullBatchTrainLoop``) or, at the top level, of
-    the Runner.
+    builds (``train_cfg.max_epochs`` for ``FullBatchTrainLoop``), a new key of a dict
+    without a ``type`` (keyword arguments passed on as a whole, e.g. ``model.selector``),
+    or, at the top level, an argument of the Runner.
     """
     for key in options:
         parts = key.split('.')
@@ -86,7 +87,9 @@ def _accepts(node: dict, name: str, top: bool) -> bool:
     if top:
         from mmengine.runner import Runner
         return name in inspect.signature(Runner.__init__).parameters
-    cls = _registered_class(node.get('type'))
+    if 'type' not in node:  # keyword arguments of some class (e.g. model.selector)
+        return True
+    cls = _registered_class(node['type'])
     for klass in inspect.getmro(cls) if inspect.isclass(cls) else ():
         if '__init__' not in vars(klass):
             continue
