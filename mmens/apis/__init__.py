@@ -1,11 +1,11 @@
 """Apply ensembles to member prediction files.
 
-The names are imported on first use (PEP 562), so that ``from mmens.apis import load_coco``
-does not import :mod:`.inference` and its model-building, nor ``build_fixed_ensemble``
-the member-file readers: each file tool imports what its method needs, and the fixed rules
-need neither mmdet, mmcv nor mmengine.
+The names are imported on first use (:func:`mmens.utils.lazy.lazy_exports`): the fixed
+rules and the member-file readers need neither mmdet, mmcv nor mmengine, and
+``from mmens.apis import load_coco`` does not import the model-building of
+:mod:`.inference`.
 """
-import importlib
+from mmens.utils.lazy import lazy_exports
 
 _EXPORTS = {
     'FixedEnsemble': 'fixed_ensemble',
@@ -22,17 +22,5 @@ _EXPORTS = {
     'results_to_coco': 'member_files',
     'select_images': 'member_files',
 }
-
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    value = getattr(importlib.import_module(f'.{_EXPORTS[name]}', __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

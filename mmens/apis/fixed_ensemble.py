@@ -6,6 +6,7 @@ cached predictions does not need: ``fuse_results.py --method wbf`` and the APIs 
 with torch alone, without importing mmdet, mmcv or mmengine (their import is most of the
 tool's start-up).
 """
+import inspect
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -36,11 +37,24 @@ class FixedEnsemble(nn.Module):
         if weights is not None and len(weights) != len(self.members):
             raise ValueError(f'weights has {len(weights)} values for {len(self.members)} '
                              'members')
+        signature = inspect.signature(FUSION_METHODS[method]).parameters.items()
+        params = [name for name, p in signature
+                  if p.kind == p.KEYWORD_ONLY and name != 'weights' and name[0] != '_']
+        unknown = sorted(set(fusion_cfg) - set(params))
+        if unknown:
+            raise ValueError(f'fusion method {method!r} takes no {", ".join(unknown)} (its '
+                             f'parameters: {", ".join(params)})')
         self.method = method
         self.fusion_cfg = fusion_cfg
         self.register_buffer(
             'weights', torch.ones(len(self.members)) if weights is None else
             torch.as_tensor(weights, dtype=torch.float32), persistent=False)
+        # the op checks its parameters (one validation for every caller): on an empty batch,
+        # a bad value is refused now, before any member file is read
+        self.fuse(dict(bboxes=torch.zeros(0, 4), scores=torch.zeros(0),
+                       labels=torch.zeros(0, dtype=torch.long),
+                       members=torch.zeros(0, dtype=torch.long),
+                       images=torch.zeros(0, dtype=torch.long), image_sizes=torch.ones(1, 2)))
 
     def fuse(self, batch_inputs: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Fuse a packed batch (``bboxes [M, 4]`` pixels, ``scores``, ``labels``,

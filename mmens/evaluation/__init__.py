@@ -1,3 +1,10 @@
-from .subset_coco_metric import SubsetCocoMetric
+"""COCO evaluation of fused detections.
 
-__all__ = ['SubsetCocoMetric']
+The names are imported on first use (:func:`mmens.utils.lazy.lazy_exports`): COCO AP of
+results (:mod:`.coco_eval`) needs pycocotools, the metric of a Runner needs mmdet.
+"""
+from mmens.utils.lazy import lazy_exports
+
+_EXPORTS = {'SubsetCocoMetric': 'subset_coco_metric'}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -141,3 +141,96 @@ def test_fuse_results_script_with_its_reader_process(tmp_path):
                                         '--preds', *preds])
     assert proc.returncode == 2 and proc.stderr.strip() == f'error: {ref_err.value}'
     assert 'entry 5' in proc.stderr and "'bbox' has a NaN" in proc.stderr
+
+
+@pytest.mark.parametrize('method, cfg', [
+    ('wbf', dict(weights=[2, 1, 1, 1, 3, 1], iou_thr=0.6, conf_type='box_and_model_avg')),
+    ('nms', dict(weights=[1, 1, 2, 1, 1, 1], iou_thr=0.4)),
+    ('soft_nms', dict(sigma=0.3, thresh=0.01)),
+    ('nmw', dict(skip_box_thr=0.05))])
+def test_fixed_ensemble_fuses_as_the_fusion_detector(method, cfg):
+    """The mmdet-free fixed rule of the file tools gives FusionDetector's detections."""
+    from mmens.registry import MODELS
+    batch = load_member_batch(load_coco(ANN, annotations=False), PREDS)
+    fixed = build_fixed_ensemble(batch.names, method, **cfg)
+    detector = MODELS.build(dict(type='FusionDetector', members=batch.names, method=method,
+                                 fusion_cfg=cfg)).eval()
+    for model in (fixed, detector):  # both: the same columns, whatever the chunking
+        got = fuse_batch_arrays(model, batch, chunk=32)[0]
+        if model is fixed:
+            want = got
+            assert len(want.score) > 1000
+        for a, b in zip(got, want):
+            assert (a == b).all()
+
+
+def test_fixed_ensemble_refuses_bad_parameters_when_built():
+    with pytest.raises(ValueError, match="'nms' takes no conf_type"):
+        build_fixed_ensemble(['a', 'b'], 'nms', conf_type='avg')
+    with pytest.raises(ValueError, match='iou_thr'):
+        build_fixed_ensemble(['a', 'b'], 'wbf', iou_thr=1.5)
+    with pytest.raises(ValueError, match='weights has 3 values for 2 members'):
+        build_fixed_ensemble(['a', 'b'], 'wbf', weights=[1, 2, 3])
+    with pytest.raises(ValueError, match="unknown fusion method 'mean'"):
+        build_fixed_ensemble(['a', 'b'], 'mean')
+
+
+def test_fuse_results_refuses_mistakes_before_any_work(tmp_path):
+    """Each mistake is one ValueError, raised before the files are read: the corrupt
+    annotation file given with it is never opened."""
+    main = load_tool('fuse_results').main
+    corrupt = tmp_path / 'ann.json'
+    corrupt.write_text('{"images": [')
+    fixed = ['--ann', str(corrupt), '--preds', *PREDS, '--method', 'wbf']
+    cases = [
+        (['--ann', str(corrupt), '--preds', str(tmp_path), '--method', 'wbf'],
+         f'--preds {tmp_path} is a directory, not a COCO-results JSON file (one file per '
+         'member, e.g. DIR/*.json)'),
+        (['--ann', str(corrupt), '--preds', str(tmp_path / 'gone.json')],
+         f"--preds {tmp_path / 'gone.json'} does not exist"),
+        (['--ann', str(tmp_path / 'gone.json'), '--preds', *PREDS],
+         f"--ann {tmp_path / 'gone.json'} does not exist"),
+        (fixed + ['--out', '/etc/hostname/fused.json'],
+         '--out /etc/hostname/fused.json: /etc/hostname is not a directory'),
+        (fixed + ['--metrics-out', '/etc/hostname/m.json'],
+         '--metrics-out /etc/hostname/m.json: /etc/hostname is not a directory'),
+        (fixed + ['--out', str(tmp_path)], f'--out {tmp_path} is a directory'),
+        (fixed + ['--weights', '1', '2'], '--weights has 2 values for 6 prediction files'),
+        (fixed + ['--checkpoint', PREDS[0]], '--checkpoint is for --method learned/cel'),
+        (fixed + ['--k', '2'], '--k / --budget-seconds are for --method cel, not wbf'),
+        (fixed + ['--names', 'a'], '--names has 1 names for 6 prediction files'),
+        (fixed + ['--chunk', '0'], '--chunk must be at least 1'),
+        (['--ann', str(corrupt), '--preds', *PREDS, '--method', 'cel'],
+         '--method cel needs --checkpoint'),
+        (['--ann', str(corrupt), '--preds', *PREDS, '--method', 'learned', '--checkpoint',
+          str(tmp_path / 'gone.pth')], f"--checkpoint {tmp_path / 'gone.pth'} does not exist"),
+    ]
+    for args, msg in cases:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            main(args)
+    ann_ok = ['--ann', ANN, '--preds', *PREDS, '--no-eval']
+    for args, msg in [(['--method', 'nms', '--conf-type', 'max'], "'nms' takes no conf_type"),
+                      (['--method', 'wbf', '--iou-thr', '2'], 'iou_thr')]:
+        with pytest.raises(ValueError, match=msg):  # the fusion's own check, when built
+            main(ann_ok + args + ['--preds', str(corrupt)])
+
+
+def test_file_tools_import_no_openmmlab_package_for_the_fixed_rules(tmp_path):
+    """fuse_results with a fixed rule (evaluation included) and validate_predictions import
+    no module of mmdet, mmcv or mmengine (``-X importtime`` lists every import)."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    tools = 'tools/analysis_tools/'
+    runs = [[tools + 'fuse_results.py', '--ann', ANN, '--preds', *PREDS[:3], '--method',
+             'soft_nms', '--out', str(tmp_path / 'fused.json')],
+            [tools + 'validate_predictions.py', '--ann', ANN, '--preds', *PREDS[:2]]]
+    for args in runs:
+        proc = subprocess.run([sys.executable, '-X', 'importtime', *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        imported = [line.rsplit('|', 1)[-1].strip() for line in proc.stderr.splitlines()
+                    if line.startswith('import time:')]
+        assert 'torch' in imported and 'pycocotools.coco' in imported
+        openmmlab = [m for m in imported if m.split('.')[0] in ('mmdet', 'mmcv', 'mmengine')]
+        assert openmmlab == [], (args[0], openmmlab[:10])

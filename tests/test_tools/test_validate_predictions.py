@@ -1,6 +1,7 @@
 """tools/analysis_tools/validate_predictions.py: clear errors, counted repairs, repaired files
 that validate."""
 import json
+import re
 import os.path as osp
 import subprocess
 import sys
@@ -38,3 +39,29 @@ def test_good_bad_and_repaired_files(tmp_path, capsys):
     trunc.write_text(json.dumps(entries)[:500])
     with pytest.raises(ValueError, match='not valid JSON'):
         main(['--ann', ANN, '--preds', str(trunc)])
+
+
+def test_mistakes_are_refused_before_any_file_is_read(tmp_path):
+    main = load_tool('validate_predictions').main
+    corrupt = tmp_path / 'ann.json'
+    corrupt.write_text('{"images": [')  # never read: each mistake comes first
+    repair = ['--ann', str(corrupt), '--preds', GOOD, '--repair']
+    cases = [
+        (['--ann', str(corrupt), '--preds', str(tmp_path)],
+         f'--preds {tmp_path} is a directory, not a COCO-results JSON file'),
+        (['--ann', str(tmp_path), '--preds', GOOD],
+         f'--ann {tmp_path} is a directory, not a COCO annotation file'),
+        (['--ann', str(corrupt), '--preds', GOOD, '--out-dir', str(tmp_path)],
+         '--out-dir writes repaired files: use it with --repair'),
+        (repair + ['--out-dir', '/etc/hostname/out'],
+         '--out-dir /etc/hostname/out: /etc/hostname is not a directory'),
+        (repair + ['--out-dir', osp.dirname(GOOD)],
+         f'--out-dir {osp.dirname(GOOD)} holds the files to repair'),
+        (['--ann', str(corrupt), '--preds', GOOD,
+          osp.join(DATA, 'predictions', 'train', 'nanodet-416.json'), '--repair', '--out-dir',
+          str(tmp_path / 'out')], "would get several files named ['nanodet-416.json']"),
+    ]
+    for args, msg in cases:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            main(args)
+    assert not (tmp_path / 'out').exists()

@@ -34,6 +34,7 @@ import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
+import os  # noqa: E402
 import os.path as osp  # noqa: E402
 import sys  # noqa: E402
 from typing import List, Optional, Sequence  # noqa: E402
@@ -162,71 +163,100 @@ class MemberReader:
             self._proc.join()
 
 
-def start_reader(argv: Optional[List[str]]) -> Optional[MemberReader]:
-    """A :class:`MemberReader` for the command line ``argv`` (None where fork is missing).
+def member_names(args: argparse.Namespace) -> List[str]:
+    return args.names or [osp.splitext(osp.basename(f))[0] for f in args.preds]
 
-    Bad arguments stop here, as they would in :func:`main`, before the imports."""
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every mistake of the command line that can be seen without reading the files, as
+    one ``ValueError``, before any work (stdlib only: it also runs before the imports)."""
+    from mmens.utils.paths import check_input_file, check_output_file
+    if args.method != 'cel' and (args.k is not None or args.budget_seconds is not None):
+        raise ValueError(f'--k / --budget-seconds are for --method cel, not {args.method}')
+    if args.method == 'cel' and args.k is not None and args.budget_seconds is not None:
+        raise ValueError('give --k (members per image) or --budget-seconds, not both')
+    if args.method in FIXED:
+        for opt in ('checkpoint', 'config'):
+            if getattr(args, opt) is not None:
+                raise ValueError(f'--{opt} is for --method learned/cel, not {args.method}')
+        if args.weights is not None and len(args.weights) != len(args.preds):
+            raise ValueError(f'--weights has {len(args.weights)} values for '
+                             f'{len(args.preds)} prediction files')
+    elif not args.checkpoint:
+        raise ValueError(f'--method {args.method} needs --checkpoint')
+    if len(member_names(args)) != len(args.preds):
+        raise ValueError(f'--names has {len(args.names)} names for {len(args.preds)} '
+                         'prediction files')
+    if args.chunk < 1:
+        raise ValueError(f'--chunk must be at least 1, got {args.chunk}')
+    check_input_file(args.ann, '--ann', 'a COCO annotation file')
+    for path in args.preds:
+        check_input_file(path, '--preds', 'a COCO-results JSON file (one file per member, '
+                         'e.g. DIR/*.json)')
+    for opt in ('checkpoint', 'config'):
+        if getattr(args, opt) is not None:
+            check_input_file(getattr(args, opt), f'--{opt}')
+    for opt in ('out', 'metrics_out'):
+        if getattr(args, opt) is not None:
+            check_output_file(getattr(args, opt), '--' + opt.replace('_', '-'))
+
+
+def start_reader(argv: Optional[List[str]]) -> Optional[MemberReader]:
+    """A :class:`MemberReader` for the command line ``argv`` (None where fork is missing,
+    with ``--no-reader``, or when a member file is missing: :func:`main` says so)."""
     if 'fork' not in multiprocessing.get_all_start_methods():
         return None
-    args = parse_args(argv)
-    names = args.names or [osp.splitext(osp.basename(f))[0] for f in args.preds]
-    if args.no_reader or len(names) != len(args.preds):  # load_member_batch says so
+    args = parse_args(argv)  # bad arguments stop here, before the imports
+    names = member_names(args)
+    if args.no_reader or len(names) != len(args.preds) or not all(
+            osp.isfile(f) for f in args.preds):
         return None
     return MemberReader(args.preds, names)
 
 
-# Before mmdet & co. are imported: the reader process starts as small as this process is now.
+# Before torch & co. are imported: the reader process starts as small as this process is now.
 READER = start_reader(sys.argv[1:]) if __name__ == '__main__' else None
 
-import mmens  # noqa: F401,E402  (registers the mmens modules)
-from mmens.apis import (build_fixed_ensemble, fuse_batch_arrays, load_coco,  # noqa: E402
-                        load_ensemble_checkpoint, load_member_batch, member_remap,
-                        member_results)
+# What every method needs (torch, pycocotools, no OpenMMLab package): the fixed rules run
+# on these alone, and a trained ensemble imports mmdet & co. in load_ensemble().
+from mmens.apis.fixed_ensemble import build_fixed_ensemble  # noqa: E402
+from mmens.apis.inference import fuse_batch_arrays, member_remap  # noqa: E402
+from mmens.apis.member_files import load_coco, load_member_batch, member_results  # noqa: E402
 from mmens.datasets.coco_results import (read_results_columns,  # noqa: E402
                                          write_results_json)
 from mmens.evaluation.coco_eval import arrays_to_results, coco_metrics  # noqa: E402
-from mmens.utils import run_cli  # noqa: E402
+from mmens.utils.cli import run_cli  # noqa: E402
 
 T_IMPORTED = time.perf_counter()
 
 
-def main(argv=None) -> None:
-    t_main = time.perf_counter()
-    args = parse_args(argv)
-    coco = load_coco(args.ann, annotations=not args.no_eval)  # --no-eval: images, categories
-    t_ann = time.perf_counter() - t_main
-    if args.method != 'cel' and (args.k is not None or args.budget_seconds is not None):
-        raise ValueError(f'--k / --budget-seconds are for --method cel, not {args.method}')
-    if args.method in FIXED:
-        if args.checkpoint:
-            raise ValueError(f'--checkpoint is for learned/cel methods, not {args.method}')
-        names = args.names or [osp.splitext(osp.basename(f))[0] for f in args.preds]
-        if args.weights is not None and len(args.weights) != len(args.preds):
-            raise ValueError(f'--weights has {len(args.weights)} values for '
-                             f'{len(args.preds)} prediction files')
-        model = build_fixed_ensemble(
-            names, args.method, weights=args.weights, iou_thr=args.iou_thr,
-            skip_box_thr=args.skip_box_thr, conf_type=args.conf_type, sigma=args.sigma,
-            thresh=args.thresh)
-        cat_ids = None
-    else:
-        if not args.checkpoint:
-            raise ValueError(f'--method {args.method} needs --checkpoint')
-        model = load_ensemble_checkpoint(args.checkpoint, args.config, args.device)
-        is_cel = hasattr(model, 'set_budget')
-        if (args.method == 'cel') != is_cel:
-            raise ValueError(f'--method {args.method} does not match the checkpoint '
-                             f'({type(model).__name__})')
-        if args.k is not None or args.budget_seconds is not None:
-            model.set_budget(k=args.k, budget=args.budget_seconds)
-        classes = (model.dataset_meta or {}).get('classes')
-        by_name = {c['name']: c['id'] for c in coco.loadCats(coco.getCatIds())}
-        unknown = [c for c in classes or [] if c not in by_name]
-        if unknown:
-            raise ValueError(f'the ensemble\'s classes {unknown[:5]} are not categories '
-                             f'of {args.ann}')
-        cat_ids = [by_name[c] for c in classes] if classes else None
-    reader = READER if argv is None else None
+def load_ensemble(args: argparse.Namespace, coco) -> tuple:
+    """The trained ensemble of ``--checkpoint`` (its method checked, its budget set) and
+    the COCO category id of each of its labels (None: the annotation file's, sorted)."""
+    from mmens.apis.inference import load_ensemble_checkpoint  # imports mmdet & co.
+    model = load_ensemble_checkpoint(args.checkpoint, args.config, args.device)
+    is_cel = hasattr(model, 'set_budget')
+    if (args.method == 'cel') != is_cel:
+        raise ValueError(f'--method {args.method} does not match the checkpoint '
+                         f'{args.checkpoint} ({type(model).__name__})')
+    if args.budget_seconds is not None and not model.has_member_seconds:
+        raise ValueError(f'--budget-seconds needs the members\' costs (seconds per image), '
+                         f'and checkpoint {args.checkpoint} has none (it was trained to '
+                         'select --k members per image): pass --k, or train with member '
+                         'seconds')
+    if args.k is not None or args.budget_seconds is not None:
+        model.set_budget(k=args.k, budget=args.budget_seconds)
+    classes = (model.dataset_meta or {}).get('classes')
+    by_name = {c['name']: c['id'] for c in coco.loadCats(coco.getCatIds())}
+    unknown = [c for c in classes or [] if c not in by_name]
+    if unknown:
+        raise ValueError(f'the ensemble\'s classes {unknown[:5]} are not categories '
+                         f'of {args.ann}')
+    return model, ([by_name[c] for c in classes] if classes else None)
+
+
+def read_batch(args: argparse.Namespace, coco, cat_ids, reader: Optional[MemberReader]):
+    """The validated member files, packed (the reader process's columns when it runs)."""
     try:
         batch = load_member_batch(coco, args.preds, args.names, cat_ids=cat_ids,
                                   repair=args.repair,
@@ -237,40 +267,40 @@ def main(argv=None) -> None:
     for m in batch.members:
         if m.report:
             print(f"member '{m.name}': repaired {m.report}")
-    selections = []
-    t0 = time.perf_counter()
-    fused, seconds = fuse_batch_arrays(model, batch, chunk=args.chunk, device=args.device,
-                                       selections=selections)
-    phases = dict(annotations=t_ann, read=batch.seconds['read'],
-                  validate=batch.seconds['validate'], fuse=time.perf_counter() - t0)
-    read_note = f' ({reader.seconds:.2f} in the reader)' if reader else ''
-    ms = 1000.0 * seconds / max(1, len(batch.img_ids))
-    metrics = dict(members={}, fusion=dict(method=args.method, ms_per_image=ms))
-    if selections:  # e2e-CEL: the member compute actually used
-        import torch
-        sel = torch.cat(selections)  # [I, N] batch member order
-        remap = member_remap(model.members, batch.names)  # batch member -> model member
-        cost = model.member_seconds.cpu()[remap]  # [N] batch order
-        metrics['fusion'].update(
-            member_seconds_per_image=float((sel @ cost).mean()),
-            members_per_image=float(sel.sum(1).mean()),
-            selection_frequency={n: float(f) for n, f in zip(batch.names, sel.mean(0))})
-        print(f"selected {metrics['fusion']['members_per_image']:.2f} members per image, "
-              f"{metrics['fusion']['member_seconds_per_image']:.3f} s of member compute")
-    if not args.no_eval:
-        t0 = time.perf_counter()
-        for m in batch.members:
-            metrics['members'][m.name] = coco_metrics(coco, member_results(m))
-        metrics['fusion'].update(coco_metrics(coco, arrays_to_results(fused)))
-        width = max(len(n) for n in list(metrics['members']) + [args.method]) + 2
-        print(f"{'':{width}}{'AP':>8}{'AP50':>8}{'AP75':>8}")
-        for name, m in list(metrics['members'].items()) + [
-                (f'fusion ({args.method})', metrics['fusion'])]:
-            print(f"{name:{width}}{m['AP']:8.4f}{m['AP50']:8.4f}{m['AP75']:8.4f}")
-        phases['evaluate'] = time.perf_counter() - t0
-    print(f'fused {len(batch.img_ids)} images in {seconds:.3f} s '
-          f'({ms:.3f} ms per image, {args.device})')
-    t0 = time.perf_counter()
+    return batch
+
+
+def selection_metrics(model, batch, selections: list) -> dict:
+    """e2e-CEL: the member compute actually used, from each image's selection."""
+    import torch
+    sel = torch.cat(selections)  # [I, N] batch member order
+    remap = member_remap(model.members, batch.names)  # batch member -> model member
+    cost = model.member_seconds.cpu()[remap]  # [N] batch order
+    out = dict(member_seconds_per_image=float((sel @ cost).mean()),
+               members_per_image=float(sel.sum(1).mean()),
+               selection_frequency={n: float(f) for n, f in zip(batch.names, sel.mean(0))})
+    print(f"selected {out['members_per_image']:.2f} members per image, "
+          f"{out['member_seconds_per_image']:.3f} s of member compute")
+    return out
+
+
+def evaluate(coco, batch, fused, metrics: dict, method: str) -> None:
+    """COCO AP of each member and of the fusion, into ``metrics``, and printed."""
+    for m in batch.members:
+        metrics['members'][m.name] = coco_metrics(coco, member_results(m))
+    metrics['fusion'].update(coco_metrics(coco, arrays_to_results(fused)))
+    width = max(len(n) for n in list(metrics['members']) + [method]) + 2
+    print(f"{'':{width}}{'AP':>8}{'AP50':>8}{'AP75':>8}")
+    for name, m in list(metrics['members'].items()) + [(f'fusion ({method})',
+                                                        metrics['fusion'])]:
+        print(f"{name:{width}}{m['AP']:8.4f}{m['AP50']:8.4f}{m['AP75']:8.4f}")
+
+
+def write_outputs(args: argparse.Namespace, fused, metrics: dict) -> None:
+    """The fused detections (``--out``) and the metrics (``--metrics-out``)."""
+    for path in (args.out, args.metrics_out):
+        if path and osp.dirname(path):
+            os.makedirs(osp.dirname(path), exist_ok=True)  # checked by check_args
     if args.out:
         write_results_json(args.out, fused.image_id, fused.category_id, fused.bbox,
                            fused.score)
@@ -278,10 +308,46 @@ def main(argv=None) -> None:
     if args.metrics_out:
         with open(args.metrics_out, 'w', encoding='utf-8') as f:
             json.dump(metrics, f, indent=1)
+
+
+def main(argv=None) -> None:
+    t_main = time.perf_counter()
+    args = parse_args(argv)
+    check_args(args)
+    coco = load_coco(args.ann, annotations=not args.no_eval)  # --no-eval: images, categories
+    t_ann = time.perf_counter() - t_main
+    if args.method in FIXED:
+        model, cat_ids = build_fixed_ensemble(
+            member_names(args), args.method, weights=args.weights, iou_thr=args.iou_thr,
+            skip_box_thr=args.skip_box_thr, conf_type=args.conf_type, sigma=args.sigma,
+            thresh=args.thresh), None
+    else:
+        model, cat_ids = load_ensemble(args, coco)
+    reader = READER if argv is None else None
+    batch = read_batch(args, coco, cat_ids, reader)
+    selections = []
+    t0 = time.perf_counter()
+    fused, seconds = fuse_batch_arrays(model, batch, chunk=args.chunk, device=args.device,
+                                       selections=selections)
+    phases = dict(annotations=t_ann, read=batch.seconds['read'],
+                  validate=batch.seconds['validate'], fuse=time.perf_counter() - t0)
+    ms = 1000.0 * seconds / max(1, len(batch.img_ids))
+    metrics = dict(members={}, fusion=dict(method=args.method, ms_per_image=ms))
+    if selections:
+        metrics['fusion'].update(selection_metrics(model, batch, selections))
+    if not args.no_eval:
+        t0 = time.perf_counter()
+        evaluate(coco, batch, fused, metrics, args.method)
+        phases['evaluate'] = time.perf_counter() - t0
+    print(f'fused {len(batch.img_ids)} images in {seconds:.3f} s '
+          f'({ms:.3f} ms per image, {args.device})')
+    t0 = time.perf_counter()
+    write_outputs(args, fused, metrics)
     phases['write'] = time.perf_counter() - t0
     start = T_START if argv is None else t_main  # in process (tests), the imports are old
     if argv is None:
         phases = {'start-up': T_IMPORTED - T_START, **phases}
+    read_note = f' ({reader.seconds:.2f} in the reader)' if reader else ''
     print('seconds: ' + ', '.join(f'{k} {v:.2f}' + (read_note if k == 'read' else '')
                                   for k, v in phases.items())
           + f', total {time.perf_counter() - start:.2f}')

@@ -13,9 +13,11 @@ import json
 import os
 import os.path as osp
 
+# torch, numpy, pycocotools, msgspec: no OpenMMLab package (nothing here needs a model)
 from mmens.apis.member_files import load_coco, member_results
 from mmens.datasets.coco_results import load_member_predictions
-from mmens.utils import run_cli
+from mmens.utils.cli import run_cli
+from mmens.utils.paths import check_input_file, check_output_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,11 +29,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The command line's mistakes, each one line, before any file is read."""
+    check_input_file(args.ann, '--ann', 'a COCO annotation file')
+    for path in args.preds:
+        check_input_file(path, '--preds', 'a COCO-results JSON file (e.g. DIR/*.json)')
+    if not args.out_dir:
+        return
+    if not args.repair:
+        raise ValueError('--out-dir writes repaired files: use it with --repair')
+    check_output_dir(args.out_dir, '--out-dir')
+    names = [osp.basename(p) for p in args.preds]
+    same = sorted({n for n in names if names.count(n) > 1})
+    if same:
+        raise ValueError(f'--out-dir {args.out_dir} would get several files named {same}')
+    inputs = [p for p in args.preds if osp.realpath(osp.dirname(osp.abspath(p))) ==
+              osp.realpath(args.out_dir)]
+    if inputs:
+        raise ValueError(f'--out-dir {args.out_dir} holds the files to repair ({inputs[0]}): '
+                         'the repaired files would overwrite them')
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.out_dir and not args.repair:
-        raise ValueError('--out-dir writes repaired files: use it with --repair')
-    coco = load_coco(args.ann)
+    check_args(args)
+    coco = load_coco(args.ann, annotations=False)  # the images and categories suffice
     sizes = {im['id']: (im['width'], im['height']) for im in coco.loadImgs(coco.getImgIds())}
     cat_ids = coco.getCatIds()
     for path in args.preds:
