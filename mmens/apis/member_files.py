@@ -17,6 +17,7 @@ from mmens.datasets.coco_results import (Columns, MemberPredictions, gc_paused, 
                                          read_results_columns, validate_columns)
 from mmens.evaluation.coco_eval import results_to_coco  # noqa: F401  (re-exported)
 from mmens.ops.boxes import xyxy_to_xywh
+from mmens.ops.packed import select_images as slice_images
 
 
 class _ImagesAndCategories(msgspec.Struct):
@@ -139,11 +140,7 @@ def load_member_batch(coco: COCO, files: Sequence[str], names: Optional[Sequence
 
 def select_images(packed: Dict[str, Tensor], start: int, stop: int) -> Dict[str, Tensor]:
     """The part of a packed batch for images ``start <= i < stop``, re-indexed from 0."""
-    keep = (packed['images'] >= start) & (packed['images'] < stop)  # [M]
-    out = {k: v[keep] for k, v in packed.items() if k != 'image_sizes'}
-    out['images'] = out['images'] - start
-    out['image_sizes'] = packed['image_sizes'][start:stop]
-    return out
+    return slice_images(packed, range(start, min(stop, len(packed['image_sizes']))))
 
 
 def member_results(preds: MemberPredictions) -> List[dict]:

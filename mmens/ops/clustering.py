@@ -202,30 +202,45 @@ def match_boxes(dets: PackedDetections,
                      class_agnostic)
     n = prep.num_members
     c = r['scores'].shape[0]
-    dev = prep.boxes.device
     idx = r['box_index']  # [K]
     flat = r['cluster'] * n + take(prep.members, idx)  # [K]
     counts = torch.bincount(flat, minlength=c * n).view(c, n)  # [C, N]
     mask = counts > 0  # [C, N]
-    b, s = take(prep.boxes, idx), take(prep.scores, idx)  # [K, 4], [K]
-    if member_reduce == 'mean':
-        num = b.new_zeros(c * n, 4).index_add_(0, flat, s[:, None] * b)
-        plain = b.new_zeros(c * n, 4).index_add_(0, flat, b)  # [C*N, 4]
-        den = s.new_zeros(c * n).index_add_(0, flat, s)  # [C*N]
-        cn = counts.view(-1).clamp(min=1).double()[:, None]  # [C*N, 1]
-        box = torch.where(den[:,
-                              None] > 0, num / den.clamp(min=1e-300)[:, None],
-                          plain / cn)  # [C*N, 4]
-        y = torch.cat((box, den[:, None] / cn), 1)  # [C*N, 5]
-    else:
-        k = flat.shape[0]
-        first = torch.full((c * n, ), k, dtype=torch.long, device=dev)
-        first.scatter_reduce_(0, flat, torch.arange(k, device=dev), 'amin')
-        first = first.clamp(max=max(k - 1, 0))  # [C*N]
-        y = torch.cat((b, s[:, None]), 1)[first] if k else b.new_zeros(0, 5)
+    y = _member_rows(take(prep.boxes, idx), take(prep.scores, idx), flat,
+                     counts.view(-1), member_reduce)  # [C*N, 5]
     y_hat = (y.view(c, n, 5) * mask[..., None]).to(prep.dtype)  # [C, N, 5]
     box_cluster = torch.full_like(prep.members, -1)  # [M]
     box_cluster.index_copy_(0, r['box_index'], r['cluster'])
     return Clusters(y_hat, mask, r['labels'], r['images'],
                     r['boxes'].to(prep.dtype), r['scores'].to(prep.dtype),
                     counts, box_cluster)
+
+
+def _member_rows(b: Tensor, s: Tensor, flat: Tensor, counts: Tensor,
+                 member_reduce: str) -> Tensor:
+    """Each member's ``(x1, y1, x2, y2, score)`` row in each cluster.
+
+    Args:
+        b (Tensor[K, 4]), s (Tensor[K]): clustered boxes and raw scores.
+        flat (Tensor[K]): ``cluster * N + member`` of each box.
+        counts (Tensor[C*N]): boxes of each ``(cluster, member)``.
+        member_reduce (str): see :func:`match_boxes`.
+
+    Returns:
+        Tensor[C*N, 5]: rows (arbitrary where ``counts == 0``).
+    """
+    cn = counts.shape[0]
+    if member_reduce == 'mean':
+        num = b.new_zeros(cn, 4).index_add_(0, flat, s[:, None] * b)
+        plain = b.new_zeros(cn, 4).index_add_(0, flat, b)  # [C*N, 4]
+        den = s.new_zeros(cn).index_add_(0, flat, s)  # [C*N]
+        cnt = counts.clamp(min=1).double()[:, None]  # [C*N, 1]
+        box = torch.where(den[:, None] > 0,
+                          num / den.clamp(min=1e-300)[:, None],
+                          plain / cnt)  # [C*N, 4]
+        return torch.cat((box, den[:, None] / cnt), 1)
+    k = flat.shape[0]  # 'best': the first (highest-scoring) box of each
+    first = torch.full((cn, ), k, dtype=torch.long, device=b.device)
+    first.scatter_reduce_(0, flat, torch.arange(k, device=b.device), 'amin')
+    first = first.clamp(max=max(k - 1, 0))  # [C*N]
+    return torch.cat((b, s[:, None]), 1)[first] if k else b.new_zeros(cn, 5)

@@ -1,10 +1,11 @@
-"""The packed detections every packed fusion op and :func:`match_boxes` take."""
-from typing import NamedTuple, Optional, Union
+"""The packed detections every packed fusion op and :func:`match_boxes` take,
+and the one slicer of a packed batch by image."""
+from typing import Dict, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ['PackedDetections']
+__all__ = ['PackedDetections', 'select_images']
 
 
 class PackedDetections(NamedTuple):
@@ -60,3 +61,33 @@ class PackedDetections(NamedTuple):
         return cls(inputs['bboxes'] / wh.repeat(1, 2), inputs['scores'],
                    inputs['labels'], inputs['members'], inputs['images'],
                    num_members, inputs['image_sizes'].shape[0])
+
+
+def select_images(packed: Dict[str, Tensor],
+                  images: Union[Tensor, Sequence[int]]) -> Dict[str, Tensor]:
+    """The part of a packed batch on some of its images, re-indexed.
+
+    Args:
+        packed (dict): per-box tensors (``bboxes [M, 4]``, ``scores``,
+            ``labels``, ``members``, ``images [M]``, ...) and, optionally,
+            ``image_sizes [I, 2]``; every key but ``image_sizes`` is per box.
+        images (Tensor[J] | Sequence[int]): distinct positions of the images
+            to keep; image ``images[j]`` becomes image ``j``.
+
+    Returns:
+        dict: the boxes on those images (in their packed order) with
+        ``images`` renumbered ``0..J-1``, and their ``image_sizes``.
+    """
+    img = packed['images']
+    pos = torch.as_tensor(images, dtype=torch.long, device=img.device)
+    sizes = packed.get('image_sizes')
+    n = int(torch.cat((img, pos)).max()) + 1 if img.numel() + pos.numel() else 0
+    remap = torch.full((n, ), -1, dtype=torch.long, device=img.device)
+    remap[pos] = torch.arange(pos.shape[0], device=img.device)
+    new = remap[img]  # [M] new image index, -1 dropped
+    keep = new >= 0  # [M]
+    out = {k: v[keep] for k, v in packed.items() if k != 'image_sizes'}
+    out['images'] = new[keep]
+    if sizes is not None:
+        out['image_sizes'] = sizes[pos.to(sizes.device)]
+    return out
