@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
-from mmengine.runner import Runner
 
 from mmens.datasets.ensemble_dataset import fold_image_ids
+from mmens.engine.runner import EnsembleRunner
 from mmens.apis.inference import fuse_batch
 from mmens.apis.member_files import MemberBatch
 
@@ -69,10 +69,11 @@ def fold_config(config: str, work_dir: str, fold: Optional[dict],
     return cfg
 
 
-class FoldRunner(Runner):
-    """mmengine's Runner for the many short fits of a cross-validation: the same training,
-    without the environment report of every run (``collect_env`` takes about 2 s, as long as
-    some fits)."""
+class FoldRunner(EnsembleRunner):
+    """The Runner of ``tools/train.py`` (:class:`EnsembleRunner`: checkpoints that load
+    weights-only) for the many short fits of a cross-validation: the same training, without
+    the environment report of every run (``collect_env`` takes about 2 s, as long as some
+    fits)."""
 
     def _log_env(self, env_cfg: dict) -> None:
         pass
