@@ -51,7 +51,8 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
             0: never.
         checkpoint_interval (int): also save a resumable checkpoint ``iter_<step>.pth``
             every that many steps within an epoch (0: only the epoch checkpoints of
-            ``CheckpointHook``). A fit stopped by Ctrl-C saves one too.
+            ``CheckpointHook``). A fit stopped by Ctrl-C saves one too (of the steps whose
+            hooks had all run: the step it stopped in is taken again on resuming).
     """
 
     def __init__(self, runner, dataloader, steps: int = 1, max_epochs: int = 1,

@@ -184,7 +184,8 @@ def test_dist_train_first_configs_two_cpu_processes(config, tmp_path):
 
 
 def test_interrupted_cel_fit_resumes_from_its_last_step(tmp_path):
-    """Ctrl-C during a fit saves iter_<step>.pth; --resume goes on from that step."""
+    """Ctrl-C during a fit saves iter_<step>.pth; --resume goes on from that step (the
+    checkpoint counts the steps whose hooks had all run: here 1 or 2)."""
     work = str(tmp_path / 'cel')
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     proc = subprocess.Popen(
@@ -200,7 +201,7 @@ def test_interrupted_cel_fit_resumes_from_its_last_step(tmp_path):
     saved = sorted(glob.glob(osp.join(work, 'iter_*.pth')))
     assert len(saved) == 1, rest[-3000:]
     done = steps_of(saved[0])
-    assert done >= 2 and open(osp.join(work, 'last_checkpoint')).read() == saved[0]
+    assert done >= 1 and open(osp.join(work, 'last_checkpoint')).read() == saved[0]
     out = run([sys.executable, 'tools/train.py', CEL_DEFAULT, '--work-dir', work,
                '--resume', '--cfg-options', *TINY, *CEL_FAST, f'train_cfg.steps={done + 2}'])
     assert f'resumed epoch: 0, iter: {done}' in out, out[-3000:]
