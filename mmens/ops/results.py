@@ -25,15 +25,23 @@ def rank_results(boxes: Tensor, scores: Tensor, labels: Tensor, images: Tensor,
     """
     num_images = image_sizes.shape[0]
     keep = scores >= score_thr  # [K]
-    boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
-    # sort by (image, score desc), then rank within the image
-    order = torch.argsort(scores, descending=True, stable=True)
-    order = order[torch.argsort(images[order], stable=True)]  # [K]
-    boxes, scores, labels, images = boxes[order], scores[order], labels[order], images[order]
+    if not bool(keep.all()):
+        boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
+    # sort by (image, score desc), then rank within the image. The fusion ops return their
+    # boxes in this order already: the two stable sorts would then be the identity, and
+    # they cost most of the ranking, so they run only when the check finds disorder
+    in_order = (images[1:] > images[:-1]) | (
+        (images[1:] == images[:-1]) & (scores[1:] <= scores[:-1]))  # [K - 1]
+    if not bool(in_order.all()):
+        order = torch.argsort(scores, descending=True, stable=True)
+        order = order[torch.argsort(images[order], stable=True)]  # [K]
+        boxes, scores, labels, images = (boxes[order], scores[order], labels[order],
+                                         images[order])
     counts = torch.bincount(images, minlength=num_images)  # [B]
     starts = torch.cumsum(counts, 0) - counts  # [B]
     rank = torch.arange(len(images), device=images.device) - starts[images]  # [K]
     keep = rank < max_per_img
-    boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
+    if not bool(keep.all()):
+        boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
     boxes = boxes * image_sizes[images].repeat(1, 2)  # [K, 4] pixels
     return boxes, scores, labels, images

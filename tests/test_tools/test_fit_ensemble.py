@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import DATA, ROOT, load_tool
+from mmens.utils import safe_torch_load
 
 MEMBERS = ['centernet-512', 'nanodet-416', 'yolofastestv2-352']
 FIT = 'tools/analysis_tools/fit_ensemble.py'
@@ -80,7 +81,7 @@ def test_learned_fit_then_fuse_results_on_the_test_split(splits, tmp_path):
           '--checkpoint', ckpt, '--metrics-out', str(m_fit)])
     assert json.loads(m_fit.read_text())['fusion']['AP'] == pytest.approx(fit_ap, abs=6e-4)
     # the learned WBF weights (θ = softplus(φ), mean 1) are not the equal ones
-    state = torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict']
+    state = safe_torch_load(ckpt, map_location='cpu')['state_dict']
     theta = torch.nn.functional.softplus(state['head.phi'])
     weights = theta / theta.mean()
     assert weights.shape == (3,) and (weights - 1).abs().max() > 0.05, weights
@@ -114,6 +115,24 @@ def test_cel_fit_under_a_time_budget(splits, tmp_path):
     m = json.loads(metrics.read_text())['fusion']
     assert 0.0 < m['member_seconds_per_image'] <= 0.2 + 1e-6  # a CenterNet or NanoDet + YOLO
     assert 1.0 <= m['members_per_image'] <= 2.0 and m['AP'] > 0.15
+    # the same model trained to select k members has no member costs: a time budget is
+    # refused in one line before any file is read (it selected no member and wrote 0
+    # detections)
+    ckpt_k = tmp_path / 'cel_k.pth'
+    saved = safe_torch_load(ckpt, map_location='cpu')
+    cfg.model.selector = dict(k=2, num_samples=100)
+    cfg.model.member_seconds = None
+    saved['meta']['cfg'] = cfg.pretty_text
+    torch.save(dict(meta=saved['meta'], state_dict=saved['state_dict']), ckpt_k)
+    with pytest.raises(ValueError, match=r"--budget-seconds needs the members' costs .*"
+                       f'{re.escape(str(ckpt_k))} has none'):
+        fuse(['--ann', test['ann'], '--preds', *test['preds'], '--method', 'cel',
+              '--checkpoint', str(ckpt_k), '--budget-seconds', '0.4', '--no-eval',
+              '--out', str(tmp_path / 'never.json')])
+    assert not (tmp_path / 'never.json').exists()
+    fuse(['--ann', test['ann'], '--preds', *test['preds'], '--method', 'cel',  # k: runs
+          '--checkpoint', str(ckpt_k), '--k', '1', '--metrics-out', str(metrics)])
+    assert json.loads(metrics.read_text())['fusion']['members_per_image'] == 1.0
 
 
 def test_bad_file_is_the_same_one_line_error_as_fuse_results(splits, tmp_path):
@@ -147,7 +166,13 @@ def test_argument_and_file_errors_in_process(splits, tmp_path):
     json.dump(unknown, open(tmp_path / 'unknown.json', 'w'))
     cases = [
         (['--preds', str(tmp_path / 'gone.json'), '--method', 'learned'],
-         f"member 'gone': prediction file {tmp_path / 'gone.json'} does not exist"),
+         f"--preds {tmp_path / 'gone.json'} does not exist"),
+        (['--preds', str(tmp_path), '--method', 'learned'],
+         f'--preds {tmp_path} is a directory, not a COCO-results JSON file'),
+        (['--preds', *fit['preds'], '--method', 'learned', '--work-dir', '/etc/hostname/w'],
+         '--work-dir /etc/hostname/w: /etc/hostname is not a directory'),
+        (['--preds', *fit['preds'], '--method', 'learned', '--config', 'configs/nope.py'],
+         '--config configs/nope.py does not exist'),
         (['--preds', str(truncated), '--method', 'learned'],
          "member 'trunc': " + str(truncated) + ' is not valid JSON (truncated or corrupt?)'),
         (['--preds', str(tmp_path / 'unknown.json'), '--method', 'learned'],

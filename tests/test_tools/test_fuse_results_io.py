@@ -234,3 +234,22 @@ def test_file_tools_import_no_openmmlab_package_for_the_fixed_rules(tmp_path):
         assert 'torch' in imported and 'pycocotools.coco' in imported
         openmmlab = [m for m in imported if m.split('.')[0] in ('mmdet', 'mmcv', 'mmengine')]
         assert openmmlab == [], (args[0], openmmlab[:10])
+
+
+def test_rank_results_ranks_any_order_as_the_fusion_order():
+    """rank_results skips its sorts on the fusion ops' order (by image, then score): the
+    same detections shuffled give the same ranked output, through the sorts."""
+    from mmens.ops.results import rank_results
+    batch = load_member_batch(load_coco(ANN, annotations=False), PREDS)
+    part = select_images(batch.packed, 0, 40)
+    boxes, scores, labels, images = build_fixed_ensemble(batch.names, 'wbf').fuse(part)
+    # ties broken in the fusion order, so that any order has one ranking
+    scores = scores.double() - 1e-12 * torch.arange(len(scores), dtype=torch.float64)
+    fused = boxes, scores, labels, images  # [K] in fusion order
+    perm = torch.randperm(len(fused[1]), generator=torch.Generator().manual_seed(0))
+    for max_per_img, score_thr in ((100, 0.0), (7, 0.2)):
+        want = rank_results(*fused, part['image_sizes'], max_per_img, score_thr)
+        got = rank_results(*(t[perm] for t in fused), part['image_sizes'], max_per_img,
+                           score_thr)
+        assert len(want[1]) > 150 and all(torch.equal(a, b) for a, b in zip(got, want))
+        assert (torch.bincount(want[3]) <= max_per_img).all() and (want[1] >= score_thr).all()

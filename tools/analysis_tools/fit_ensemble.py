@@ -34,9 +34,9 @@ from typing import List, Optional
 
 from mmengine.config import Config
 
-import mmens  # noqa: F401  (registers the mmens modules)
 from mmens.apis import load_coco, load_member_batch
-from mmens.utils import run_cli
+from mmens.utils.cli import run_cli
+from mmens.utils.paths import check_input_file, check_output_dir
 from mmens.utils.runner_args import add_runner_args, parse_runner_args
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -86,8 +86,6 @@ def member_seconds(args: argparse.Namespace, names: List[str]) -> Optional[List[
                              f'{len(names)} prediction files')
         seconds = list(args.member_seconds)
     elif args.members_json is not None:
-        if not osp.isfile(args.members_json):
-            raise ValueError(f'--members-json {args.members_json} does not exist')
         try:
             with open(args.members_json, encoding='utf-8') as f:
                 meta = {m['name']: m for m in json.load(f)}
@@ -149,9 +147,7 @@ def point_dataset(ds: dict, ann: str, members: List[dict], classes: tuple,
 def fit_config(args: argparse.Namespace, names: List[str], classes: tuple,
                seconds: Optional[List[float]]) -> Config:
     """The method's recommended config, pointed at the files, with the budget set."""
-    path = args.config or recommended_config(args.method)
-    if not osp.isfile(path):
-        raise ValueError(f'config {path} does not exist')
+    path = args.config or recommended_config(args.method)  # --config: see check_paths
     cfg = Config.fromfile(path)
     model_type = cfg.model.get('type')
     if (args.method == 'cel') != (model_type == 'CELDetector'):
@@ -192,11 +188,24 @@ def load_train_tool():
     return module
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The files to read exist and the work dir can be written, before any work."""
+    check_input_file(args.ann, '--ann', 'a COCO annotation file')
+    for path in args.preds:
+        check_input_file(path, '--preds', 'a COCO-results JSON file (one file per member, '
+                         'e.g. DIR/*.json)')
+    for opt in ('config', 'members_json'):
+        if getattr(args, opt) is not None:
+            check_input_file(getattr(args, opt), '--' + opt.replace('_', '-'))
+    check_output_dir(args.work_dir, '--work-dir')
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     names = args.names or [osp.splitext(osp.basename(f))[0] for f in args.preds]
     if len(names) != len(args.preds):
         raise ValueError(f'{len(names)} names for {len(args.preds)} prediction files')
+    check_paths(args)
     seconds = member_seconds(args, names)
     check_budget(args, names, seconds)
     # the files are validated as fuse_results.py does (same code, same one-line errors)
