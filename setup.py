@@ -38,6 +38,16 @@ def parse_requirements(fname: str) -> list:
 PACKAGES = find_packages(where=HERE, include=('mmens', 'mmens.*'))
 
 
+def torch_requirement() -> list:
+    """torch, as a run-time requirement of the wheel: pinned to the release that
+    ``mmens._ext`` is compiled against (the C++ ABI of its headers, as torchvision pins
+    it); any release without the kernel (``MMENS_WITH_KERNEL=0``)."""
+    if os.environ.get('MMENS_WITH_KERNEL', '1') == '0':
+        return ['torch']
+    import torch
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
 def get_extensions() -> dict:
     """``ext_modules``/``cmdclass`` for the C++ kernels (needs torch at build
     time, hence ``--no-build-isolation``).
@@ -83,7 +93,7 @@ if __name__ == '__main__':
         include_package_data=True,
         python_requires='>=3.9',
         license='Apache License 2.0',
-        install_requires=parse_requirements('runtime.txt'),
+        install_requires=parse_requirements('runtime.txt') + torch_requirement(),
         extras_require={
             'mim': parse_requirements('mminstall.txt'),
             'tests': parse_requirements('tests.txt'),

@@ -88,3 +88,11 @@ def test_runtime_requirements_cover_what_the_package_imports():
         sys.stdlib_module_names) - {'mmens'}
     needed = {DISTRIBUTIONS.get(m, m.replace('_', '-')).lower() for m in third_party}
     assert needed <= runtime, needed - runtime
+
+
+def test_the_wheel_requires_the_torch_its_kernel_is_compiled_against(monkeypatch):
+    import torch
+    setup = load_setup()
+    assert setup.torch_requirement() == [f"torch=={torch.__version__.split('+')[0]}"]
+    monkeypatch.setenv('MMENS_WITH_KERNEL', '0')
+    assert setup.torch_requirement() == ['torch']
