@@ -9,6 +9,7 @@ tools/test.py, tools/train.py --resume, ``load_from``) and ``load_ensemble_check
 import glob
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import textwrap
@@ -118,6 +119,34 @@ def test_importing_mmens_patches_nothing():
     proc = cli(['-c', script])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ['True', 'mmengine.runner.checkpoint']
+
+
+def test_ensemble_runner_saves_weights_only_checkpoints_and_resumes(tmp_path):
+    """The Runner of mmens configs: its checkpoints load weights-only, --resume (auto)
+    goes on from them, and resuming from a checkpoint that would run code is refused."""
+    from mmengine.config import Config
+
+    from mmens.registry import RUNNERS
+    from mmens.utils import UnsafeCheckpointError, safe_torch_load
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'learned',
+                                   'learned-weights_6members_coco-real-val.py'))
+    cfg.merge_from_dict({'train_dataloader.dataset.indices': 16,
+                         'val_dataloader.dataset.indices': 4,
+                         'default_hooks.checkpoint.interval': 1, 'work_dir': str(tmp_path),
+                         'experiment_name': 'first'})
+    RUNNERS.build(cfg).train()
+    ckpt = str(tmp_path / 'epoch_1.pth')
+    saved = safe_torch_load(ckpt)
+    assert saved['meta']['iter'] == 1 and 'log_scalars' in saved['message_hub']
+    cfg.merge_from_dict({'resume': True, 'train_cfg.steps': 2, 'experiment_name': 'second'})
+    runner = RUNNERS.build(cfg)
+    runner.train()
+    assert runner.iter == 2 and safe_torch_load(ckpt)['meta']['iter'] == 2
+    path, marker = evil_checkpoint(tmp_path)
+    cfg.merge_from_dict({'load_from': path, 'experiment_name': 'third'})
+    with pytest.raises(UnsafeCheckpointError, match=re.escape(expected(path))):
+        RUNNERS.build(cfg).train()
+    assert not marker.exists()
 
 
 def cli(args):
