@@ -32,3 +32,19 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The fusion kernel built with AddressSanitizer + UBSan into build/sanitize (the in-place
+# mmens/_ext*.so is left alone), then the kernel tests and the fuzz test run on that build
+# (ASan's runtime, and libstdc++ for its __cxa_throw interceptor, preloaded into Python; leak
+# checks off for the interpreter; -s so that a sanitizer report is not captured away).
+SAN := build/sanitize
+.PHONY: sanitize
+sanitize: $(STAMP)
+	rm -rf $(SAN) && mkdir -p $(SAN)/py
+	MMENS_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib $(SAN)/lib --build-temp $(SAN)/tmp
+	cp -r mmens $(SAN)/py/ && rm -f $(SAN)/py/mmens/_ext*.so && cp $(SAN)/lib/mmens/_ext*.so $(SAN)/py/mmens/
+	cd $(SAN)/py && export LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 PYTHONPATH=$(CURDIR)/$(SAN)/py && \
+	  $(CURDIR)/$(PY) -c "import torch, mmens._ext as e; assert '$(SAN)' in e.__file__, e.__file__" && \
+	  $(CURDIR)/$(PY) -m pytest -s -q -n 0 -p no:cacheprovider $(CURDIR)/tests/test_ops/test_kernel.py \
+	    $(CURDIR)/tests/test_ops/test_fuzz_fusion.py

@@ -481,6 +481,7 @@ def main(argv=None) -> int:
     warnings.simplefilter('ignore')
     torch.set_num_threads(1)
     stats: Dict[str, Any] = dict(cases=0, valid=0, invalid=0, skipped=0,
+                                 kernel=getattr(kernel._ext, '__file__', None),
                                  entries={}, mistakes={}, failures=[])
     for k in range(args.cases):
         r = run_case(args.seed * 1_000_003 + k)

@@ -13,8 +13,10 @@ CASES = 2100
 
 def test_fuzz_every_entry_point_on_both_backends():
     env = dict(os.environ)
+    # the checkout after any PYTHONPATH given (make sanitize puts its build
+    # of the kernel first)
     env['PYTHONPATH'] = os.pathsep.join(
-        [str(ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+        ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []) + [str(ROOT)])
     res = subprocess.run([
         sys.executable,
         str(HERE / 'fuzz_fusion.py'), '--cases',

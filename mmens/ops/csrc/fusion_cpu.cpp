@@ -160,6 +160,46 @@ struct Layout {
   std::vector<i64> img_group;  // [I + 1] first group of each image
 };
 
+// Sorts idx[b, e) stably by label and appends the [start, end) run of each
+// label to runs: a counting sort when the labels are dense, else a stable
+// comparison sort (never a buffer sized by the label span).
+void label_runs(i64* idx, i64 b, i64 e, const i64* labels,
+                std::vector<i64>& tmp, std::vector<i64>& cnt,
+                std::vector<std::pair<i64, i64>>& runs) {
+  i64 lo = labels[idx[b]], hi = lo;
+  for (i64 p = b; p < e; ++p) {
+    lo = std::min(lo, labels[idx[p]]);
+    hi = std::max(hi, labels[idx[p]]);
+  }
+  // label offsets in uint64: exact for any two int64 labels
+  auto off = [&](i64 p) {
+    return static_cast<i64>(static_cast<uint64_t>(labels[idx[p]]) -
+                            static_cast<uint64_t>(lo));
+  };
+  const uint64_t span = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo);
+  if (span < static_cast<uint64_t>(4 * (e - b) + 64)) {  // counting sort
+    const i64 nl = static_cast<i64>(span);
+    cnt.assign(nl + 2, 0);
+    for (i64 p = b; p < e; ++p) ++cnt[off(p) + 1];
+    for (i64 l = 0; l <= nl; ++l) {
+      if (cnt[l + 1]) runs.push_back({b + cnt[l], b + cnt[l] + cnt[l + 1]});
+      cnt[l + 1] += cnt[l];
+    }
+    tmp.resize(e - b);
+    for (i64 p = b; p < e; ++p) tmp[cnt[off(p)]++] = idx[p];
+    std::copy(tmp.begin(), tmp.end(), idx + b);
+  } else {  // sparse labels: a stable comparison sort by label
+    std::stable_sort(idx + b, idx + e, [&](i64 x, i64 y) {
+      return labels[x] < labels[y];
+    });
+    for (i64 p = b; p < e; ++p)
+      if (p == b || labels[idx[p]] != labels[idx[p - 1]])
+        runs.push_back({p, p});
+    for (size_t r = 0; r < runs.size(); ++r)
+      runs[r].second = r + 1 < runs.size() ? runs[r + 1].first : e;
+  }
+}
+
 // Groups the kept boxes. Inside a group, boxes are sorted by `order_by`
 // descending, ties later packed box first; without `order_by` they stay in
 // packed order (soft-NMS).
@@ -195,38 +235,7 @@ Layout build_layout(const i64* labels, const i64* images, const bool* keep,
       if (class_agnostic) {
         runs.push_back({b, e});
       } else {
-        i64 lo = labels[idx[b]], hi = lo;
-        for (i64 p = b; p < e; ++p) {
-          lo = std::min(lo, labels[idx[p]]);
-          hi = std::max(hi, labels[idx[p]]);
-        }
-        // label offsets in uint64: exact for any two int64 labels
-        auto off = [&](i64 p) {
-          return static_cast<i64>(static_cast<uint64_t>(labels[idx[p]]) -
-                                  static_cast<uint64_t>(lo));
-        };
-        const uint64_t span = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo);
-        if (span < static_cast<uint64_t>(4 * (e - b) + 64)) {  // counting sort
-          const i64 nl = static_cast<i64>(span);
-          cnt.assign(nl + 2, 0);
-          for (i64 p = b; p < e; ++p) ++cnt[off(p) + 1];
-          for (i64 l = 0; l <= nl; ++l) {
-            if (cnt[l + 1]) runs.push_back({b + cnt[l], b + cnt[l] + cnt[l + 1]});
-            cnt[l + 1] += cnt[l];
-          }
-          tmp.resize(e - b);
-          for (i64 p = b; p < e; ++p) tmp[cnt[off(p)]++] = idx[p];
-          std::copy(tmp.begin(), tmp.end(), idx + b);
-        } else {  // sparse labels: a stable comparison sort by label
-          std::stable_sort(idx + b, idx + e, [&](i64 x, i64 y) {
-            return labels[x] < labels[y];
-          });
-          for (i64 p = b; p < e; ++p)
-            if (p == b || labels[idx[p]] != labels[idx[p - 1]])
-              runs.push_back({p, p});
-          for (size_t r = 0; r < runs.size(); ++r)
-            runs[r].second = r + 1 < runs.size() ? runs[r + 1].first : e;
-        }
+        label_runs(idx, b, e, labels, tmp, cnt, runs);
       }
       if (order_by == nullptr) continue;
       for (const auto& run : runs) {
