@@ -206,3 +206,24 @@ def test_interrupted_cel_fit_resumes_from_its_last_step(tmp_path):
                '--resume', '--cfg-options', *TINY, *CEL_FAST, f'train_cfg.steps={done + 2}'])
     assert f'resumed epoch: 0, iter: {done}' in out, out[-3000:]
     assert steps_of(osp.join(work, 'epoch_1.pth')) == done + 2
+
+
+def test_val_interval_zero_never_validates(tmp_path):
+    """FullBatchTrainLoop: val_interval=0 means never (mmengine's loop would validate
+    after the last epoch, or divide by zero); a negative interval is refused."""
+    from mmengine.config import Config
+
+    from mmens.registry import RUNNERS
+    cfg = Config.fromfile(DEFAULT)
+    cfg.merge_from_dict({'train_dataloader.dataset.indices': 16,
+                         'val_dataloader.dataset.indices': 4, 'train_cfg.max_epochs': 2,
+                         'train_cfg.val_interval': 0, 'work_dir': str(tmp_path),
+                         'experiment_name': 'never'})
+    runner = RUNNERS.build(cfg)
+    runner.train()
+    assert runner.iter == 2
+    assert not [k for k in runner.message_hub.log_scalars if k.startswith('val/')]
+    assert 'coco/bbox_mAP' not in runner.message_hub.runtime_info
+    cfg.merge_from_dict({'train_cfg.val_interval': -1, 'experiment_name': 'negative'})
+    with pytest.raises(ValueError, match=r'train_cfg.val_interval must be an integer >= 0'):
+        RUNNERS.build(cfg).train()
