@@ -38,8 +38,6 @@ import msgspec
 import numpy as np
 import orjson
 
-from mmens.ops.boxes import xywh_to_xyxy
-
 REQUIRED_KEYS = ('image_id', 'category_id', 'bbox', 'score')
 
 
@@ -297,6 +295,9 @@ def validate_columns(columns: Columns,
         img_pos = img_pos[keep]
     sizes = np.array(list(image_sizes.values()), dtype=np.float64).reshape(-1, 2)[order]
     wh = sizes[img_pos]  # [M, 2] (width, height) of each entry's image
+    # imported here: fuse_results' reader process loads this module to decode files while
+    # torch is being imported elsewhere; mmens.ops at the top would import torch in it too
+    from mmens.ops.boxes import xywh_to_xyxy
     xyxy = xywh_to_xyxy(xywh)
     clipped = np.clip(xyxy, 0, np.concatenate([wh, wh], axis=1))
     n_clipped = int((np.abs(clipped - xyxy) > 1e-6).any(1).sum())
