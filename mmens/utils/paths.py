@@ -6,6 +6,7 @@ traceback and loses the work: the tools call these first, and each mistake is on
 """
 import os
 import os.path as osp
+from typing import Sequence
 
 
 def check_input_file(path: str, what: str, expected: str = 'a file') -> None:
@@ -17,6 +18,15 @@ def check_input_file(path: str, what: str, expected: str = 'a file') -> None:
         raise ValueError(f'{what} {path} does not exist')
     if not os.access(path, os.R_OK):
         raise ValueError(f'{what} {path} is not readable')
+
+
+def check_member_files(ann: str, preds: Sequence[str]) -> None:
+    """``--ann`` (a COCO annotation file) and every ``--preds`` file (COCO-results, one per
+    member) of a file tool, each checked by :func:`check_input_file`."""
+    check_input_file(ann, '--ann', 'a COCO annotation file')
+    for path in preds:
+        check_input_file(path, '--preds', 'a COCO-results JSON file (one file per member, '
+                         'e.g. DIR/*.json)')
 
 
 def check_output_dir(path: str, what: str) -> None:

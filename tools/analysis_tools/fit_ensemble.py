@@ -36,7 +36,7 @@ from mmengine.config import Config
 
 from mmens.apis import load_coco, load_member_batch
 from mmens.utils.cli import run_cli
-from mmens.utils.paths import check_input_file, check_output_dir
+from mmens.utils.paths import check_input_file, check_member_files, check_output_dir
 from mmens.utils.runner_args import add_runner_args, parse_runner_args
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -190,10 +190,7 @@ def load_train_tool():
 
 def check_paths(args: argparse.Namespace) -> None:
     """The files to read exist and the work dir can be written, before any work."""
-    check_input_file(args.ann, '--ann', 'a COCO annotation file')
-    for path in args.preds:
-        check_input_file(path, '--preds', 'a COCO-results JSON file (one file per member, '
-                         'e.g. DIR/*.json)')
+    check_member_files(args.ann, args.preds)
     for opt in ('config', 'members_json'):
         if getattr(args, opt) is not None:
             check_input_file(getattr(args, opt), '--' + opt.replace('_', '-'))

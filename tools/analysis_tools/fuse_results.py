@@ -170,7 +170,7 @@ def member_names(args: argparse.Namespace) -> List[str]:
 def check_args(args: argparse.Namespace) -> None:
     """Every mistake of the command line that can be seen without reading the files, as
     one ``ValueError``, before any work (stdlib only: it also runs before the imports)."""
-    from mmens.utils.paths import check_input_file, check_output_file
+    from mmens.utils.paths import check_input_file, check_member_files, check_output_file
     if args.method != 'cel' and (args.k is not None or args.budget_seconds is not None):
         raise ValueError(f'--k / --budget-seconds are for --method cel, not {args.method}')
     if args.method == 'cel' and args.k is not None and args.budget_seconds is not None:
@@ -189,10 +189,7 @@ def check_args(args: argparse.Namespace) -> None:
                          'prediction files')
     if args.chunk < 1:
         raise ValueError(f'--chunk must be at least 1, got {args.chunk}')
-    check_input_file(args.ann, '--ann', 'a COCO annotation file')
-    for path in args.preds:
-        check_input_file(path, '--preds', 'a COCO-results JSON file (one file per member, '
-                         'e.g. DIR/*.json)')
+    check_member_files(args.ann, args.preds)
     for opt in ('checkpoint', 'config'):
         if getattr(args, opt) is not None:
             check_input_file(getattr(args, opt), f'--{opt}')

@@ -17,7 +17,7 @@ import os.path as osp
 from mmens.apis.member_files import load_coco, member_results
 from mmens.datasets.coco_results import load_member_predictions
 from mmens.utils.cli import run_cli
-from mmens.utils.paths import check_input_file, check_output_dir
+from mmens.utils.paths import check_member_files, check_output_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,9 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """The command line's mistakes, each one line, before any file is read."""
-    check_input_file(args.ann, '--ann', 'a COCO annotation file')
-    for path in args.preds:
-        check_input_file(path, '--preds', 'a COCO-results JSON file (e.g. DIR/*.json)')
+    check_member_files(args.ann, args.preds)
     if not args.out_dir:
         return
     if not args.repair:
