@@ -11,14 +11,11 @@ import argparse
 import os.path as osp
 import tempfile
 
-import mmens  # noqa: F401  (registers the mmens modules)
-from mmengine.registry import init_default_scope
-
 from cross_val import fold_config, train_from_cfg  # helper modules next to this tool
 from fusion_baselines import grid_search_wbf, weight_grid
 from mmens.apis import load_coco, load_member_batch
 from mmens.datasets.ensemble_dataset import fold_image_ids
-from mmens.utils import run_cli
+from mmens.utils import register_all_modules, run_cli
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DATA = osp.join(ROOT, 'data', 'coco_real')
@@ -36,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    init_default_scope('mmdet')
+    register_all_modules()  # default scope 'mmens', as the configs'
     coco = load_coco(osp.join(DATA, 'annotations', 'val.json'))
     batch = load_member_batch(coco, [osp.join(DATA, 'predictions', 'val', f'{m}.json')
                                      for m in MEMBERS])

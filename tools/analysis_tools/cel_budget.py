@@ -21,8 +21,6 @@ import os
 import os.path as osp
 from typing import Callable, Dict, List, Optional, Sequence
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-import mmens  # noqa: F401  (registers the mmens modules)
 import numpy as np
 import torch
 from cel_out_of_fold import cel_out_of_fold, fuse_selected  # helper modules next to this tool
@@ -38,6 +36,7 @@ from mmens.ops.knapsack import knapsack, topk_mask
 from mmens.utils import run_cli
 from mmens.utils.progress import Progress
 
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 
 

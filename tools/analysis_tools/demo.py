@@ -26,15 +26,13 @@ from multiprocessing import get_context
 
 import numpy as np
 
-import mmens  # noqa: F401  (registers the mmens modules)
-from mmengine.registry import init_default_scope
 from cel_out_of_fold import cel_fold  # helper modules next to this tool
 from cross_val import fold_positions, runner_fold
 from fusion_baselines import (grid_wbf_out_of_fold, run_ensemble_boxes_wbf, run_fixed,
                               weight_grid)
 from mmens.apis import load_coco, load_member_batch, member_results
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
-from mmens.utils import run_cli
+from mmens.utils import register_all_modules, run_cli
 from mmens.utils.progress import Progress
 from mmens.visualization import draw_examples, plot_ap_bars, plot_theta
 
@@ -98,7 +96,7 @@ def _init_worker(work_dir: str) -> None:
     sys.stdout = sys.stderr = open(osp.join(work_dir, 'runs', f'worker-{os.getpid()}.log'),
                                    'w', buffering=1, encoding='utf-8')
     quiet()
-    init_default_scope('mmdet')
+    register_all_modules()  # default scope 'mmens', as the configs'
     _WORKER['coco'], _WORKER['batch'], _ = load_split('val')
 
 
@@ -161,7 +159,7 @@ def run_fits(pool, work_dir: str, folds: list, args, seconds: dict, names: list)
 def main(argv=None) -> None:
     args = parse_args(argv)
     quiet()
-    init_default_scope('mmdet')
+    register_all_modules()  # default scope 'mmens', as the configs'
     wd = osp.abspath(args.work_dir)
     os.makedirs(wd, exist_ok=True)
     t_start = time.time()
