@@ -33,7 +33,7 @@ def test_ap_only_equals_pycocotools_on_real_members_and_resamples(val):
             fast = CocoEvaluation(coco, res, img_ids, ap_only=True)
             n = len(img_ids)
             assert fast.ap(np.arange(n)) == pytest.approx(full.metrics()['AP'], abs=1e-12)
-            for _ in range(5):  # pycocotools' accumulate on a multiset of images
+            for _ in range(2):  # pycocotools' accumulate on a multiset of images
                 pos = rng.randint(0, n, n)
                 assert fast.ap(pos) == pytest.approx(full.metrics(pos)['AP'], abs=1e-12), name
 
