@@ -112,6 +112,34 @@ def test_reader_process_gives_the_columns_and_errors_of_this_process(tmp_path):
         reader.close()
 
 
+def test_reader_and_this_process_share_the_files(tmp_path):
+    """MemberReader.steal decodes here the files that the reader process has not started
+    (from the last on): whoever decodes a file, read gives its columns in file order, and
+    a bad file raises at its turn, after the files before it."""
+    from mmens.datasets.coco_results import read_results_columns
+    tool = load_tool('fuse_results')
+    entries = json.load(open(PREDS[1]))
+    entries[2]['category_id'] = 'person'
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps(entries))
+    for files in (PREDS, [PREDS[0], str(bad), *PREDS[2:]]):
+        names = [osp.basename(f) for f in files]
+        reader = tool.MemberReader(files, names)
+        try:
+            reader.steal()  # at once: the reader process is still starting
+            assert reader.stolen == list(range(len(files) - 1, len(files) -
+                                               len(reader.stolen) - 1, -1))
+            for f, name in zip(files, names):
+                if f == str(bad):
+                    with pytest.raises(ValueError, match="entry 2 .*'category_id'"):
+                        reader.read(f, name)
+                    break
+                got, want = reader.read(f, name), read_results_columns(f, name)
+                assert all(g.dtype == w.dtype and (g == w).all() for g, w in zip(got, want))
+        finally:
+            reader.close()
+
+
 def test_fuse_results_script_with_its_reader_process(tmp_path):
     """As a script (reader process on): the same file as in process, and a bad member file
     stops with the same single line."""
@@ -124,7 +152,8 @@ def test_fuse_results_script_with_its_reader_process(tmp_path):
     proc = subprocess.run(args + ['--preds', *PREDS, '--out', str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r'read \d+\.\d\d \(\d+\.\d\d in the reader\)', proc.stdout), proc.stdout
+    assert re.search(r'read \d+\.\d\d \(\d+\.\d\d in the reader, \d of 6 files here\)',
+                     proc.stdout), proc.stdout
     ref = tmp_path / 'ref.json'
     load_tool('fuse_results').main(['--ann', ANN, '--method', 'wbf', '--no-eval', '--preds',
                                     *PREDS, '--out', str(ref)])
@@ -216,14 +245,15 @@ def test_fuse_results_refuses_mistakes_before_any_work(tmp_path):
 
 
 def test_file_tools_import_no_openmmlab_package_for_the_fixed_rules(tmp_path):
-    """fuse_results with a fixed rule (evaluation included) and validate_predictions import
-    no module of mmdet, mmcv or mmengine (``-X importtime`` lists every import)."""
+    """fuse_results with a fixed rule and validate_predictions import no module of mmdet,
+    mmcv or mmengine (``-X importtime`` lists every import; fuse_results imports its
+    evaluation at the start, only numba waits for the first AP)."""
     import subprocess
     import sys
     from conftest import ROOT
     tools = 'tools/analysis_tools/'
     runs = [[tools + 'fuse_results.py', '--ann', ANN, '--preds', *PREDS[:3], '--method',
-             'soft_nms', '--out', str(tmp_path / 'fused.json')],
+             'soft_nms', '--no-eval', '--out', str(tmp_path / 'fused.json')],
             [tools + 'validate_predictions.py', '--ann', ANN, '--preds', *PREDS[:2]]]
     for args in runs:
         proc = subprocess.run([sys.executable, '-X', 'importtime', *args], cwd=ROOT,
@@ -231,7 +261,7 @@ def test_file_tools_import_no_openmmlab_package_for_the_fixed_rules(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         imported = [line.rsplit('|', 1)[-1].strip() for line in proc.stderr.splitlines()
                     if line.startswith('import time:')]
-        assert 'torch' in imported and 'pycocotools.coco' in imported
+        assert 'torch' in imported and 'pycocotools.cocoeval' in imported
         openmmlab = [m for m in imported if m.split('.')[0] in ('mmdet', 'mmcv', 'mmengine')]
         assert openmmlab == [], (args[0], openmmlab[:10])
 

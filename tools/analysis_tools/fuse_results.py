@@ -14,16 +14,19 @@ checkpoint that would run code is refused with one line (``UnsafeCheckpointError
 Files are any framework's COCO-results JSON (``image_id``, ``category_id``,
 ``bbox: [x, y, w, h]`` pixels, ``score``); members are named by file stem or ``--names``.
 
-Run as a script, a reader process forked before the imports decodes the member files while
-this process imports mmdet & co. (seconds that the two would otherwise spend one after the
-other, on two cores); the validation, its errors included, stays in this process.
+With a fixed rule the tool imports torch, numpy and pycocotools, never mmdet, mmcv or
+mmengine; a trained ensemble (learned, cel) imports them to build its model. Run as a
+script, a reader process forked before the imports decodes the member files while this
+process imports torch & co., and this process decodes the files that the reader has not
+started once its imports are done (``member_reader.py``); the validation, its errors
+included, stays in this process.
 
 The last line splits the wall time: start-up (the imports), annotations, read (decoding the
-member files; with the reader process, this process's wait for its columns, and in
-brackets the reader's own seconds, spent during the start-up), validate (checks and
-packing), fuse (the ``fused ... in`` seconds of ``model.fuse`` and the per-image top 100,
-plus slicing the chunks and mapping to COCO ids), evaluate (without ``--no-eval``), write,
-and the total.
+member files; with the reader process, the files decoded here and the wait for the
+reader's columns, and in brackets the reader's own seconds, spent during the start-up,
+and the number of files decoded here), validate (checks and packing), fuse (the
+``fused ... in`` seconds of ``model.fuse`` and the per-image top 100, plus slicing the
+chunks and mapping to COCO ids), evaluate (without ``--no-eval``), write, and the total.
 """
 import time
 
@@ -31,13 +34,14 @@ T_START = time.perf_counter()  # before the imports: they are part of the wall t
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import os.path as osp  # noqa: E402
 import sys  # noqa: E402
-from typing import List, Optional, Sequence  # noqa: E402
+from typing import List, Optional  # noqa: E402
+
+from member_reader import MemberReader  # noqa: E402  (stdlib only)
 
 FIXED = ('wbf', 'nms', 'soft_nms', 'nmw')
 
@@ -71,96 +75,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='decode the member files in this process, after the start-up, '
                    'not in a reader process during it (one busy core, or little memory)')
     return p.parse_args(argv)
-
-
-def _read_members(conn, files: Sequence[str], names: Sequence[str]) -> None:
-    """The reader process: every member file's columns, then one message per file.
-
-    ``mmens.datasets.coco_results`` needs numpy, msgspec and orjson only, but importing it
-    as a submodule would run ``mmens/__init__`` (mmdet & co., the very start-up to overlap):
-    it is loaded from its file instead. All files are read before the first message, as
-    this process's imports go on meanwhile and would leave a message unread. A ValueError
-    (a bad file) is sent as its message; anything else makes the main process read itself.
-    """
-    try:
-        location = importlib.util.find_spec('mmens').submodule_search_locations[0]
-        spec = importlib.util.spec_from_file_location(
-            '_mmens_coco_results', osp.join(location, 'datasets', 'coco_results.py'))
-        reader = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = reader  # dataclasses look their module up
-        spec.loader.exec_module(reader)
-        out = []
-        for f, name in zip(files, names):
-            t0 = time.perf_counter()
-            try:
-                out.append(('columns', reader.read_results_columns(f, name),
-                            time.perf_counter() - t0))
-            except ValueError as e:
-                out.append(('error', str(e), time.perf_counter() - t0))
-                break  # the main process stops at the first bad file
-    except Exception as e:  # noqa: BLE001 (anything unforeseen: the main process reads)
-        out = [('failed', repr(e), 0.0)]
-    for kind, value, seconds in out:
-        if kind != 'columns':
-            conn.send((kind, value, seconds))
-            continue
-        # the arrays' bytes as they are: pickling them would copy them once more each side
-        conn.send((kind, [(a.dtype.str, a.shape) for a in value], seconds))
-        for a in value:
-            conn.send_bytes(a)
-    conn.close()
-
-
-class MemberReader:
-    """The member files' columns from a reader process forked before the heavy imports.
-
-    :meth:`read` has the signature of ``read_results_columns`` and is called in file order
-    by ``load_member_batch``; it falls back to reading in this process when the reader
-    failed or when asked for another file than the next one.
-    """
-
-    def __init__(self, files: Sequence[str], names: Sequence[str]) -> None:
-        self.files, self.names = list(files), list(names)
-        self.seconds = 0.0  # the reader process's own decoding time
-        ctx = multiprocessing.get_context('fork')
-        self._conn, child = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_read_members, args=(child, self.files, self.names),
-                                 daemon=True)
-        self._proc.start()
-        child.close()
-        self._next = 0
-
-    def read(self, path: str, name: str):
-        from mmens.datasets.coco_results import read_results_columns
-        if self._conn is None or self._next >= len(self.files) or (
-                (self.files[self._next], self.names[self._next]) != (path, name)):
-            self.close()
-            return read_results_columns(path, name)
-        self._next += 1
-        try:
-            kind, value, seconds = self._conn.recv()
-            if kind == 'columns':
-                import numpy as np  # imported by now
-                value = tuple(np.empty(shape, dtype) for dtype, shape in value)
-                for a in value:
-                    self._conn.recv_bytes_into(a.reshape(-1))  # 1-D: its length in items
-        except (EOFError, OSError):  # the reader died
-            kind = 'failed'
-        if kind == 'failed':
-            self.close()
-            return read_results_columns(path, name)
-        self.seconds += seconds
-        if kind == 'error':
-            self.close()
-            raise ValueError(value)
-        return value
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-            self._proc.terminate()
-            self._proc.join()
 
 
 def member_names(args: argparse.Namespace) -> List[str]:
@@ -254,6 +168,8 @@ def load_ensemble(args: argparse.Namespace, coco) -> tuple:
 
 def read_batch(args: argparse.Namespace, coco, cat_ids, reader: Optional[MemberReader]):
     """The validated member files, packed (the reader process's columns when it runs)."""
+    if reader:
+        reader.steal()
     try:
         batch = load_member_batch(coco, args.preds, args.names, cat_ids=cat_ids,
                                   repair=args.repair,
@@ -321,12 +237,14 @@ def main(argv=None) -> None:
     else:
         model, cat_ids = load_ensemble(args, coco)
     reader = READER if argv is None else None
+    t0 = time.perf_counter()
     batch = read_batch(args, coco, cat_ids, reader)
+    stolen = time.perf_counter() - t0 - sum(batch.seconds.values())  # decoded here
     selections = []
     t0 = time.perf_counter()
     fused, seconds = fuse_batch_arrays(model, batch, chunk=args.chunk, device=args.device,
                                        selections=selections)
-    phases = dict(annotations=t_ann, read=batch.seconds['read'],
+    phases = dict(annotations=t_ann, read=batch.seconds['read'] + stolen,
                   validate=batch.seconds['validate'], fuse=time.perf_counter() - t0)
     ms = 1000.0 * seconds / max(1, len(batch.img_ids))
     metrics = dict(members={}, fusion=dict(method=args.method, ms_per_image=ms))
@@ -344,7 +262,8 @@ def main(argv=None) -> None:
     start = T_START if argv is None else t_main  # in process (tests), the imports are old
     if argv is None:
         phases = {'start-up': T_IMPORTED - T_START, **phases}
-    read_note = f' ({reader.seconds:.2f} in the reader)' if reader else ''
+    read_note = (f' ({reader.seconds:.2f} in the reader, {len(reader.stolen)} of '
+                 f'{len(reader.files)} files here)' if reader else '')
     print('seconds: ' + ', '.join(f'{k} {v:.2f}' + (read_note if k == 'read' else '')
                                   for k, v in phases.items())
           + f', total {time.perf_counter() - start:.2f}')
