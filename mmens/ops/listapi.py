@@ -77,8 +77,10 @@ def _split_members(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
             raise TypeError(f'image {i}: expected a (boxes_list, scores_list,'
                             f' labels_list) tuple, got {type(img).__name__}')
         b_list, s_list, l_list = img
-        n = check_member_lists(b_list, s_list, l_list,
-                               i if report_image else None)
+        n = len(b_list) if type(b_list) is type(s_list) is type(
+            l_list) is list and len(b_list) == len(s_list) == len(
+                l_list) else check_member_lists(b_list, s_list, l_list,
+                                                i if report_image else None)
         if num_members is None:
             num_members = n
         elif n != num_members:

@@ -29,6 +29,7 @@ dataset layer can reuse it.
 """
 import math
 import numbers
+from collections import abc
 import warnings
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -160,7 +161,10 @@ def _numeric(x: Any, what: str) -> Any:
 
 
 def _is_list(x: Any) -> bool:
-    return isinstance(x, (Sequence, np.ndarray, Tensor))
+    """A list of per-member arrays (a list or tuple first: the ABC check of
+    the general case costs a microsecond per call, per image)."""
+    return type(x) in (list, tuple) or (isinstance(
+        x, (abc.Sequence, np.ndarray, Tensor)) and not isinstance(x, str))
 
 
 def member_arrays(lists: List[Any], field: str, num_members: int,
@@ -181,7 +185,7 @@ def member_arrays(lists: List[Any], field: str, num_members: int,
         TypeError: a member is ``None``, holds strings, bools or objects.
         ValueError: a member is a ragged list.
     """
-    if not any(isinstance(x, Tensor) for x in lists):
+    if not any(issubclass(t, Tensor) for t in {type(x) for x in lists}):
         try:  # fast path: one asarray each, one dtype check per dtype
             arrs = [np.asarray(x) for x in lists]
             if all(d.kind in 'iuf' and d != np.uint64
@@ -218,7 +222,7 @@ def check_member_lists(boxes_list: Sequence,
     img = '' if image is None else f'image {image}: '
     for name, lst in (('boxes', boxes_list), ('scores', scores_list),
                       ('labels', labels_list)):
-        if not _is_list(lst) or isinstance(lst, str):
+        if not _is_list(lst):
             raise TypeError(f"{img}field '{name}' must be a list with one "
                             f'array per member, got {type(lst).__name__}')
     n = len(boxes_list)
@@ -242,9 +246,9 @@ def member_sizes(boxes: List[Any], scores: List[Any], labels: List[Any],
     """
     shapes = [tuple(b.shape) for b in boxes]
     sizes = [sh[0] if len(sh) == 2 and sh[1] == 4 else 0 for sh in shapes]
-    if ([tuple(x.shape) for x in scores] == [(s, ) for s in sizes]
-            and [tuple(x.shape) for x in labels] == [(s, ) for s in sizes]
-            and all(len(sh) == 2 and sh[1] == 4 or 0 in sh for sh in shapes)):
+    want = [(s, ) for s in sizes]
+    if ([x.shape for x in scores] == want and [x.shape for x in labels] == want
+            and all(s or 0 in sh for s, sh in zip(sizes, shapes))):
         return sizes
     n = max(num_members, 1)
     for j, sh in enumerate(shapes):  # slow path: name the first culprit
