@@ -43,9 +43,10 @@ def main() -> None:
     args = parse_args()
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must name a .pkl file, got {args.out}')
-    # the version check and every module, so that --cfg-options are checked against them
-    register_all_modules(init_default_scope=False)
+    # a config typo or a misspelt option is refused first (the registries import what
+    # the option check looks up); then the version check and every module
     cfg = build_test_cfg(args)
+    register_all_modules(init_default_scope=False)
     init_cpu_distributed(args.launcher)
     runner = RUNNERS.build(cfg)  # runner_type (EnsembleRunner) from mmens' registry
     if args.out is not None:

@@ -42,9 +42,10 @@ def build_train_cfg(args: argparse.Namespace) -> Config:
 def train(args: argparse.Namespace) -> Runner:
     """Build the runner from parsed arguments and train (also the path that
     ``tools/analysis_tools/fit_ensemble.py`` trains through)."""
-    # the version check and every module, so that --cfg-options are checked against them
-    register_all_modules(init_default_scope=False)
+    # a config typo or a misspelt option is refused first (the registries import what
+    # the option check looks up); then the version check and every module
     cfg = build_train_cfg(args)
+    register_all_modules(init_default_scope=False)
     init_cpu_distributed(args.launcher)
     runner = RUNNERS.build(cfg)  # runner_type (EnsembleRunner) from mmens' registry
     runner.train()
