@@ -98,9 +98,12 @@ def check_args(args: argparse.Namespace) -> None:
                              f'{len(args.preds)} prediction files')
     elif not args.checkpoint:
         raise ValueError(f'--method {args.method} needs --checkpoint')
-    if len(member_names(args)) != len(args.preds):
+    names = member_names(args)
+    if len(names) != len(args.preds):
         raise ValueError(f'--names has {len(args.names)} names for {len(args.preds)} '
                          'prediction files')
+    if len(set(names)) != len(names):
+        raise ValueError(f'member names must be unique (file stems, or --names), got {names}')
     if args.chunk < 1:
         raise ValueError(f'--chunk must be at least 1, got {args.chunk}')
     check_member_files(args.ann, args.preds)
@@ -139,6 +142,24 @@ from mmens.evaluation.coco_eval import arrays_to_results, coco_metrics  # noqa: 
 from mmens.utils.cli import run_cli  # noqa: E402
 
 T_IMPORTED = time.perf_counter()
+
+
+def check_device(device: str) -> None:
+    """``--device`` names a device that this torch can use (one line otherwise)."""
+    import torch
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f'--device {device!r} is not a torch device (cpu, cuda, '
+                         'cuda:1, ...)') from None
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {device}: this torch sees no CUDA device; use --device '
+                         'cpu')
+    if dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f'--device {device}: only {torch.cuda.device_count()} CUDA '
+                         'device(s) here')
+    if dev.type not in ('cpu', 'cuda'):
+        raise ValueError(f'--device {device}: mmens fuses on cpu or cuda')
 
 
 def load_ensemble(args: argparse.Namespace, coco) -> tuple:
@@ -227,6 +248,7 @@ def main(argv=None) -> None:
     t_main = time.perf_counter()
     args = parse_args(argv)
     check_args(args)
+    check_device(args.device)
     coco = load_coco(args.ann, annotations=not args.no_eval)  # --no-eval: images, categories
     t_ann = time.perf_counter() - t_main
     if args.method in FIXED:
