@@ -125,8 +125,10 @@ def _data_only_history_buffer() -> type:
     (``{'min': HistoryBuffer.min, ...}``), which pickle stores as
     ``getattr(HistoryBuffer, 'min')``; allowing ``getattr`` would let a checkpoint call
     anything. This subclass pickles as ``HistoryBuffer()`` plus the histories (its own name
-    never enters the file); ``HistoryBuffer.__setstate__`` restores the built-in statistics.
-    A subclass of this copy, not a patch of mmengine's class, so no other caller changes.
+    never enters the file); ``HistoryBuffer.__setstate__`` restores the built-in statistics
+    (statistics a caller registered with ``HistoryBuffer.register_statistics`` are not
+    saved). Only the copies that :func:`data_only_message_hub` makes are of this class:
+    mmengine's ``HistoryBuffer`` is not patched, so no other caller changes.
     """
     from mmengine.logging.history_buffer import HistoryBuffer
 
