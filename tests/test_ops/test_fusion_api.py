@@ -214,3 +214,82 @@ def test_clipping_and_zero_area_warn_with_counts(name):
             'soft_nms': eb.soft_nms
         }[name]([x.copy() for x in b], [x.copy() for x in s], lab)
     _eq(ref, ours, exact=False)  # same repair as ensemble-boxes
+
+
+TWO = [np.array([[.1, .1, .2, .2], [.5, .5, .6, .6]])], [np.array([.9, .8])]
+
+
+@pytest.mark.parametrize('call,error,msg', [
+    # the crashes and backend disagreements of issue 21
+    (lambda: mo.weighted_boxes_fusion(*TWO, [np.array([0., 1e19])]),
+     ValueError, r"member 0, box 1: field 'labels' is not within"),
+    (lambda: mo.weighted_boxes_fusion(*TWO, [np.array([-2**63, 2**63 - 1])]),
+     ValueError, r"member 0, box 0: field 'labels' is not within"),
+    (lambda: mo.nms_packed(
+        mo.PackedDetections(torch.zeros(0, 4), torch.zeros(0),
+                            torch.zeros(0, dtype=torch.long),
+                            torch.zeros(0, dtype=torch.long), None, 1, -1)),
+     ValueError, 'num_images must be >= 0, got -1'),
+    (lambda: mo.soft_nms(*TWO, [np.array([0, 0])], sigma=0), ValueError,
+     'sigma must be finite and > 0'),
+    (lambda: mo.weighted_boxes_fusion(*TWO, [np.array([0, 0])],
+                                      iou_thr=None), TypeError,
+     'iou_thr must be a real number'),
+    (lambda: mo.match_boxes(
+        mo.PackedDetections(torch.tensor([[.1, .1, .2, .2]] * 2).double(),
+                            torch.ones(2).double(),
+                            torch.tensor([0., 1e300], dtype=torch.float64),
+                            torch.zeros(2).long(), None, 1)), ValueError,
+     r"box 1: field 'labels' is not within"),
+    # unclear errors before: pybind / numpy / comparison messages
+    (lambda: mo.nms([None], [np.array([.5])], [np.array([0])]), TypeError,
+     "member 0: field 'boxes' must hold real numbers, got NoneType"),
+    (lambda: mo.nms([[['a', 'b', 'c', 'd']]], [[.5]], [[0]]), TypeError,
+     "member 0: field 'boxes' must hold real numbers"),
+    (lambda: mo.weighted_boxes_fusion([[[.1, .1, .2, .2], [.1, .2]]],
+                                      [[.5, .6]], [[0, 0]]), ValueError,
+     "member 0: field 'boxes' is a ragged list"),
+    (lambda: mo.nms_batch([(*TWO, [np.array([0, 0])]), (TWO[0], None,
+                                                      [[0, 0]])]),
+     TypeError, "image 1: field 'scores' must be a list"),
+    (lambda: mo.soft_nms(*TWO, [np.array([0, 0])], iou_thr=float('nan')),
+     ValueError, r'iou_thr must be in \[0, 1\]'),
+    (lambda: mo.nms(*TWO, [np.array([0, 0])], iou_thr=1.5), ValueError,
+     r'iou_thr must be in \[0, 1\]'),
+    (lambda: mo.soft_nms(*TWO, [np.array([0, 0])], thresh=float('nan')),
+     ValueError, 'thresh must be finite'),
+    (lambda: mo.non_maximum_weighted(*TWO, [np.array([0, 0])],
+                                     skip_box_thr=-1), ValueError,
+     'skip_box_thr must be finite and >= 0'),
+    (lambda: mo.weighted_boxes_fusion(*TWO, [np.array([0, 0])],
+                                      conf_type='mean'), ValueError,
+     'conf_type must be one of'),
+    (lambda: mo.weighted_boxes_fusion_packed(
+        mo.PackedDetections(torch.rand(0, 4), torch.rand(0),
+                            torch.zeros(0), torch.zeros(0).long(), None, 1,
+                            1.5)), TypeError, 'num_images must be an int'),
+    (lambda: mo.weighted_boxes_fusion_packed(
+        mo.PackedDetections(torch.rand(0, 4), torch.rand(0),
+                            torch.zeros(0), torch.zeros(0), None, 1)),
+     TypeError, "field 'members' must have an integer dtype"),
+])
+def test_mistakes_raise_one_line_naming_the_argument(call, error, msg):
+    with pytest.raises(error, match=msg) as e:
+        call()
+    assert '\n' not in str(e.value)
+
+
+def test_labels_far_apart_fuse_like_dense_labels():
+    """Labels up to 2**53 - 1 in magnitude group like any other labels (no
+    overflow of the group key) and come back exactly (NMW: as float32, like
+    ensemble-boxes)."""
+    big = np.array([-(2**53 - 1), 0, 2**53 - 1])  # same order as 0, 1, 2
+    boxes = [np.array([[.1, .1, .4, .4]] * 3)] * 2
+    scores = [np.array([.9, .8, .7]), np.array([.6, .5, .4])]
+    for fn in LIST_FNS.values():
+        got = fn[0](boxes, scores, [big, big])
+        ref = fn[0](boxes, scores, [np.arange(3)] * 2)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+        want = big[ref[2].astype(int)].astype(got[2].dtype)
+        np.testing.assert_array_equal(got[2], want)

@@ -212,3 +212,71 @@ def test_bad_backend_variable_warns_in_one_line(monkeypatch):
     with pytest.warns(UserWarning, match="MMENS_OPS_BACKEND='numba'") as rec:
         assert kernel._backend_from_env() == 'auto'
     assert '\n' not in str(rec[0].message)
+
+
+def _ext_args(m=2, scores=None, labels=None, images=None, num_images=1):
+    """boxes, scores, labels, images, keep, num_images of a direct call."""
+    boxes = torch.tensor([[.1, .1, .5, .5], [.1, .1, .5, .6]]).double()[:m]
+    return (boxes, torch.rand(m).double() if scores is None else scores,
+            torch.zeros(m, dtype=torch.long) if labels is None else labels,
+            torch.zeros(m, dtype=torch.long) if images is None else images,
+            torch.ones(m, dtype=torch.bool), num_images)
+
+
+def _wbf(args, members, weights):
+    """A direct ``_ext.wbf`` call on ``_ext_args`` (avg, with clusters)."""
+    b, s, lab, img, keep, num_images = args
+    return kernel._ext.wbf(b, s, lab, members, img, keep, weights, num_images,
+                           0.55, 0, False, False, float(weights.sum()), 1.0,
+                           True)
+
+
+@pytest.mark.parametrize('args,msg', [
+    (_ext_args(1, scores=torch.rand(3).double()), 'must have the M = 1'),
+    (_ext_args(0, num_images=-1), 'num_images must be >= 0'),
+    (_ext_args(images=torch.tensor([0, 3])), r'images\[1\] = 3 is outside'),
+    (_ext_args(images=torch.tensor([-1, 0])), r'images\[0\] = -1 is outside'),
+])
+def test_kernel_checks_its_preconditions(args, msg):
+    """A direct call with inconsistent arguments raises instead of reading
+    out of bounds (the segfault and over-read of issue 21)."""
+    ext = kernel._ext
+    with pytest.raises(RuntimeError, match=msg):
+        ext.nms(*args, 0.5, False)
+    with pytest.raises(RuntimeError, match=msg):
+        ext.nmw(*args, 0.5, False)
+    with pytest.raises(RuntimeError, match=msg):
+        ext.soft_nms(*args, 2, 0.5, 0.5, 0.001, False)
+    with pytest.raises(RuntimeError, match=msg):
+        _wbf(args, torch.zeros(args[0].shape[0]).long(), torch.ones(1).double())
+
+
+def test_kernel_checks_parameters_and_members():
+    ext = kernel._ext
+    args = _ext_args()
+    for thr in (float('nan'), -0.1, 1.5):
+        with pytest.raises(RuntimeError, match='iou_thr must be in'):
+            ext.nms(*args, thr, False)
+    with pytest.raises(RuntimeError, match='sigma must be finite and > 0'):
+        ext.soft_nms(*args, 2, 0.5, 0.0, 0.001, False)
+    with pytest.raises(RuntimeError, match=r'members\[1\] = 2 is outside'):
+        _wbf(args, torch.tensor([0, 2]), torch.ones(2).double())
+    with pytest.raises(RuntimeError, match='boxes must be'):
+        ext.nms(torch.rand(2, 3).double(), *args[1:], 0.5, False)
+
+
+def test_kernel_labels_at_the_int64_extremes_group_like_dense_labels():
+    """No overflow and no buffer sized by the label span (std::length_error
+    aborted the process before)."""
+    ext = kernel._ext
+    scores = torch.tensor([0.3, 0.7]).double()
+    for lab in ([-2**63, 2**63 - 1], [2**62, -2**62]):
+        lab = torch.tensor(lab)
+        extreme = _ext_args(scores=scores, labels=lab)
+        dense = _ext_args(scores=scores, labels=lab.argsort().argsort())
+        for a, b in zip(ext.nms(*extreme, 0.5, False),
+                        ext.nms(*dense, 0.5, False)):
+            assert torch.equal(a, b)
+        fused = ext.nmw(*extreme, 0.5, False)
+        assert fused[0].shape == (2, 4)  # two groups, one box each
+        assert sorted(fused[2].tolist()) == sorted(lab.tolist())
