@@ -3,7 +3,7 @@
 See :func:`match_boxes`. The clusters and fused boxes/scores are exactly
 those of ``ensemble_boxes.weighted_boxes_fusion`` (1.0.9) run per image.
 """
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -15,7 +15,14 @@ from .packed import PackedDetections
 from .prepare import Prepared, layout_groups, prepare_packed
 from .validation import CONF_TYPES
 
-__all__ = ['Clusters', 'match_boxes', 'wbf_clusters', 'CONF_TYPES']
+__all__ = ['Clusters', 'match_boxes', 'wbf_clusters', 'run_wbf', 'CONF_TYPES',
+           'WBF_DEFAULTS']
+
+#: The keyword arguments of WBF (:func:`match_boxes`,
+#: :func:`~mmens.ops.wbf.weighted_boxes_fusion_packed`) and their defaults.
+WBF_DEFAULTS = dict(weights=None, iou_thr=0.55, skip_box_thr=0.0,
+                    conf_type='avg', allows_overflow=False,
+                    class_agnostic=False, image_sizes=None)
 
 
 
@@ -82,6 +89,39 @@ def wbf_clusters(prep: Prepared,
                 labels=take(prep.labels, take(lead, perm)),
                 images=take(images, perm),
                 cluster=take(cluster_of_slot, res.slot), box_index=idx)
+
+
+def run_wbf(dets: PackedDetections,
+            wbf_args: dict,
+            report_image: bool = True,
+            with_clusters: bool = True,
+            **params) -> Tuple[Prepared, dict]:
+    """Validate, prepare and cluster: the WBF of both public WBF ops.
+
+    Args:
+        dets (PackedDetections): see :func:`match_boxes`.
+        wbf_args (dict): some of :data:`WBF_DEFAULTS` (the rest default).
+        report_image (bool): name the image in error messages.
+        with_clusters (bool): see :func:`wbf_clusters`.
+        **params: further parameters to validate (``member_reduce``).
+
+    Returns:
+        tuple: the :class:`~mmens.ops.prepare.Prepared` input and the
+        :func:`wbf_clusters` result.
+
+    Raises:
+        TypeError: an argument WBF does not take; see also
+            :func:`~mmens.ops.validation.validate_fusion`.
+    """
+    unknown = sorted(set(wbf_args) - set(WBF_DEFAULTS))
+    if unknown:
+        raise TypeError(f'WBF got an unexpected keyword argument '
+                        f'{unknown[0]!r}')
+    a = dict(WBF_DEFAULTS, **wbf_args)
+    weights, image_sizes = a.pop('weights'), a.pop('image_sizes')
+    prep = prepare_packed(dets, weights, image_sizes, report_image, **a,
+                          **params)
+    return prep, wbf_clusters(prep, **a, with_clusters=with_clusters)
 
 
 def _wbf_kernel(prep: Prepared, keep: Tensor, iou_thr: float, conf_type: str,
@@ -193,13 +233,11 @@ def match_boxes(dets: PackedDetections,
         descending (the order of ensemble-boxes' output for that image).
         Float outputs have the dtype of ``boxes`` (float32 for integer).
     """
-    prep = prepare_packed(dets, weights, image_sizes, iou_thr=iou_thr,
-                          skip_box_thr=skip_box_thr, conf_type=conf_type,
-                          allows_overflow=allows_overflow,
-                          class_agnostic=class_agnostic,
-                          member_reduce=member_reduce)
-    r = wbf_clusters(prep, iou_thr, skip_box_thr, conf_type, allows_overflow,
-                     class_agnostic)
+    prep, r = run_wbf(
+        dets, dict(weights=weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr,
+                   conf_type=conf_type, allows_overflow=allows_overflow,
+                   class_agnostic=class_agnostic, image_sizes=image_sizes),
+        member_reduce=member_reduce)
     n = prep.num_members
     c = r['scores'].shape[0]
     idx = r['box_index']  # [K]

@@ -1,14 +1,13 @@
 """Weighted boxes fusion, batched, with ensemble-boxes 1.0.9 parity."""
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .clustering import wbf_clusters
+from .clustering import run_wbf
 from .listapi import run_packed, unpack_images
 from .packed import PackedDetections
-from .prepare import prepare_packed
 
 __all__ = [
     'weighted_boxes_fusion', 'weighted_boxes_fusion_batch',
@@ -20,14 +19,8 @@ __all__ = [
 def weighted_boxes_fusion_packed(
         dets: PackedDetections,
         *,
-        weights: Optional[Tensor] = None,
-        iou_thr: float = 0.55,
-        skip_box_thr: float = 0.0,
-        conf_type: str = 'avg',
-        allows_overflow: bool = False,
-        class_agnostic: bool = False,
-        image_sizes: Optional[Tensor] = None,
-        _report_image: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        _report_image: bool = True,
+        **wbf_args) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """WBF on packed detections of many images at once.
 
     Same rule and arithmetic as ``ensemble_boxes.weighted_boxes_fusion``
@@ -37,23 +30,20 @@ def weighted_boxes_fusion_packed(
         dets (PackedDetections): boxes ``Tensor[M, 4]`` normalised (pixels
             with ``image_sizes``), scores, labels, members, images ``[M]``,
             ``N`` and ``I``.
-        weights (Tensor[N], optional): member weights.
-        iou_thr, skip_box_thr, conf_type, allows_overflow: as in
-            ensemble-boxes.
-        class_agnostic (bool): fuse across labels (label of the first box).
-        image_sizes (Tensor[I, 2], optional): ``(width, height)``; output
-            boxes are normalised regardless.
+        **wbf_args: ``weights`` (member weights ``Tensor[N]``), ``iou_thr``,
+            ``skip_box_thr``, ``conf_type``, ``allows_overflow`` (as in
+            ensemble-boxes), ``class_agnostic`` (fuse across labels; label
+            of the first box) and ``image_sizes`` (``Tensor[I, 2]``
+            ``(width, height)``; output boxes are normalised regardless):
+            the keyword arguments of
+            :func:`~mmens.ops.clustering.match_boxes`, with its defaults
+            (:data:`~mmens.ops.clustering.WBF_DEFAULTS`).
 
     Returns:
         tuple: ``boxes [K, 4]`` (normalised), ``scores [K]``, ``labels [K]``
         (long), ``images [K]``; sorted by image then score descending.
     """
-    prep = prepare_packed(dets, weights, image_sizes, _report_image,
-                          iou_thr=iou_thr, skip_box_thr=skip_box_thr,
-                          conf_type=conf_type, allows_overflow=allows_overflow,
-                          class_agnostic=class_agnostic)
-    r = wbf_clusters(prep, iou_thr, skip_box_thr, conf_type, allows_overflow,
-                     class_agnostic, with_clusters=False)
+    prep, r = run_wbf(dets, wbf_args, _report_image, with_clusters=False)
     return (r['boxes'].to(prep.dtype), r['scores'].to(prep.dtype), r['labels'],
             r['images'])
 

@@ -272,6 +272,10 @@ TWO = [np.array([[.1, .1, .2, .2], [.5, .5, .6, .6]])], [np.array([.9, .8])]
         mo.PackedDetections(torch.rand(0, 4), torch.rand(0),
                             torch.zeros(0), torch.zeros(0), None, 1)),
      TypeError, "field 'members' must have an integer dtype"),
+    (lambda: mo.weighted_boxes_fusion_packed(
+        mo.PackedDetections(torch.rand(0, 4), torch.rand(0),
+                            torch.zeros(0), torch.zeros(0).long(), None, 1),
+        iou=0.5), TypeError, "unexpected keyword argument 'iou'"),
 ])
 def test_mistakes_raise_one_line_naming_the_argument(call, error, msg):
     with pytest.raises(error, match=msg) as e:
