@@ -128,7 +128,8 @@ def non_maximum_weighted(boxes_list: Sequence,
         score descending; NumPy float32 like ensemble-boxes (float64 zeros
         when empty) or torch for tensor input. The fused box is computed in
         float64 (ensemble-boxes accumulates in float32: differences are
-        below 1e-6). Errors and repairs as in
+        below 1e-6). Labels come back as float32 too, exact for
+        ``|label| <= 2**24``. Errors and repairs as in
         :func:`~mmens.ops.wbf.weighted_boxes_fusion`.
     """
     return non_maximum_weighted_batch([(boxes_list, scores_list, labels_list)],
