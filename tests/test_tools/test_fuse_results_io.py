@@ -113,9 +113,9 @@ def test_reader_process_gives_the_columns_and_errors_of_this_process(tmp_path):
 
 
 def test_reader_and_this_process_share_the_files(tmp_path):
-    """MemberReader.steal decodes here the files that the reader process has not started
-    (from the last on): whoever decodes a file, read gives its columns in file order, and
-    a bad file raises at its turn, after the files before it."""
+    """MemberReader.steal decodes here a file that the reader process has not started
+    (the last one): whoever decodes a file, read gives its columns in file order, and a
+    bad file raises at its turn, after the files before it."""
     from mmens.datasets.coco_results import read_results_columns
     tool = load_tool('fuse_results')
     entries = json.load(open(PREDS[1]))
@@ -126,7 +126,8 @@ def test_reader_and_this_process_share_the_files(tmp_path):
         names = [osp.basename(f) for f in files]
         reader = tool.MemberReader(files, names)
         try:
-            reader.steal()  # at once: the reader process is still starting
+            while reader.steal():  # at once: the reader process is still starting
+                pass
             assert reader.stolen == list(range(len(files) - 1, len(files) -
                                                len(reader.stolen) - 1, -1))
             for f, name in zip(files, names):

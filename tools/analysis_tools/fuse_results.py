@@ -41,6 +41,11 @@ import os.path as osp  # noqa: E402
 import sys  # noqa: E402
 from typing import List, Optional  # noqa: E402
 
+# Before torch starts OpenMP: idle threads sleep instead of spinning. With a spinning
+# barrier, a core held by any other process stretched the fusion from about 1 s to 3-16 s
+# (docs/benchmarks.md); sleeping costs little when the machine is idle.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
 from member_reader import MemberReader  # noqa: E402  (stdlib only)
 
 FIXED = ('wbf', 'nms', 'soft_nms', 'nmw')
@@ -116,14 +121,14 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def start_reader(argv: Optional[List[str]]) -> Optional[MemberReader]:
-    """A :class:`MemberReader` for the command line ``argv`` (None where fork is missing,
-    with ``--no-reader``, or when a member file is missing: :func:`main` says so)."""
+    """A :class:`MemberReader` for the command line ``argv`` (None where fork or memfd is
+    missing, with ``--no-reader``, or when a member file is missing: main says so)."""
     if 'fork' not in multiprocessing.get_all_start_methods():
         return None
     args = parse_args(argv)  # bad arguments stop here, before the imports
     names = member_names(args)
-    if args.no_reader or len(names) != len(args.preds) or not all(
-            osp.isfile(f) for f in args.preds):
+    if args.no_reader or not hasattr(os, 'memfd_create') or len(names) != len(
+            args.preds) or not all(osp.isfile(f) for f in args.preds):
         return None
     return MemberReader(args.preds, names)
 
@@ -189,8 +194,6 @@ def load_ensemble(args: argparse.Namespace, coco) -> tuple:
 
 def read_batch(args: argparse.Namespace, coco, cat_ids, reader: Optional[MemberReader]):
     """The validated member files, packed (the reader process's columns when it runs)."""
-    if reader:
-        reader.steal()
     try:
         batch = load_member_batch(coco, args.preds, args.names, cat_ids=cat_ids,
                                   repair=args.repair,
@@ -259,14 +262,12 @@ def main(argv=None) -> None:
     else:
         model, cat_ids = load_ensemble(args, coco)
     reader = READER if argv is None else None
-    t0 = time.perf_counter()
     batch = read_batch(args, coco, cat_ids, reader)
-    stolen = time.perf_counter() - t0 - sum(batch.seconds.values())  # decoded here
     selections = []
     t0 = time.perf_counter()
     fused, seconds = fuse_batch_arrays(model, batch, chunk=args.chunk, device=args.device,
                                        selections=selections)
-    phases = dict(annotations=t_ann, read=batch.seconds['read'] + stolen,
+    phases = dict(annotations=t_ann, read=batch.seconds['read'],
                   validate=batch.seconds['validate'], fuse=time.perf_counter() - t0)
     ms = 1000.0 * seconds / max(1, len(batch.img_ids))
     metrics = dict(members={}, fusion=dict(method=args.method, ms_per_image=ms))
