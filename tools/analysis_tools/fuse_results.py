@@ -88,7 +88,7 @@ def member_names(args: argparse.Namespace) -> List[str]:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every mistake of the command line that can be seen without reading the files, as
-    one ``ValueError``, before any work (stdlib only: it also runs before the imports)."""
+    one ``ValueError``, before any work."""
     from mmens.utils.paths import check_input_file, check_member_files, check_output_file
     if args.method != 'cel' and (args.k is not None or args.budget_seconds is not None):
         raise ValueError(f'--k / --budget-seconds are for --method cel, not {args.method}')
