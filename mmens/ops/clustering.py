@@ -185,14 +185,8 @@ def _wbf_scores(res: GreedyResult, cslot: Tensor, present: Tensor,
 @torch.no_grad()
 def match_boxes(dets: PackedDetections,
                 *,
-                weights: Optional[Tensor] = None,
-                iou_thr: float = 0.55,
-                skip_box_thr: float = 0.0,
-                conf_type: str = 'avg',
-                allows_overflow: bool = False,
-                class_agnostic: bool = False,
                 member_reduce: str = 'mean',
-                image_sizes: Optional[Tensor] = None) -> Clusters:
+                **wbf_args) -> Clusters:
     """Cluster the boxes of several members like ensemble-boxes' WBF.
 
     Per image and label (per image only if ``class_agnostic``), boxes are
@@ -212,32 +206,23 @@ def match_boxes(dets: PackedDetections,
         dets (PackedDetections): boxes ``Tensor[M, 4]`` ``(x1, y1, x2,
             y2)`` normalised to ``[0, 1]`` or, with ``image_sizes``, in
             pixels; scores, labels, members, images ``[M]``; ``N``, ``I``.
-        weights (Tensor[N], optional): member weights (default ones).
-        iou_thr (float): match threshold (strict ``>``).
-        skip_box_thr (float): drop boxes with ``score < skip_box_thr``.
-        conf_type (str): ``'avg'``, ``'max'``, ``'box_and_model_avg'`` or
-            ``'absent_model_aware_avg'``: fused-score rule of ensemble-boxes.
-        allows_overflow (bool): for ``'avg'``, let the score exceed 1.
-        class_agnostic (bool): cluster across labels; a cluster's label is
-            the label of its first (highest weighted score) box.
         member_reduce (str): how a member's boxes in a cluster give its
             ``y_hat`` row. ``'mean'``: raw-score-weighted mean box (plain
             mean if all its scores are 0) and mean raw score. ``'best'``:
             its highest-scoring box and that box's raw score. The fused
             box/score always use all boxes.
-        image_sizes (Tensor[I, 2], optional): ``(width, height)`` per image;
-            when given, ``boxes`` are pixels. Outputs are always normalised.
+        **wbf_args: WBF's keyword arguments (``weights``, ``iou_thr``,
+            ``skip_box_thr``, ``conf_type``, ``allows_overflow``,
+            ``class_agnostic``, ``image_sizes``), as in
+            :func:`~mmens.ops.wbf.weighted_boxes_fusion_packed`, with the
+            defaults :data:`WBF_DEFAULTS`.
 
     Returns:
         Clusters: ``C`` clusters ordered by image, then fused score
         descending (the order of ensemble-boxes' output for that image).
         Float outputs have the dtype of ``boxes`` (float32 for integer).
     """
-    prep, r = run_wbf(
-        dets, dict(weights=weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr,
-                   conf_type=conf_type, allows_overflow=allows_overflow,
-                   class_agnostic=class_agnostic, image_sizes=image_sizes),
-        member_reduce=member_reduce)
+    prep, r = run_wbf(dets, wbf_args, member_reduce=member_reduce)
     n = prep.num_members
     c = r['scores'].shape[0]
     idx = r['box_index']  # [K]

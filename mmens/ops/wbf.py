@@ -1,5 +1,5 @@
 """Weighted boxes fusion, batched, with ensemble-boxes 1.0.9 parity."""
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,31 +19,46 @@ __all__ = [
 def weighted_boxes_fusion_packed(
         dets: PackedDetections,
         *,
-        _report_image: bool = True,
-        **wbf_args) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        weights: Optional[Tensor] = None,
+        iou_thr: float = 0.55,
+        skip_box_thr: float = 0.0,
+        conf_type: str = 'avg',
+        allows_overflow: bool = False,
+        class_agnostic: bool = False,
+        image_sizes: Optional[Tensor] = None,
+        _report_image: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """WBF on packed detections of many images at once.
 
     Same rule and arithmetic as ``ensemble_boxes.weighted_boxes_fusion``
     applied to each image (see :func:`~mmens.ops.clustering.match_boxes`).
+    The keyword arguments and their defaults are WBF's
+    (:data:`~mmens.ops.clustering.WBF_DEFAULTS`), which
+    :func:`~mmens.ops.clustering.match_boxes` takes too.
 
     Args:
         dets (PackedDetections): boxes ``Tensor[M, 4]`` normalised (pixels
             with ``image_sizes``), scores, labels, members, images ``[M]``,
             ``N`` and ``I``.
-        **wbf_args: ``weights`` (member weights ``Tensor[N]``), ``iou_thr``,
-            ``skip_box_thr``, ``conf_type``, ``allows_overflow`` (as in
-            ensemble-boxes), ``class_agnostic`` (fuse across labels; label
-            of the first box) and ``image_sizes`` (``Tensor[I, 2]``
-            ``(width, height)``; output boxes are normalised regardless):
-            the keyword arguments of
-            :func:`~mmens.ops.clustering.match_boxes`, with its defaults
-            (:data:`~mmens.ops.clustering.WBF_DEFAULTS`).
+        weights (Tensor[N], optional): member weights (default ones).
+        iou_thr (float): match threshold (strict ``>``).
+        skip_box_thr (float): drop boxes with ``score < skip_box_thr``.
+        conf_type (str): ``'avg'``, ``'max'``, ``'box_and_model_avg'`` or
+            ``'absent_model_aware_avg'``: fused-score rule of ensemble-boxes.
+        allows_overflow (bool): for ``'avg'``, let the score exceed 1.
+        class_agnostic (bool): fuse across labels; a cluster's label is the
+            label of its first (highest weighted score) box.
+        image_sizes (Tensor[I, 2], optional): ``(width, height)`` per image;
+            when given, ``boxes`` are pixels. Outputs are always normalised.
 
     Returns:
         tuple: ``boxes [K, 4]`` (normalised), ``scores [K]``, ``labels [K]``
         (long), ``images [K]``; sorted by image then score descending.
     """
-    prep, r = run_wbf(dets, wbf_args, _report_image, with_clusters=False)
+    prep, r = run_wbf(
+        dets, dict(weights=weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr,
+                   conf_type=conf_type, allows_overflow=allows_overflow,
+                   class_agnostic=class_agnostic, image_sizes=image_sizes),
+        _report_image, with_clusters=False)
     return (r['boxes'].to(prep.dtype), r['scores'].to(prep.dtype), r['labels'],
             r['images'])
 

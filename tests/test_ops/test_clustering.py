@@ -210,3 +210,22 @@ def test_match_boxes_bad_arguments():
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         match_boxes(args)  # in-range input: no warning
+
+
+def test_wbf_keywords_are_one_set():
+    """match_boxes takes WBF's keywords with the defaults of
+    weighted_boxes_fusion_packed, and refuses others in one line."""
+    import inspect
+
+    from mmens.ops.clustering import WBF_DEFAULTS
+    from mmens.ops.wbf import weighted_boxes_fusion_packed
+    params = inspect.signature(weighted_boxes_fusion_packed).parameters
+    assert WBF_DEFAULTS == {
+        k: p.default
+        for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k[0] != '_'
+    }
+    dets = PackedDetections(torch.tensor([[.1, .1, .4, .4]]), torch.ones(1),
+                            torch.zeros(1).long(), torch.zeros(1).long(),
+                            None, 1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'iou'"):
+        match_boxes(dets, iou=0.5)

@@ -23,20 +23,15 @@ from mmens.datasets.ensemble_dataset import fold_image_ids
 from mmens.engine.runner import EnsembleRunner
 from mmens.apis.inference import fuse_batch
 from mmens.apis.member_files import MemberBatch
+from mmens.ops.packed import select_images
 
 
 def subset_batch(batch: MemberBatch, img_ids: Sequence[int]) -> MemberBatch:
     """The part of ``batch`` on ``img_ids`` (re-indexed, same members and categories)."""
     keep_ids = sorted(set(int(i) for i in img_ids))
     pos = torch.tensor([batch.img_ids.index(i) for i in keep_ids], dtype=torch.long)
-    remap = torch.full((len(batch.img_ids),), -1, dtype=torch.long)
-    remap[pos] = torch.arange(len(pos))
-    p = batch.packed
-    keep = remap[p['images']] >= 0  # [M]
-    packed = {k: v[keep] for k, v in p.items() if k != 'image_sizes'}
-    packed['images'] = remap[packed['images']]
-    packed['image_sizes'] = p['image_sizes'][pos]
-    return MemberBatch(batch.names, keep_ids, batch.cat_ids, packed, batch.members)
+    return MemberBatch(batch.names, keep_ids, batch.cat_ids, select_images(batch.packed, pos),
+                       batch.members)
 
 
 def fold_positions(img_ids: Sequence[int], num_folds: int, seed: int
