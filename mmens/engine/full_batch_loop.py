@@ -1,4 +1,5 @@
 """A training loop that fits an ensemble head on the whole training set at once."""
+import os
 import os.path as osp
 from typing import Dict
 
@@ -68,6 +69,7 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
                          val_interval=val_interval)
         self.steps = steps
         self.checkpoint_interval = checkpoint_interval
+        self._step_checkpoint = None  # the last iter_<step>.pth this loop saved
         self._max_iters = steps * max_epochs
 
     def run(self) -> torch.nn.Module:
@@ -154,7 +156,8 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
 
     def save_step_checkpoint(self) -> str:
         """Save ``iter_<step>.pth`` (model, optimizer, schedulers) and point the work dir's
-        ``last_checkpoint`` at it, so that ``--resume`` goes on from this step."""
+        ``last_checkpoint`` at it, so that ``--resume`` goes on from this step. The step
+        checkpoint this loop saved before is removed: only the latest is needed."""
         runner = self.runner
         name = f'iter_{self._iter}.pth'
         runner.save_checkpoint(runner.work_dir, name, save_optimizer=True,
@@ -164,5 +167,9 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
         if is_main_process():
             with open(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
                 f.write(path)
+            previous = self._step_checkpoint
+            if previous not in (None, path) and osp.isfile(previous):
+                os.remove(previous)
+        self._step_checkpoint = path
         runner.logger.info(f'Saved the checkpoint of step {self._iter}: {path}')
         return path

@@ -227,3 +227,22 @@ def test_val_interval_zero_never_validates(tmp_path):
     cfg.merge_from_dict({'train_cfg.val_interval': -1, 'experiment_name': 'negative'})
     with pytest.raises(ValueError, match=r'train_cfg.val_interval must be an integer >= 0'):
         RUNNERS.build(cfg).train()
+
+
+def test_checkpoint_interval_keeps_the_latest_step_checkpoint(tmp_path):
+    """FullBatchTrainLoop(checkpoint_interval=2) over 5 steps: iter_2.pth, then iter_4.pth
+    (iter_2.pth removed), then the epoch checkpoint, which --resume takes."""
+    from mmengine.config import Config
+
+    from mmens.registry import RUNNERS
+    from mmens.utils import safe_torch_load
+    cfg = Config.fromfile(LEARNED)
+    cfg.merge_from_dict({'train_dataloader.dataset.indices': 16,
+                         'val_dataloader.dataset.indices': 4, 'train_cfg.steps': 5,
+                         'train_cfg.checkpoint_interval': 2, 'work_dir': str(tmp_path),
+                         'experiment_name': 'steps'})
+    RUNNERS.build(cfg).train()
+    assert sorted(p for p in os.listdir(tmp_path) if p.endswith('.pth')) == [
+        'epoch_1.pth', 'iter_4.pth']
+    assert safe_torch_load(str(tmp_path / 'iter_4.pth'))['meta']['iter'] == 4
+    assert open(tmp_path / 'last_checkpoint').read().endswith('epoch_1.pth')
