@@ -37,7 +37,7 @@ from mmengine.config import Config
 from mmens.apis import load_coco, load_member_batch
 from mmens.utils.cli import run_cli
 from mmens.utils.paths import check_input_file, check_member_files, check_output_dir
-from mmens.utils.runner_args import add_runner_args, parse_runner_args
+from mmens.utils.runner_args import add_runner_args, check_cfg_options, parse_runner_args
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 METHODS = dict(learned='learned', cel='cel')  # method -> folder of configs/
@@ -144,15 +144,29 @@ def point_dataset(ds: dict, ann: str, members: List[dict], classes: tuple,
               repair=repair)
 
 
-def fit_config(args: argparse.Namespace, names: List[str], classes: tuple,
-               seconds: Optional[List[float]]) -> Config:
-    """The method's recommended config, pointed at the files, with the budget set."""
+def read_config(args: argparse.Namespace) -> Config:
+    """The method's recommended config (or ``--config``), checked before any work: it
+    reads as a config, its model fits ``--method``, and every ``--cfg-options`` key names
+    something it can take."""
     path = args.config or recommended_config(args.method)  # --config: see check_paths
-    cfg = Config.fromfile(path)
-    model_type = cfg.model.get('type')
-    if (args.method == 'cel') != (model_type == 'CELDetector'):
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as e:  # noqa: BLE001 (a file that is no config: any error mmengine has)
+        raise ValueError(f'config {path} could not be read as an mmengine config '
+                         f'({type(e).__name__}: {e})') from None
+    model = cfg.get('model')
+    model_type = model.get('type') if isinstance(model, dict) else None
+    if (args.method == 'cel') != (model_type == 'CELDetector') or model_type is None:
         raise ValueError(f'config {path} (model type {model_type!r}) does not fit '
                          f'--method {args.method}')
+    if args.cfg_options is not None:
+        check_cfg_options(cfg, args.cfg_options)
+    return cfg
+
+
+def fit_config(args: argparse.Namespace, cfg: Config, names: List[str], classes: tuple,
+               seconds: Optional[List[float]]) -> Config:
+    """The config of :func:`read_config` pointed at the files, with the budget set."""
     ann = osp.abspath(args.ann)
     members = [dict(name=n, file=osp.abspath(f)) for n, f in zip(names, args.preds)]
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -205,6 +219,7 @@ def main(argv=None) -> None:
     check_paths(args)
     seconds = member_seconds(args, names)
     check_budget(args, names, seconds)
+    cfg = read_config(args)
     # the files are validated as fuse_results.py does (same code, same one-line errors)
     coco = load_coco(args.ann)
     batch = load_member_batch(coco, args.preds, names, repair=args.repair)
@@ -213,7 +228,7 @@ def main(argv=None) -> None:
             print(f"member '{m.name}': repaired {m.report}")
     # the annotation file's categories, in its order (any category set, not only COCO's)
     classes = tuple(c['name'] for c in coco.dataset['categories'])
-    cfg = fit_config(args, names, classes, seconds)
+    cfg = fit_config(args, cfg, names, classes, seconds)
     os.makedirs(args.work_dir, exist_ok=True)
     cfg_path = osp.join(args.work_dir, f'fit_ensemble_{args.method}.py')
     cfg.dump(cfg_path)
