@@ -89,7 +89,6 @@ def member_names(args: argparse.Namespace) -> List[str]:
 def check_args(args: argparse.Namespace) -> None:
     """Every mistake of the command line that can be seen without reading the files, as
     one ``ValueError``, before any work."""
-    from mmens.utils.paths import check_input_file, check_member_files, check_output_file
     if args.method != 'cel' and (args.k is not None or args.budget_seconds is not None):
         raise ValueError(f'--k / --budget-seconds are for --method cel, not {args.method}')
     if args.method == 'cel' and args.k is not None and args.budget_seconds is not None:
@@ -145,6 +144,8 @@ from mmens.datasets.coco_results import (read_results_columns,  # noqa: E402
                                          write_results_json)
 from mmens.evaluation.coco_eval import arrays_to_results, coco_metrics  # noqa: E402
 from mmens.utils.cli import run_cli  # noqa: E402
+from mmens.utils.paths import (check_input_file, check_member_files,  # noqa: E402
+                               check_output_file)
 
 T_IMPORTED = time.perf_counter()
 
