@@ -412,16 +412,19 @@ def check_packed(dets: PackedDetections, report_image: bool = True) -> None:
                              f'{tuple(t.shape)}')
     if m == 0:
         return
-    lab = labels.double()
-    # fast path: one host sync; aminmax propagates NaN, so NaN fails too
+    # fast path: one host sync; aminmax propagates NaN, so NaN fails too;
+    # integrality is checked only for float labels (no float copy of
+    # integer labels: the temporaries of a large batch cost page faults)
+    lab = labels if labels.is_floating_point() else None
     stats = [
         boxes.aminmax(), scores.aminmax(),
         members.aminmax(), images.aminmax(),
-        lab.aminmax()
+        labels.aminmax()
     ]
     vals = torch.stack([v.double() for mm in stats for v in mm] + [
         (boxes[:, 2:] >= boxes[:, :2]).all().double(),
-        (lab == lab.trunc()).all().double()
+        torch.ones((), dtype=torch.float64, device=boxes.device)
+        if lab is None else (lab == lab.trunc()).all().double()
     ])
     v = vals.tolist()
     inf, lim = float('inf'), float(LABEL_LIMIT)
@@ -440,8 +443,8 @@ def check_packed(dets: PackedDetections, report_image: bool = True) -> None:
         ('scores', (scores < 0) | (scores > 1), 'is outside [0, 1]'),
         ('boxes', boxes[:, 2] < boxes[:, 0], 'has x2 < x1'),
         ('boxes', boxes[:, 3] < boxes[:, 1], 'has y2 < y1'),
-        ('labels', ~torch.isfinite(lab) | (lab != lab.trunc()),
-         'is not an integer'),
+        ('labels', torch.zeros_like(members, dtype=torch.bool) if lab is None
+         else ~torch.isfinite(lab) | (lab != lab.trunc()), 'is not an integer'),
         ('labels', (labels <= -LABEL_LIMIT) | (labels >= LABEL_LIMIT),
          'is not within (-2**53, 2**53)'),
     ]
