@@ -5,14 +5,8 @@ COCO-results readers need numpy, the dataset and its transforms need mmdet.
 """
 from mmens.utils.lazy import lazy_exports
 
-_EXPORTS = {
-    'MemberPredictions': 'coco_results',
-    'load_member_predictions': 'coco_results',
-    'validate_coco_results': 'coco_results',
-    'CocoEnsembleDataset': 'ensemble_dataset',
-    'fold_image_ids': 'ensemble_dataset',
-    'LoadMemberPredictions': 'transforms',
-    'PackEnsembleInputs': 'transforms',
-}
-__all__ = list(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    'coco_results': ['MemberPredictions', 'load_member_predictions', 'validate_coco_results'],
+    'ensemble_dataset': ['CocoEnsembleDataset', 'fold_image_ids'],
+    'transforms': ['LoadMemberPredictions', 'PackEnsembleInputs'],
+})

@@ -5,6 +5,5 @@ results (:mod:`.coco_eval`) needs pycocotools, the metric of a Runner needs mmde
 """
 from mmens.utils.lazy import lazy_exports
 
-_EXPORTS = {'SubsetCocoMetric': 'subset_coco_metric'}
-__all__ = list(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    'subset_coco_metric': ['SubsetCocoMetric']})

@@ -5,29 +5,30 @@ COCO-results readers need numpy, the dataset needs mmdet) exports its names lazi
 that importing one light module does not import the heavy ones of its package.
 """
 import importlib
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 
-def lazy_exports(package: str, exports: Dict[str, str]
-                 ) -> Tuple[Callable[[str], object], Callable[[], List[str]]]:
-    """The module ``__getattr__`` and ``__dir__`` of ``package`` that import each name of
-    ``exports`` (name -> submodule, relative to ``package``) the first time it is used.
+def lazy_exports(package: str, modules: Dict[str, Sequence[str]]
+                 ) -> Tuple[List[str], Callable[[str], object], Callable[[], List[str]]]:
+    """``__all__``, and the module ``__getattr__`` and ``__dir__`` of ``package``, that
+    import each name of ``modules`` (submodule, relative to ``package`` -> its exported
+    names) the first time it is used.
 
     Example::
 
-        __getattr__, __dir__ = lazy_exports(__name__, {'CocoEnsembleDataset':
-                                                       'ensemble_dataset'})
+        __all__, __getattr__, __dir__ = lazy_exports(__name__, {
+            'ensemble_dataset': ['CocoEnsembleDataset', 'fold_image_ids']})
     """
+    where = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str):
-        if name not in exports:
+        if name not in where:
             raise AttributeError(f'module {package!r} has no attribute {name!r}')
-        module = importlib.import_module(f'.{exports[name]}', package)
-        value = getattr(module, name)
+        value = getattr(importlib.import_module(f'.{where[name]}', package), name)
         setattr(importlib.import_module(package), name, value)  # no second look-up here
         return value
 
     def __dir__() -> List[str]:
-        return sorted(set(vars(importlib.import_module(package))) | set(exports))
+        return sorted(set(vars(importlib.import_module(package))) | set(where))
 
-    return __getattr__, __dir__
+    return list(where), __getattr__, __dir__
