@@ -303,13 +303,21 @@ def test_every_doc_link_exists():
     assert not broken, 'stale links in the docs:\n' + '\n'.join(broken)
 
 
-def test_links_to_deleted_code_name_the_commit_that_has_it():
+def test_commits_and_files_at_commits_the_docs_name_exist():
     links = [link for link in _all_links() if link.rev]
     shallow = subprocess.run(['git', 'rev-parse', '--is-shallow-repository'], cwd=ROOT,
                              capture_output=True, text=True)
     if shallow.returncode != 0 or shallow.stdout.strip() != 'false':
         pytest.skip('needs a git checkout with its history (not a shallow clone)')
     broken = [f'{link!r}: {why}' for link in links for why in [check(link)] if why]
+    for doc in DOCS:  # every commit a doc names ("at commit d76167a") is in the history
+        with open(osp.join(ROOT, doc), encoding='utf-8') as f:
+            revs = set(re.findall(r'\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b',
+                                  f.read()))
+        for rev in sorted(revs):
+            found = subprocess.run(['git', 'cat-file', '-e', f'{rev}^{{commit}}'], cwd=ROOT)
+            if found.returncode != 0:
+                broken.append(f'{doc}: commit {rev} is not in the history')
     assert not broken, 'stale links to earlier commits:\n' + '\n'.join(broken)
 
 
