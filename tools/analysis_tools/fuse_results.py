@@ -21,7 +21,8 @@ process imports torch & co., and this process decodes the files that the reader 
 started once its imports are done (``member_reader.py``); the validation, its errors
 included, stays in this process.
 
-The last line splits the wall time: start-up (the imports), annotations, read (decoding the
+The last line splits the wall time: start-up (the imports), annotations, model (the fixed
+rule, or the checkpoint's model with the imports of mmdet & co.), read (decoding the
 member files; with the reader process, the files decoded here and the wait for the
 reader's columns, and in brackets the reader's own seconds, spent during the start-up,
 and the number of files decoded here), validate (checks and packing), fuse (the
@@ -255,6 +256,7 @@ def main(argv=None) -> None:
     check_device(args.device)
     coco = load_coco(args.ann, annotations=not args.no_eval)  # --no-eval: images, categories
     t_ann = time.perf_counter() - t_main
+    t0 = time.perf_counter()
     if args.method in FIXED:
         model, cat_ids = build_fixed_ensemble(
             member_names(args), args.method, weights=args.weights, iou_thr=args.iou_thr,
@@ -262,13 +264,14 @@ def main(argv=None) -> None:
             thresh=args.thresh), None
     else:
         model, cat_ids = load_ensemble(args, coco)
+    t_model = time.perf_counter() - t0
     reader = READER if argv is None else None
     batch = read_batch(args, coco, cat_ids, reader)
     selections = []
     t0 = time.perf_counter()
     fused, seconds = fuse_batch_arrays(model, batch, chunk=args.chunk, device=args.device,
                                        selections=selections)
-    phases = dict(annotations=t_ann, read=batch.seconds['read'],
+    phases = dict(annotations=t_ann, model=t_model, read=batch.seconds['read'],
                   validate=batch.seconds['validate'], fuse=time.perf_counter() - t0)
     ms = 1000.0 * seconds / max(1, len(batch.img_ids))
     metrics = dict(members={}, fusion=dict(method=args.method, ms_per_image=ms))
