@@ -301,3 +301,9 @@ if __name__ == '__main__':
     # rescans them at each full collection while millions of detections are decoded.
     gc.freeze()
     run_cli(main)
+    # Done, the output files closed and the reader joined: the interpreter's teardown
+    # would free the ~1.2 GB of columns and tensors and torch's modules object by object
+    # (0.1-0.15 s of a 4 s run), where the OS frees the process at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
