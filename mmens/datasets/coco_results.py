@@ -254,6 +254,32 @@ def _lookup(ids: np.ndarray, known: np.ndarray) -> Tuple[np.ndarray, np.ndarray]
     return found, pos
 
 
+def _clip_to_images(columns: Columns, wh: np.ndarray, name: str, source: str,
+                    repair: bool, report: Dict[str, int]) -> Columns:
+    """Clip xywh boxes to their image (``wh`` [M, 2]) as xyxy, as ensemble-boxes
+    does, counting clips in ``report``; zero-size boxes fail, or drop under repair."""
+    image_ids, cats, xywh, scores = columns
+    # imported here: fuse_results' reader process loads this module to decode files while
+    # torch is being imported elsewhere; mmens.ops at the top would import torch in it too
+    from mmens.ops.boxes import xywh_to_xyxy
+    xyxy = xywh_to_xyxy(xywh)
+    clipped = np.clip(xyxy, 0, np.concatenate([wh, wh], axis=1))
+    n_clipped = int((np.abs(clipped - xyxy) > 1e-6).any(1).sum())
+    if n_clipped:
+        report['clipped_to_image'] = n_clipped
+    degenerate = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    if degenerate.any():
+        if not repair:
+            idx = np.flatnonzero(degenerate)
+            raise ValueError(f'{_where(name, source, idx, image_ids)}: field \'bbox\' '
+                             'has zero width or height (after clipping to the image). '
+                             'Pass repair=True / --repair to drop such entries with a count.')
+        report['dropped_zero_size'] = int(degenerate.sum())
+        ok = ~degenerate
+        image_ids, cats, clipped, scores = image_ids[ok], cats[ok], clipped[ok], scores[ok]
+    return image_ids, cats, clipped, scores
+
+
 def validate_columns(columns: Columns,
                      name: str,
                      image_sizes: Mapping[int, Tuple[int, int]],
@@ -310,25 +336,8 @@ def validate_columns(columns: Columns,
         image_ids, cats, xywh, scores = image_ids[keep], cats[keep], xywh[keep], scores[keep]
         img_pos = img_pos[keep]
     sizes = np.array(list(image_sizes.values()), dtype=np.float64).reshape(-1, 2)[order]
-    wh = sizes[img_pos]  # [M, 2] (width, height) of each entry's image
-    # imported here: fuse_results' reader process loads this module to decode files while
-    # torch is being imported elsewhere; mmens.ops at the top would import torch in it too
-    from mmens.ops.boxes import xywh_to_xyxy
-    xyxy = xywh_to_xyxy(xywh)
-    clipped = np.clip(xyxy, 0, np.concatenate([wh, wh], axis=1))
-    n_clipped = int((np.abs(clipped - xyxy) > 1e-6).any(1).sum())
-    if n_clipped:
-        report['clipped_to_image'] = n_clipped
-    degenerate = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
-    if degenerate.any():
-        if not repair:
-            idx = np.flatnonzero(degenerate)
-            raise ValueError(f'{_where(name, source, idx, image_ids)}: field \'bbox\' '
-                             'has zero width or height (after clipping to the image). '
-                             'Pass repair=True / --repair to drop such entries with a count.')
-        report['dropped_zero_size'] = int(degenerate.sum())
-        ok = ~degenerate
-        image_ids, cats, clipped, scores = image_ids[ok], cats[ok], clipped[ok], scores[ok]
+    image_ids, cats, clipped, scores = _clip_to_images(
+        (image_ids, cats, xywh, scores), sizes[img_pos], name, source, repair, report)
     if len(scores) == 0:
         raise ValueError(f"member '{name}' ({source}): no valid prediction left after "
                          f'repair ({report})')
