@@ -1,7 +1,11 @@
-# The recommended e2e-CEL config (first of configs/cel/): per image, a selection net on
-# meta-features of the members' predictions picks the members to fuse under a budget of
-# 0.4 s of member compute (seconds per image from data/coco_real/members.json; all six
-# members cost 0.70 s), through a perturbed knapsack; WBF fuses the chosen members.
+# The recommended e2e-CEL config (first of configs/cel/): a cascade under a budget of 0.4 s
+# per image (seconds from data/coco_real/members.json; all six members cost 0.70 s). The
+# probe yolofastestv2-352 (0.0036 s) runs on every image; a selection net reads its
+# detections (counts, scores, box sizes and positions, class histogram) and the image size,
+# and a perturbed knapsack picks the members to run and fuse within 0.4 s less the probe
+# and the net's own measured time (model.selection_seconds); WBF fuses the chosen members.
+# The members not chosen never run, and each image's reported cost counts the probe, the
+# chosen members and the net.
 # Every other setting is the code default (PerturbedSelector, CEL_TRAIN_DEFAULTS): before
 # the first step the selection net starts at the best fixed subset of the training images
 # by COCO AP, then follows each image's expected loss over perturbed selections.
@@ -13,7 +17,8 @@ model = dict(
     type='CELDetector',
     members={{_base_.members}},
     member_seconds={{_base_.member_seconds}},
-    selection_net=dict(type='MemberSelectionNet', use_meta=True, hidden=32),
+    probes=['yolofastestv2-352'],
+    selection_net=dict(type='MemberSelectionNet', hidden=32),
     selector=dict(budget=0.4),
     fusion_cfg=dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg'),
     test_cfg=dict(max_per_img=100))

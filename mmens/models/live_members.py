@@ -296,3 +296,19 @@ def with_member_predictions(live: Optional[LiveMembers], batch_inputs: dict,
                          'PackEnsembleInputs in the pipeline')
     return dict(batch_inputs, **live(batch_inputs.get('img_raw', batch_inputs['img']),
                                      selection=selection))
+
+
+def add_member_predictions(live: Optional[LiveMembers], batch_inputs: dict,
+                           selection: Tensor) -> dict:
+    """``batch_inputs`` with the predictions of the members ``selection [B, N]`` selects
+    added to those it holds (e.g. e2e-CEL's probes): live members run on the images that
+    select them only; cached predictions are all there already."""
+    if 'bboxes' not in batch_inputs:
+        return with_member_predictions(live, batch_inputs, selection=selection)
+    if live is None or not bool((selection > 0.5).any()):
+        return batch_inputs
+    more = live(batch_inputs.get('img_raw', batch_inputs['img']), selection=selection)
+    keys = ('bboxes', 'scores', 'labels', 'members', 'images')
+    merged = {k: torch.cat([batch_inputs[k], more[k]]) for k in keys}
+    order = torch.argsort(merged['images'], stable=True)  # by image, as packed
+    return dict(batch_inputs, **{k: v[order] for k, v in merged.items()})

@@ -15,11 +15,15 @@ MEMBERS = ['centernet-512', 'centernet-512-hflip', 'nanodet-416', 'nanodet-416-h
 
 
 def build(selector, members=MEMBERS, **kw):
+    """k: the net reads every member (accuracy mode); a budget: it reads the probe."""
     from mmdet.registry import MODELS
     seconds = [m['seconds_per_image'] for m in json.load(open(osp.join(DATA, 'members.json')))]
+    if 'budget' in selector:
+        kw.setdefault('probes', ['yolofastestv2-352'])
+    kw.setdefault('selection_net', dict(type='MemberSelectionNet',
+                                        use_meta='budget' not in selector))
     return MODELS.build(dict(type='CELDetector', members=members,
                              member_seconds=seconds[:len(members)],
-                             selection_net=dict(type='MemberSelectionNet'),
                              selector=dict(dict(hard=False, num_samples=200, seed=0), **selector),
                              **kw))
 
@@ -143,7 +147,11 @@ def test_predict_puts_each_images_selection_in_its_metainfo():
     assert not hasattr(model, 'last_selection')  # no hidden state between calls
     for b, sample in enumerate(out):
         assert sample.selected_members == (x[b] > 0.5).tolist()
-        assert sample.member_seconds == pytest.approx(float(x[b] @ model.member_seconds))
+        # the probe runs on every image, and the net's time is charged
+        run = torch.maximum(x[b], model.probe_mask.float())
+        assert sample.member_seconds == pytest.approx(
+            float(run @ model.member_seconds + model.selection_seconds))
+        assert 0 < float(model.selection_seconds) <= 0.05
         assert sample.member_seconds <= 0.2 + 1e-6 and any(sample.selected_members)
     # the same fused detections as fuse, per image
     from mmens.models.utils import split_results
@@ -186,7 +194,7 @@ def test_warm_start_uses_the_injected_evaluator_or_names_the_missing_hook():
 
 def test_set_init_scores_starts_and_anchors_the_scores():
     from mmens.models.heads import MemberSelectionNet
-    net = MemberSelectionNet(3, hidden=4)
+    net = MemberSelectionNet(3, use_meta=True, hidden=4)
     meta = torch.randn(5, net.num_meta)
     net.set_init_scores(torch.tensor([0.5, -0.5, 0.25]))
     # the output layer's weight is zero before training: ĉ is the prior on every image
@@ -283,7 +291,7 @@ def test_bad_cel_configs():
     with pytest.raises(ValueError, match='member_seconds'):
         from mmdet.registry import MODELS
         MODELS.build(dict(type='CELDetector', members=MEMBERS,
-                          selection_net=dict(type='MemberSelectionNet'),
+                          selection_net=dict(type='MemberSelectionNet', use_meta=True),
                           selector=dict(budget=0.2)))
     with pytest.raises(ValueError, match='exactly one'):
         build(dict(k=2)).set_budget()
@@ -297,9 +305,21 @@ def test_bad_cel_configs():
         for bad in (0.0, 'x'):
             with pytest.raises(ValueError, match=f'{key} must be a number > 0'):
                 build(dict(k=2), train_cfg={key: bad})
-    with pytest.raises(ValueError, match='meta-features, an image backbone'):
+    with pytest.raises(ValueError, match=r'read probes \(CELDetector probes=\[...\]\), an '
+                       'image backbone, or every member'):
         from mmens.models.heads import MemberSelectionNet
         MemberSelectionNet(3, use_meta=False)
+    # a budget pays for the probes and the selected members only
+    with pytest.raises(ValueError, match='a time budget cannot pay for a selection that reads '
+                       r'every member \(selection_net.use_meta=True\)'):
+        build(dict(budget=0.2), selection_net=dict(type='MemberSelectionNet', use_meta=True))
+    with pytest.raises(ValueError, match='a time budget cannot pay'):
+        build(dict(k=2)).set_budget(budget=0.4)
+    with pytest.raises(ValueError, match=r"probes \['yolo'\] must be distinct members"):
+        build(dict(budget=0.2), probes=['yolo'])
+    with pytest.raises(ValueError, match=r'the budget of 0.003 s per image is less than the '
+                       r'probes \(0.0036 s\)'):
+        build(dict(budget=0.003))
 
 
 def test_set_budget_keeps_every_other_selector_setting():
@@ -310,5 +330,10 @@ def test_set_budget_keeps_every_other_selector_setting():
     assert (s.k, s.sigma, s.noise, s.l2_normalize, s.num_bins, s.num_samples, s.seed) == \
         (2, 0.3, 'gumbel', False, 50, 200, 0)
     model.set_budget(budget=0.2)
-    assert model.selector.budget == 0.2 and model.selector.at_least_one
-    assert torch.equal(model.selector.costs.float(), model.member_seconds)
+    # what is left of the budget once the probe and the selection net are paid for; the
+    # probe costs nothing more (fusing it is free)
+    left = 0.2 - float(model.member_seconds[4]) - float(model.selection_seconds)
+    assert model.selector.budget == pytest.approx(left) and model.selector.at_least_one
+    assert model.budget == 0.2
+    assert torch.equal(model.selector.costs.float(),
+                       model.member_seconds.masked_fill(model.probe_mask, 0.0))

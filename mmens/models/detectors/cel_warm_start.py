@@ -48,10 +48,10 @@ def best_fixed_subset(model, batch_inputs: dict, samples: Sequence,
     """The feasible fixed subset of ``model``'s selector (k members, or within its time
     budget) with the highest AP by ``evaluator`` on the batch, and that AP (ties: the
     first)."""
-    sel = model.selector
+    sel = model.selector  # under a budget: the probes cost 0, the budget is what is left
     subsets = feasible_fixed_subsets(
         model.num_members, k=sel.k,
-        costs=None if sel.k is not None else model.member_seconds.tolist(),
+        costs=None if sel.k is not None else sel.costs.tolist(),
         budget=sel.budget)
     if not subsets:
         raise ValueError(f'CELDetector: no subset of the {model.num_members} members fits '

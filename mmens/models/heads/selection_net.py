@@ -6,25 +6,30 @@ from mmens.registry import MODELS
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from mmens.ops.selection_features import selection_feature_names
+from mmens.ops.selection_features import probe_feature_names, selection_feature_names
 
 
 @MODELS.register_module()
 class MemberSelectionNet(BaseModule):
-    """``ĉ = b + g_φ(z)``: per-image member scores from meta-features and/or the image.
+    """``ĉ = b + g_φ(z)``: per-image member scores from what the selection may read.
 
-    ``z`` is (a) the meta-features of the members' predictions
-    (:func:`mmens.ops.selection_features`: box counts, score statistics, agreement) and/or
-    (b) globally pooled features of a small mmdet backbone on the image. With (b) alone
-    the selection is made before any member runs, so live members that are not selected
-    are never run.
+    ``z`` is any of (a) the features of the *probe* members' detections and of the image
+    size (:func:`mmens.ops.selection_features.probe_features`; the probes run on every
+    image, the other members only when selected), (b) globally pooled features of a small
+    mmdet backbone on the image, (c) the meta-features of every member's predictions
+    (:func:`mmens.ops.selection_features.selection_features`: box counts, score statistics,
+    agreement), which need every member to run first: an accuracy mode, whose cost is
+    every member (``CELDetector`` refuses it under a time budget).
 
     The output layer starts at zero, so ``ĉ`` starts at ``b`` (``init_scores``, e.g. the
     best fixed subset of the training images), and training learns per-image deviations.
 
     Args:
         num_members (int): N.
-        use_meta (bool): use the meta-features.
+        num_probes (int): P, the probes whose detections are read (``CELDetector`` fills
+            it in from its ``probes``); 0: none.
+        num_classes (int): length of each probe's class histogram.
+        use_meta (bool): use every member's meta-features (c).
         image_backbone (dict, optional): an mmdet backbone config (e.g. a narrow ResNet);
             its last feature map is average-pooled.
         image_channels (int, optional): channels of that last map (required with a backbone).
@@ -32,20 +37,25 @@ class MemberSelectionNet(BaseModule):
         init_scores (Sequence[float], optional): ``b`` ([N]); default all equal.
     """
 
-    def __init__(self, num_members: int, use_meta: bool = True,
-                 image_backbone: Optional[dict] = None, image_channels: Optional[int] = None,
-                 hidden: int = 32, init_scores: Optional[Sequence[float]] = None,
+    def __init__(self, num_members: int, num_probes: int = 0, num_classes: int = 80,
+                 use_meta: bool = False, image_backbone: Optional[dict] = None,
+                 image_channels: Optional[int] = None, hidden: int = 32,
+                 init_scores: Optional[Sequence[float]] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if not use_meta and image_backbone is None:
-            raise ValueError('MemberSelectionNet: use the meta-features, an image backbone, '
-                             'or both')
+        if not use_meta and image_backbone is None and num_probes == 0:
+            raise ValueError('MemberSelectionNet: read probes (CELDetector probes=[...]), an '
+                             'image backbone, or every member (use_meta=True)')
         if image_backbone is not None and not image_channels:
             raise ValueError('MemberSelectionNet: image_backbone needs image_channels')
         self.num_members, self.use_meta = num_members, use_meta
+        self.num_probes, self.num_classes = int(num_probes), int(num_classes)
         self.num_meta = len(selection_feature_names(num_members)) if use_meta else 0
+        self.num_probe_features = len(probe_feature_names(
+            self.num_probes, self.num_classes)) if self.num_probes else 0
         self.backbone = MODELS.build(image_backbone) if image_backbone is not None else None
-        in_features = self.num_meta + (int(image_channels) if self.backbone is not None else 0)
+        in_features = self.num_meta + self.num_probe_features + (
+            int(image_channels) if self.backbone is not None else 0)
         self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(),
                                  nn.Linear(hidden, num_members))
         nn.init.zeros_(self.mlp[2].weight)
@@ -74,15 +84,17 @@ class MemberSelectionNet(BaseModule):
 
     @property
     def image_only(self) -> bool:
-        """True when the selection needs no member prediction (live members can be skipped)."""
-        return self.backbone is not None and not self.use_meta
+        """True when the selection reads no member prediction (probes aside)."""
+        return not self.use_meta
 
-    def forward(self, meta: Optional[Tensor] = None, img: Optional[Tensor] = None) -> Tensor:
+    def forward(self, meta: Optional[Tensor] = None, img: Optional[Tensor] = None,
+                probe: Optional[Tensor] = None) -> Tensor:
         """Member scores.
 
         Args:
-            meta (Tensor, optional): ``[B, 4N + 2]`` meta-features.
+            meta (Tensor, optional): ``[B, 4N + 2]`` meta-features of every member.
             img (Tensor, optional): ``[B, 3, H, W]`` preprocessed images.
+            probe (Tensor, optional): ``[B, P * (8 + num_classes) + 2]`` probe features.
 
         Returns:
             Tensor[B, N]: ĉ.
@@ -92,6 +104,10 @@ class MemberSelectionNet(BaseModule):
             if meta is None:
                 raise ValueError('MemberSelectionNet: meta-features are required')
             parts.append(meta)
+        if self.num_probes:
+            if probe is None:
+                raise ValueError('MemberSelectionNet: probe features are required')
+            parts.append(probe)
         if self.backbone is not None:
             if img is None:
                 raise ValueError('MemberSelectionNet: this net reads images; load them in the '
