@@ -4,7 +4,7 @@ Fixed fusion rules (WBF, NMS, ...) have no weights: the checkpoint is optional.
 """
 import argparse
 
-from mmengine.config import Config
+from mmengine.config import Config, ConfigDict
 
 from mmens.registry import RUNNERS
 from mmens.utils import (init_cpu_distributed, register_all_modules, run_cli,
@@ -25,6 +25,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--show-dir', help='directory (under work_dir/timestamp) where '
                         'painted images are saved')
     parser.add_argument('--wait-time', type=float, default=2, help='interval of show (s)')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation of an mmdet detector: the config's "
+                        'tta_model (default EnsembleTTAModel, WBF of the views) over its '
+                        'tta_pipeline (default: the test pipeline, flipped and not)')
     add_runner_args(parser)
     return parse_runner_args(parser)
 
@@ -36,6 +40,43 @@ def build_test_cfg(args: argparse.Namespace) -> Config:
     if args.show or args.show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook
         cfg = trigger_visualization_hook(cfg, args)
+    if args.tta:
+        cfg = tta_cfg(cfg, args.checkpoint)
+    return cfg
+
+
+def tta_cfg(cfg: Config, checkpoint) -> Config:
+    """The config with its detector wrapped in ``tta_model`` and the test pipeline made
+    ``tta_pipeline``, as mmdet's ``tools/test.py --tta`` does; the defaults are mmens':
+    ``EnsembleTTAModel`` (WBF of the views) and the flipped + unflipped test pipeline.
+    The Runner is mmens' (weights-only checkpoint loading) unless the config names one."""
+    from copy import deepcopy
+
+    from mmens.models.detectors.base_ensemble import BaseEnsembleDetector
+    from mmens.registry import MODELS
+    model_cls = MODELS.get(cfg.model.get('type')) if isinstance(cfg.model.get('type'),
+                                                               str) else None
+    if isinstance(model_cls, type) and issubclass(model_cls, BaseEnsembleDetector):
+        raise ValueError(f'--tta: the model {cfg.model.type} is an ensemble; --tta augments '
+                         'one mmdet detector (an ensemble takes flipped views as members, '
+                         'see configs/live/)')
+    if checkpoint is None:
+        raise ValueError("--tta: give the detector's CHECKPOINT")
+    if 'tta_model' not in cfg:
+        cfg.tta_model = dict(type='mmens.EnsembleTTAModel')
+    if 'tta_pipeline' not in cfg:
+        test_data = cfg.test_dataloader.dataset
+        while 'dataset' in test_data:
+            test_data = test_data['dataset']
+        cfg.tta_pipeline = deepcopy(test_data.pipeline)
+        cfg.tta_pipeline[-1] = dict(type='TestTimeAug', transforms=[
+            [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+            [dict(type='PackDetInputs', meta_keys=(
+                'img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+                'flip_direction'))]])
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.setdefault('runner_type', 'mmens.EnsembleRunner')
     return cfg
 
 

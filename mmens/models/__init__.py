@@ -2,7 +2,8 @@ from .data_preprocessors import EnsembleDataPreprocessor
 from .detectors import CELDetector, EnsembleDetector, FusionDetector
 from .heads import LearnedFusionHead, LearnedWeightsHead, MemberSelectionNet
 from .live_members import LiveMembers
+from .tta import EnsembleTTAModel
 
 __all__ = ['CELDetector', 'MemberSelectionNet', 'EnsembleDataPreprocessor',
-           'EnsembleDetector', 'FusionDetector', 'LearnedFusionHead', 'LearnedWeightsHead',
-           'LiveMembers']
+           'EnsembleDetector', 'EnsembleTTAModel', 'FusionDetector', 'LearnedFusionHead',
+           'LearnedWeightsHead', 'LiveMembers']
