@@ -9,7 +9,7 @@ warns once).
 import os
 import os.path as osp
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = osp.dirname(osp.abspath(__file__))
 
@@ -73,9 +73,16 @@ def get_extensions() -> dict:
         cflags = ['-O1', '-g', '-fno-omit-frame-pointer', '-fopenmp',
                   '-ffp-contract=off'] + san + cflags[4:]
         lflags += san
-    ext = CppExtension('mmens._ext', ['mmens/ops/csrc/fusion_cpu.cpp'],
+    ext = CppExtension('mmens._ext', ['mmens/ops/csrc/fusion_cpu.cpp',
+                                      'mmens/ops/csrc/pack_lists.cpp'],
                        extra_compile_args=cflags, extra_link_args=lflags)
-    return dict(ext_modules=[ext],
+    # the COCO-results decoder: plain CPython, no torch (loadable before torch is imported)
+    io_flags = ['-O3', '-g0'] + [f for f in cflags if f.startswith('-fsanitize')]
+    results_io = Extension('mmens._results_io', ['mmens/ops/csrc/results_io.cpp'],
+                           extra_compile_args=io_flags,
+                           extra_link_args=[f for f in lflags if f.startswith('-fsan')],
+                           language='c++')
+    return dict(ext_modules=[ext, results_io],
                 cmdclass={'build_ext': BuildExtension.with_options(
                     use_ninja=True)})
 

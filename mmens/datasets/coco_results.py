@@ -26,7 +26,11 @@ that its error names the first malformed entry exactly as before; only the error
 for that second read.
 """
 import contextlib
+import functools
 import gc
+import glob
+import importlib.machinery
+import importlib.util
 import itertools
 import json
 import mmap
@@ -141,6 +145,82 @@ def _decode_untyped(raw: bytes, path: str, name: str) -> List[dict]:
 Columns = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
+class NotPlainLayout(Exception):
+    """The file is not in the layout that the compiled decoder reads (or there is no
+    compiled decoder): it is read whole, by the general decoders."""
+
+
+_IO = []  # the compiled decoder module, once loaded ([None] where it is not built)
+
+
+def _results_io():
+    """``mmens._results_io``, loaded from its file: importing it as a submodule would
+    first import ``mmens`` (torch), which a caller that only reads files may not need."""
+    if not _IO:
+        spec = importlib.util.find_spec('mmens')
+        found = [f for d in spec.submodule_search_locations for suffix in
+                 importlib.machinery.EXTENSION_SUFFIXES
+                 for f in glob.glob(osp.join(d, '_results_io' + suffix))]
+        module = None
+        if found:
+            loader = importlib.machinery.ExtensionFileLoader('mmens._results_io', found[0])
+            module = importlib.util.module_from_spec(
+                importlib.util.spec_from_file_location('mmens._results_io', found[0],
+                                                       loader=loader))
+            loader.exec_module(module)
+        _IO.append(module)
+    return _IO[0]
+
+
+def _empty_columns(rows: int) -> Columns:
+    return (np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty((rows, 4)),
+            np.empty(rows))
+
+
+_DONE = 4  # results_io.cpp's state once the list is closed
+
+
+def iter_results_columns(path: str, name: str, rows: int = 1 << 18,
+                         block: int = 1 << 24) -> Iterator[Columns]:
+    """The entries of a COCO-results file as :func:`read_results_columns`' columns, at
+    most ``rows`` entries at a time, reading ``block`` bytes at a time: the memory is that
+    of one block and one set of columns, whatever the size of the file.
+
+    Raises :class:`NotPlainLayout` (possibly after some columns) where the file is not a
+    list of plain ``{image_id, category_id, bbox, score}`` objects (invalid or truncated
+    JSON, ``NaN``, a string, a missing field, ...): the caller reads it whole instead, and
+    the general decoders' errors name the first bad entry.
+    """
+    io = _results_io()
+    if io is None:
+        raise NotPlainLayout(path)
+    if not osp.isfile(path):
+        raise ValueError(f"member '{name}': prediction file {path} does not exist")
+    buf, filled, start, state, eof = bytearray(block), 0, 0, 0, False
+    with open(path, 'rb', buffering=0) as f:
+        while True:
+            while not eof and filled < len(buf):
+                got = f.readinto(memoryview(buf)[filled:])
+                eof, filled = not got, filled + got
+            cols = _empty_columns(rows)
+            ok, n, start, state = io.decode_block(buf, start, filled, *cols, state)
+            if not ok:
+                raise NotPlainLayout(path)
+            if n:
+                yield tuple(c[:n] for c in cols)
+            if n == rows:
+                continue  # more entries in this block
+            if eof:  # the list closed, nothing but white space after it
+                if state != _DONE or bytes(buf[start:filled]).strip(b' \t\r\n'):
+                    raise NotPlainLayout(path)
+                return
+            tail = filled - start  # an entry cut by the block's end: to the front
+            buf[:tail] = buf[start:filled]
+            if tail == len(buf):  # an entry longer than the block
+                buf.extend(bytes(len(buf)))
+            filled, start = tail, 0
+
+
 def read_results_columns(path: str, name: Optional[str] = None) -> Columns:
     """Read a COCO-results file as columns ``image_ids [M]`` int64, ``category_ids [M]``
     int64, ``bboxes [M, 4]`` float64 ``x, y, w, h`` and ``scores [M]`` float64.
@@ -149,6 +229,13 @@ def read_results_columns(path: str, name: Optional[str] = None) -> Columns:
     malformed file raises a ``ValueError`` naming the member, file, entry, image and field.
     """
     name = name or osp.splitext(osp.basename(path))[0]
+    try:
+        parts = list(iter_results_columns(path, name))
+        if not parts:
+            parts = [_empty_columns(0)]
+        return tuple(np.concatenate(c) for c in zip(*parts))
+    except NotPlainLayout:
+        pass  # no compiled decoder, or not its layout: msgspec, then the untyped path
     with _mapped_bytes(path, name) as raw:
         try:
             entries = _DECODER.decode(raw)
@@ -254,30 +341,168 @@ def _lookup(ids: np.ndarray, known: np.ndarray) -> Tuple[np.ndarray, np.ndarray]
     return found, pos
 
 
-def _clip_to_images(columns: Columns, wh: np.ndarray, name: str, source: str,
-                    repair: bool, report: Dict[str, int]) -> Columns:
-    """Clip xywh boxes to their image (``wh`` [M, 2]) as xyxy, as ensemble-boxes
-    does, counting clips in ``report``; zero-size boxes fail, or drop under repair."""
-    image_ids, cats, xywh, scores = columns
-    # imported here: fuse_results' reader process loads this module to decode files while
-    # torch is being imported elsewhere; mmens.ops at the top would import torch in it too
-    from mmens.ops.boxes import xywh_to_xyxy
-    xyxy = xywh_to_xyxy(xywh)
-    clipped = np.clip(xyxy, 0, np.concatenate([wh, wh], axis=1))
-    n_clipped = int((np.abs(clipped - xyxy) > 1e-6).any(1).sum())
-    if n_clipped:
-        report['clipped_to_image'] = n_clipped
-    degenerate = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
-    if degenerate.any():
-        if not repair:
-            idx = np.flatnonzero(degenerate)
-            raise ValueError(f'{_where(name, source, idx, image_ids)}: field \'bbox\' '
-                             'has zero width or height (after clipping to the image). '
-                             'Pass repair=True / --repair to drop such entries with a count.')
-        report['dropped_zero_size'] = int(degenerate.sum())
-        ok = ~degenerate
-        image_ids, cats, clipped, scores = image_ids[ok], cats[ok], clipped[ok], scores[ok]
-    return image_ids, cats, clipped, scores
+#: the checks in the order they run, which is also the order of a ``report``'s keys
+CHECKS = ('dropped_nonfinite_bbox', 'dropped_nonfinite_score', 'dropped_negative_size',
+          'dropped_unknown_image_id', 'dropped_unknown_category_id', 'clipped_score',
+          'clipped_to_image', 'dropped_zero_size')
+_DROP_WHAT = {  # the checks that fail, or drop under repair, and what their error says
+    'dropped_nonfinite_bbox': "field 'bbox' has a NaN or inf value",
+    'dropped_nonfinite_score': "field 'score' is NaN or inf",
+    'dropped_negative_size': "field 'bbox' has a negative width or height (x2 < x1 or "
+                             'y2 < y1)',
+    'dropped_unknown_image_id': "field 'image_id' is not an image of the annotation file",
+    'dropped_unknown_category_id': "field 'category_id' is not a category of the "
+                                   'annotation file'}
+
+
+@dataclass
+class MemberColumns:
+    """One member's validated detections, compact (28 bytes per detection).
+
+    Attributes:
+        name (str): member name.
+        images (np.ndarray): ``[M]`` int32, the position of each image id among the
+            annotation file's image ids, sorted.
+        categories (np.ndarray): ``[M]`` int32, the position of each category id among
+            the known category ids, sorted and unique.
+        bboxes (np.ndarray): ``[M, 4]`` float32 ``x1, y1, x2, y2`` pixels, inside the image.
+        scores (np.ndarray): ``[M]`` float32 in [0, 1].
+        report (dict): counts of repairs (:data:`CHECKS` order).
+    """
+    name: str
+    images: np.ndarray
+    categories: np.ndarray
+    bboxes: np.ndarray
+    scores: np.ndarray
+    report: Dict[str, int] = field(default_factory=dict)
+
+
+class ColumnValidator:
+    """The checks of :func:`validate_columns` over a file's entries, a block of columns
+    at a time: the same errors (the first failing check over the whole file, its first
+    entry and the count of the others) and the same repairs and counts.
+
+    Without ``repair`` an error is raised by :meth:`finish`, once every block is seen:
+    until then a failing check only records its first entry and counts, so that the
+    message is the one of a single pass over the file.
+    """
+
+    def __init__(self, name: str, image_sizes: Mapping[int, Tuple[int, int]],
+                 cat_ids: Sequence[int], source: str = '<memory>',
+                 repair: bool = False) -> None:
+        self.name, self.source, self.repair = name, source, repair
+        known = np.fromiter(image_sizes.keys(), dtype=np.int64, count=len(image_sizes))
+        order = np.argsort(known)
+        self.image_ids = known[order]  # sorted
+        self.sizes = np.array(list(image_sizes.values()), dtype=np.float64).reshape(
+            -1, 2)[order]  # [I, 2] width, height
+        self.cat_ids = np.unique(np.asarray(list(cat_ids), dtype=np.int64))
+        self.counts = dict.fromkeys(CHECKS, 0)
+        self.first: Dict[str, tuple] = {}  # check -> (entry, image id, value) of its first
+        self.seen = self.kept = 0
+
+    def _flag(self, bad: np.ndarray, key: str, keep: np.ndarray, image_ids: np.ndarray,
+              offset: int, values: Optional[np.ndarray] = None) -> bool:
+        if self.repair:
+            bad = bad & keep
+        count = int(np.count_nonzero(bad))
+        if count:
+            self.counts[key] += count
+            i = int(np.argmax(bad))
+            self.first.setdefault(key, (offset + i, int(image_ids[i]),
+                                        None if values is None else values[i]))
+            if self.repair and key in _DROP_WHAT:
+                keep &= ~bad
+        return count > 0
+
+    def add(self, columns: Columns) -> Optional[Tuple[np.ndarray, ...]]:
+        """Check the next block of a file's columns (:func:`read_results_columns`) and
+        return its valid detections as ``(images, categories, bboxes, scores)`` of
+        :class:`MemberColumns` (None once an error is to be raised)."""
+        image_ids, cats, xywh, scores = columns
+        offset = self.seen
+        self.seen += len(scores)
+        keep = np.ones(len(scores), dtype=bool)
+        flag = functools.partial(self._flag, keep=keep, image_ids=image_ids, offset=offset)
+        flag(~np.isfinite(xywh).all(1), 'dropped_nonfinite_bbox')
+        flag(~np.isfinite(scores), 'dropped_nonfinite_score')
+        flag((xywh[:, 2] < 0) | (xywh[:, 3] < 0), 'dropped_negative_size')
+        img_found, img_pos = _lookup(image_ids, self.image_ids)
+        flag(~img_found, 'dropped_unknown_image_id')
+        cat_found, cat_pos = _lookup(cats, self.cat_ids)
+        flag(~cat_found, 'dropped_unknown_category_id')
+        if flag((scores < 0) | (scores > 1), 'clipped_score', values=scores) and self.repair:
+            scores = np.clip(scores, 0.0, 1.0)
+        if self.first and not self.repair:
+            return None  # finish() raises: no need for the boxes
+        if not keep.all():  # only repair drops: the valid case keeps the arrays as they are
+            image_ids, xywh, scores = image_ids[keep], xywh[keep], scores[keep]
+            img_pos, cat_pos = img_pos[keep], cat_pos[keep]
+        # imported here: a process that only reads files needs no torch (mmens.ops)
+        from mmens.ops.boxes import xywh_to_xyxy
+        xyxy = xywh_to_xyxy(xywh)  # clipped to the image as ensemble-boxes does
+        wh = self.sizes[img_pos]
+        clipped = np.clip(xyxy, 0, np.concatenate([wh, wh], axis=1))
+        self.counts['clipped_to_image'] += int((np.abs(clipped - xyxy) > 1e-6).any(1).sum())
+        degenerate = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+        if self._flag(degenerate, 'dropped_zero_size', np.ones_like(degenerate), image_ids,
+                      offset):
+            if not self.repair:
+                return None
+            ok = ~degenerate
+            img_pos, cat_pos, clipped, scores = (img_pos[ok], cat_pos[ok], clipped[ok],
+                                                 scores[ok])
+        self.kept += len(scores)
+        return (img_pos.astype(np.int32), cat_pos.astype(np.int32),
+                clipped.astype(np.float32), scores.astype(np.float32))
+
+    def _where(self, key: str) -> str:
+        entry, image_id, _ = self.first[key]
+        more = self.counts[key] - 1
+        more = f' (and {more} more entries)' if more else ''
+        return f"member '{self.name}' ({self.source}): entry {entry} (image_id {image_id}){more}"
+
+    def finish(self) -> Dict[str, int]:
+        """The report (counts of repairs), once every block is added; or the error."""
+        if self.seen == 0:
+            raise ValueError(f"member '{self.name}' ({self.source}): has no predictions at "
+                             'all (empty member); remove it from the ensemble or check the '
+                             'file')
+        if not self.repair:
+            for key, what in _DROP_WHAT.items():
+                if key in self.first:
+                    raise ValueError(f'{self._where(key)}: {what}. Fix the file, or pass '
+                                     'repair=True / --repair to drop such entries with a '
+                                     'count.')
+            if 'clipped_score' in self.first:
+                raise ValueError(f"{self._where('clipped_score')}: field 'score' is "
+                                 f"{self.first['clipped_score'][2]}, outside [0, 1]. Fix "
+                                 'the file, or pass repair=True / --repair to clip scores '
+                                 'into [0, 1].')
+            if 'dropped_zero_size' in self.first:
+                raise ValueError(f"{self._where('dropped_zero_size')}: field 'bbox' has "
+                                 'zero width or height (after clipping to the image). Pass '
+                                 'repair=True / --repair to drop such entries with a count.')
+        report = {k: v for k, v in self.counts.items() if v}
+        if self.kept == 0:
+            raise ValueError(f"member '{self.name}' ({self.source}): no valid prediction "
+                             f'left after repair ({report})')
+        return report
+
+
+def read_member_columns(path: str, name: str, image_sizes: Mapping[int, Tuple[int, int]],
+                        cat_ids: Sequence[int], repair: bool = False) -> MemberColumns:
+    """Read and validate one member's file a block at a time (:func:`iter_results_columns`,
+    :class:`ColumnValidator`): the memory is that of the compact columns, plus one block.
+    A file that is not in the compiled decoder's layout is read whole instead."""
+    check = ColumnValidator(name, image_sizes, cat_ids, path, repair)
+    try:
+        parts = [check.add(block) for block in iter_results_columns(path, name)]
+    except NotPlainLayout:
+        check = ColumnValidator(name, image_sizes, cat_ids, path, repair)
+        parts = [check.add(read_results_columns(path, name))]
+    report = check.finish()
+    return MemberColumns(name, *(np.concatenate(c) for c in zip(*parts)), report=report)
 
 
 def validate_columns(columns: Columns,
@@ -287,64 +512,14 @@ def validate_columns(columns: Columns,
                      source: str = '<memory>',
                      repair: bool = False) -> MemberPredictions:
     """:func:`validate_coco_results` on columns (:func:`read_results_columns`): every
-    check is one vectorised pass over the entries, the messages are the same."""
-    image_ids, cats, xywh, scores = columns
-    if len(scores) == 0:
-        raise ValueError(f"member '{name}' ({source}): has no predictions at all "
-                         '(empty member); remove it from the ensemble or check the file')
-    report: Dict[str, int] = {}
-    keep = np.ones(len(scores), dtype=bool)
-
-    def fail_or_drop(bad: np.ndarray, what: str, key: str) -> None:
-        bad = bad & keep
-        if not bad.any():
-            return
-        idx = np.flatnonzero(bad)
-        if not repair:
-            raise ValueError(f'{_where(name, source, idx, image_ids)}: {what}. '
-                             'Fix the file, or pass repair=True / --repair to drop '
-                             'such entries with a count.')
-        report[key] = report.get(key, 0) + int(bad.sum())
-        keep[bad] = False
-
-    fail_or_drop(~np.isfinite(xywh).all(1), "field 'bbox' has a NaN or inf value",
-                 'dropped_nonfinite_bbox')
-    fail_or_drop(~np.isfinite(scores), "field 'score' is NaN or inf", 'dropped_nonfinite_score')
-    fail_or_drop((xywh[:, 2] < 0) | (xywh[:, 3] < 0),
-                 "field 'bbox' has a negative width or height (x2 < x1 or y2 < y1)",
-                 'dropped_negative_size')
-    known_imgs = np.fromiter(image_sizes.keys(), dtype=np.int64, count=len(image_sizes))
-    order = np.argsort(known_imgs)
-    known_imgs = known_imgs[order]
-    img_found, img_pos = _lookup(image_ids, known_imgs)
-    fail_or_drop(~img_found, "field 'image_id' is not an image of the annotation file",
-                 'dropped_unknown_image_id')
-    fail_or_drop(~_lookup(cats, np.unique(np.asarray(list(cat_ids), dtype=np.int64)))[0],
-                 "field 'category_id' is not a category of the annotation file",
-                 'dropped_unknown_category_id')
-    bad_score = keep & ((scores < 0) | (scores > 1))
-    if bad_score.any():
-        if not repair:
-            idx = np.flatnonzero(bad_score)
-            raise ValueError(f'{_where(name, source, idx, image_ids)}: field \'score\' '
-                             f'is {scores[idx[0]]}, outside [0, 1]. Fix the file, or pass '
-                             'repair=True / --repair to clip scores into [0, 1].')
-        report['clipped_score'] = int(bad_score.sum())
-        scores = np.clip(scores, 0.0, 1.0)
-
-    if not keep.all():  # only repair drops: the valid case keeps the arrays as they are
-        image_ids, cats, xywh, scores = image_ids[keep], cats[keep], xywh[keep], scores[keep]
-        img_pos = img_pos[keep]
-    sizes = np.array(list(image_sizes.values()), dtype=np.float64).reshape(-1, 2)[order]
-    image_ids, cats, clipped, scores = _clip_to_images(
-        (image_ids, cats, xywh, scores), sizes[img_pos], name, source, repair, report)
-    if len(scores) == 0:
-        raise ValueError(f"member '{name}' ({source}): no valid prediction left after "
-                         f'repair ({report})')
-    return MemberPredictions(name=name, image_ids=image_ids,
-                             bboxes=clipped.astype(np.float32),
-                             scores=scores.astype(np.float32), category_ids=cats,
-                             report=report)
+    check is one vectorised pass over the entries (:class:`ColumnValidator`)."""
+    check = ColumnValidator(name, image_sizes, cat_ids, source, repair)
+    part = check.add(columns) if len(columns[3]) else None
+    report = check.finish()
+    images, cats, boxes, scores = part
+    return MemberPredictions(name=name, image_ids=check.image_ids[images],
+                             bboxes=boxes, scores=scores,
+                             category_ids=check.cat_ids[cats], report=report)
 
 
 def load_member_predictions(path: str, image_sizes: Mapping[int, Tuple[int, int]],
@@ -384,6 +559,48 @@ def _results_chunk(image_ids: np.ndarray, category_ids: np.ndarray, bboxes: np.n
     return b''.join(parts)[2:] + b'}'  # drop the leading '},'
 
 
+def results_text(image_ids: np.ndarray, category_ids: np.ndarray, bboxes: np.ndarray,
+                 scores: np.ndarray, chunk: int = 1 << 15) -> bytes:
+    """The entries of a COCO-results list, comma-separated, without the brackets (see
+    :func:`write_results_json`); the text of a list is the same for any split of it."""
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    category_ids = np.asarray(category_ids, dtype=np.int64)
+    bboxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64)
+    return b','.join(_results_chunk(image_ids[s:s + chunk], category_ids[s:s + chunk],
+                                    bboxes[s:s + chunk], scores[s:s + chunk])
+                     for s in range(0, len(scores), chunk))
+
+
+class ResultsWriter:
+    """A COCO-results file written a part at a time (:func:`results_text`), into a
+    temporary file renamed to ``path`` on success: an interrupted run leaves no partial
+    file under ``path``. Use as a context manager."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.tmp = path, f'{path}.{os.getpid()}.part'
+        self.file = open(self.tmp, 'wb')
+        self.file.write(b'[')
+        self.empty = True
+
+    def write_text(self, text: bytes) -> None:
+        if text:
+            self.file.write(text if self.empty else b',' + text)
+            self.empty = False
+
+    def __enter__(self) -> 'ResultsWriter':
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.file.write(b']')
+        self.file.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+
+
 def write_results_json(path: str, image_ids: np.ndarray, category_ids: np.ndarray,
                        bboxes: np.ndarray, scores: np.ndarray, chunk: int = 1 << 15) -> None:
     """Write a COCO-results JSON file from columns, ``chunk`` detections at a time.
@@ -394,19 +611,12 @@ def write_results_json(path: str, image_ids: np.ndarray, category_ids: np.ndarra
     differently, e.g. ``1e-6`` for ``1e-06``). Non-finite values are written as ``null``:
     the callers write validated or fused detections, which have none.
     """
-    image_ids = np.asarray(image_ids, dtype=np.int64)
-    category_ids = np.asarray(category_ids, dtype=np.int64)
-    bboxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64)
-    with open(path, 'wb') as f:
-        f.write(b'[')
-        for start in range(0, len(scores), chunk):
-            end = start + chunk
-            if start:
-                f.write(b',')
-            f.write(_results_chunk(image_ids[start:end], category_ids[start:end],
-                                   bboxes[start:end], scores[start:end]))
-        f.write(b']')
+    with ResultsWriter(path) as out:
+        for s in range(0, len(scores), chunk):
+            out.write_text(results_text(image_ids[s:s + chunk], category_ids[s:s + chunk],
+                                        np.asarray(bboxes).reshape(-1, 4)[s:s + chunk],
+                                        scores[s:s + chunk], chunk))
 
 
 def index_in(ids: np.ndarray, known: Sequence[int]) -> np.ndarray:

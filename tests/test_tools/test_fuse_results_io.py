@@ -81,69 +81,9 @@ def test_make_coco_load_is_seeded_valid_and_unique(tmp_path):
     assert 0 < copy1.sum() < len(src) and len(p) - copy1.sum() == len(src)
 
 
-def test_reader_process_gives_the_columns_and_errors_of_this_process(tmp_path):
-    """fuse_results' MemberReader (a forked process decoding the member files) returns what
-    read_results_columns returns, raises its one-line errors, and reads in this process
-    when asked for another file than the next one."""
-    from mmens.datasets.coco_results import read_results_columns
-    tool = load_tool('fuse_results')
-    entries = json.load(open(PREDS[1]))
-    entries[3]['score'] = 'high'
-    bad = tmp_path / 'bad.json'
-    bad.write_text(json.dumps(entries))
-    files, names = [PREDS[0], str(bad), PREDS[2]], ['a', 'bad', 'c']
-    reader = tool.MemberReader(files, names)
-    try:
-        got = reader.read(PREDS[0], 'a')
-        for g, w in zip(got, read_results_columns(PREDS[0], 'a')):
-            assert g.dtype == w.dtype and (g == w).all()
-        with pytest.raises(ValueError) as e:
-            reader.read(str(bad), 'bad')
-        with pytest.raises(ValueError) as want:
-            read_results_columns(str(bad), 'bad')
-        assert str(e.value) == str(want.value) and "field 'score'" in str(e.value)
-        assert reader.seconds > 0
-    finally:
-        reader.close()
-    reader = tool.MemberReader(files, names)
-    try:  # out of order: read here
-        assert (reader.read(PREDS[2], 'c')[3] == read_results_columns(PREDS[2], 'c')[3]).all()
-    finally:
-        reader.close()
-
-
-def test_reader_and_this_process_share_the_files(tmp_path):
-    """MemberReader.steal decodes here a file that the reader process has not started
-    (the last one): whoever decodes a file, read gives its columns in file order, and a
-    bad file raises at its turn, after the files before it."""
-    from mmens.datasets.coco_results import read_results_columns
-    tool = load_tool('fuse_results')
-    entries = json.load(open(PREDS[1]))
-    entries[2]['category_id'] = 'person'
-    bad = tmp_path / 'bad.json'
-    bad.write_text(json.dumps(entries))
-    for files in (PREDS, [PREDS[0], str(bad), *PREDS[2:]]):
-        names = [osp.basename(f) for f in files]
-        reader = tool.MemberReader(files, names)
-        try:
-            while reader.steal():  # at once: the reader process is still starting
-                pass
-            assert reader.stolen == list(range(len(files) - 1, len(files) -
-                                               len(reader.stolen) - 1, -1))
-            for f, name in zip(files, names):
-                if f == str(bad):
-                    with pytest.raises(ValueError, match="entry 2 .*'category_id'"):
-                        reader.read(f, name)
-                    break
-                got, want = reader.read(f, name), read_results_columns(f, name)
-                assert all(g.dtype == w.dtype and (g == w).all() for g, w in zip(got, want))
-        finally:
-            reader.close()
-
-
-def test_fuse_results_script_with_its_reader_process(tmp_path):
-    """As a script (reader process on): the same file as in process, and a bad member file
-    stops with the same single line."""
+def test_fuse_results_script_as_in_process(tmp_path):
+    """As a script: the same file as in process, and a bad member file stops with the
+    same single line."""
     import subprocess
     import sys
     from conftest import ROOT
@@ -153,8 +93,7 @@ def test_fuse_results_script_with_its_reader_process(tmp_path):
     proc = subprocess.run(args + ['--preds', *PREDS, '--out', str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r'read \d+\.\d\d \(\d+\.\d\d in the reader, \d of 6 files here\)',
-                     proc.stdout), proc.stdout
+    assert re.search(r'seconds: start-up \d+\.\d\d, .*read \d+\.\d\d, fuse ', proc.stdout)
     ref = tmp_path / 'ref.json'
     load_tool('fuse_results').main(['--ann', ANN, '--method', 'wbf', '--no-eval', '--preds',
                                     *PREDS, '--out', str(ref)])

@@ -15,41 +15,57 @@ Files are any framework's COCO-results JSON (``image_id``, ``category_id``,
 ``bbox: [x, y, w, h]`` pixels, ``score``); members are named by file stem or ``--names``.
 
 With a fixed rule the tool imports torch, numpy and pycocotools, never mmdet, mmcv or
-mmengine; a trained ensemble (learned, cel) imports them to build its model. Run as a
-script, a reader process forked before the imports decodes the member files while this
-process imports torch & co., and this process decodes the files that the reader has not
-started once its imports are done (``member_reader.py``); the validation, its errors
-included, stays in this process.
+mmengine; a trained ensemble (learned, cel) imports them to build its model.
+
+Memory is bounded by the detections, compact: each member file is decoded a block at a
+time (the compiled decoder ``mmens._results_io``) and validated block by block into 28
+bytes per detection (``read_member_columns``); the images are fused ``--chunk`` at a time
+and each chunk's detections are written as soon as they are fused (with ``--no-eval``
+nothing else is kept). ``--workers N`` reads N files at once (threads) and fuses chunks
+in N forked processes, each with its share of the cores as OpenMP threads. ``--shard
+I/N`` fuses the images whose index in the annotation file is I modulo N (one job of a
+SLURM array, say); the shards' outputs, their entries put in image-id order (stable),
+make up the unsharded output byte for byte. A shard is not evaluated: ``--shard`` needs
+``--no-eval`` (evaluate the merged file).
 
 The last line splits the wall time: start-up (the imports), annotations, model (the fixed
-rule, or the checkpoint's model with the imports of mmdet & co.), read (decoding the
-member files; with the reader process, the files decoded here and the wait for the
-reader's columns, and in brackets the reader's own seconds, spent during the start-up,
-and the number of files decoded here), validate (checks and packing), fuse (the
-``fused ... in`` seconds of ``model.fuse`` and the per-image top 100, plus slicing the
-chunks and mapping to COCO ids), evaluate (without ``--no-eval``), write, and the total.
+rule, or the checkpoint's model with the imports of mmdet & co.), read (decoding and
+validating the member files), fuse (fusing, ranking the top 100 per image and writing
+each chunk; ``fused ... in`` gives the seconds of ``model.fuse`` and the ranking alone,
+summed over the workers), evaluate (without ``--no-eval``), and the total.
 """
 import time
 
 T_START = time.perf_counter()  # before the imports: they are part of the wall time
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import os.path as osp  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
-from typing import List, Optional  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple  # noqa: E402
 
 # Before torch starts OpenMP: idle threads sleep instead of spinning. With a spinning
 # barrier, a core held by any other process stretched the fusion from about 1 s to 3-16 s
 # (docs/benchmarks.md); sleeping costs little when the machine is idle.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-from member_reader import MemberReader  # noqa: E402  (stdlib only)
-
 FIXED = ('wbf', 'nms', 'soft_nms', 'nmw')
+
+
+def parse_shard(text: Optional[str]) -> Optional[Tuple[int, int]]:
+    """``--shard I/N`` as ``(I, N)``, with ``0 <= I < N`` (one line otherwise)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r'(\d+)/(\d+)', text.strip())
+    if not m or not int(m[1]) < int(m[2]):
+        raise ValueError(f'--shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}')
+    return int(m[1]), int(m[2])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,9 +93,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no-eval', action='store_true', help='fuse only (GT without labels)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--chunk', type=int, default=256, help='images fused per call')
-    p.add_argument('--no-reader', action='store_true',
-                   help='decode the member files in this process, after the start-up, '
-                   'not in a reader process during it (one busy core, or little memory)')
+    p.add_argument('--mask-thr', type=float, default=0.5,
+                   help='members with masks: a pixel is in the fused mask when the '
+                   'weighted mean of the cluster\'s masks is at least this')
+    p.add_argument('--mask-vote', action='store_true',
+                   help='members with masks: every mask weighs 1, not its WBF weight')
+    p.add_argument('--workers', type=int, default=1,
+                   help='member files read at once, and processes fusing the chunks')
+    p.add_argument('--shard', metavar='I/N',
+                   help='fuse only the images whose index in --ann is I modulo N')
     return p.parse_args(argv)
 
 
@@ -111,6 +133,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f'member names must be unique (file stems, or --names), got {names}')
     if args.chunk < 1:
         raise ValueError(f'--chunk must be at least 1, got {args.chunk}')
+    if args.workers < 1:
+        raise ValueError(f'--workers must be at least 1, got {args.workers}')
+    if args.workers > 1 and (args.device != 'cpu' or 'fork' not in
+                             multiprocessing.get_all_start_methods()):
+        raise ValueError(f'--workers {args.workers} fuses in forked processes, on cpu only '
+                         f'(--device {args.device}): pass --workers 1')
+    args.shard = parse_shard(args.shard)
+    if args.shard and not args.no_eval:
+        raise ValueError('--shard fuses a part of the images, which is not evaluated: pass '
+                         '--no-eval, and evaluate the merged shards')
     check_member_files(args.ann, args.preds)
     for opt in ('checkpoint', 'config'):
         if getattr(args, opt) is not None:
@@ -120,30 +152,21 @@ def check_args(args: argparse.Namespace) -> None:
             check_output_file(getattr(args, opt), '--' + opt.replace('_', '-'))
 
 
-def start_reader(argv: Optional[List[str]]) -> Optional[MemberReader]:
-    """A :class:`MemberReader` for the command line ``argv`` (None where fork or memfd is
-    missing, with ``--no-reader``, or when a member file is missing: main says so)."""
-    if 'fork' not in multiprocessing.get_all_start_methods():
-        return None
-    args = parse_args(argv)  # bad arguments stop here, before the imports
-    names = member_names(args)
-    if args.no_reader or not hasattr(os, 'memfd_create') or len(names) != len(
-            args.preds) or not all(osp.isfile(f) for f in args.preds):
-        return None
-    return MemberReader(args.preds, names)
-
-
-# Before torch & co. are imported: the reader process starts as small as this process is now.
-READER = start_reader(sys.argv[1:]) if __name__ == '__main__' else None
-
 # What every method needs (torch, pycocotools, no OpenMMLab package): the fixed rules run
 # on these alone, and a trained ensemble imports mmdet & co. in load_ensemble().
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 from mmens.apis.fixed_ensemble import build_fixed_ensemble  # noqa: E402
-from mmens.apis.inference import fuse_batch_arrays, member_remap  # noqa: E402
-from mmens.apis.member_files import load_coco, load_member_batch, member_results  # noqa: E402
-from mmens.datasets.coco_results import (read_results_columns,  # noqa: E402
-                                         write_results_json)
-from mmens.evaluation.coco_eval import arrays_to_results, coco_metrics  # noqa: E402
+from mmens.apis.inference import member_remap  # noqa: E402
+from mmens.apis.member_files import load_coco, member_results  # noqa: E402
+from mmens.datasets.coco_results import (MemberColumns, MemberPredictions,  # noqa: E402
+                                         ResultsWriter, index_in, read_member_columns,
+                                         results_text)
+from mmens.evaluation.coco_eval import (arrays_to_results, coco_metrics,  # noqa: E402
+                                        results_to_arrays)
+from mmens.evaluation.fast_coco_ap import DetectionArrays  # noqa: E402
+from mmens.ops.results import rank_results  # noqa: E402
 from mmens.utils.cli import run_cli  # noqa: E402
 from mmens.utils.paths import (check_input_file, check_member_files,  # noqa: E402
                                check_output_file)
@@ -194,19 +217,131 @@ def load_ensemble(args: argparse.Namespace, coco) -> tuple:
     return model, ([by_name[c] for c in classes] if classes else None)
 
 
-def read_batch(args: argparse.Namespace, coco, cat_ids, reader: Optional[MemberReader]):
-    """The validated member files, packed (the reader process's columns when it runs)."""
-    try:
-        batch = load_member_batch(coco, args.preds, args.names, cat_ids=cat_ids,
-                                  repair=args.repair,
-                                  read=reader.read if reader else read_results_columns)
-    finally:
-        if reader:
-            reader.close()
-    for m in batch.members:
+class Members(NamedTuple):
+    """The validated member files, compact (:class:`MemberColumns`), in file order."""
+    names: List[str]
+    members: List[MemberColumns]
+    img_ids: np.ndarray  # [I] int64, sorted: MemberColumns.images indexes it
+    sizes: np.ndarray  # [I, 2] float32 width, height
+    cat_ids: List[int]  # the model's label order
+    label_of: np.ndarray  # [C] int64: MemberColumns.categories -> label
+
+
+def read_members(args: argparse.Namespace, coco, cat_ids) -> Members:
+    """Every member file decoded and validated a block at a time, ``--workers`` files at
+    once (the decoder and numpy release the GIL); a bad file raises its error in file
+    order."""
+    images = coco.dataset['images']
+    img_ids = np.array(sorted(im['id'] for im in images), dtype=np.int64)
+    sizes = {im['id']: (im['width'], im['height']) for im in images}
+    cat_ids = list(cat_ids) if cat_ids is not None else sorted(coco.getCatIds())
+    names = member_names(args)
+    with ThreadPoolExecutor(max(1, min(args.workers, len(names)))) as pool:
+        jobs = [pool.submit(read_member_columns, f, n, sizes, cat_ids, args.repair)
+                for f, n in zip(args.preds, names)]
+        try:
+            members = [job.result() for job in jobs]
+        except ValueError:
+            for job in jobs:
+                job.cancel()
+            raise
+    for m in members:
         if m.report:
             print(f"member '{m.name}': repaired {m.report}")
-    return batch
+    wh = np.array([sizes[i] for i in img_ids.tolist()], dtype=np.float32).reshape(-1, 2)
+    label_of = index_in(np.unique(np.asarray(cat_ids, dtype=np.int64)), cat_ids)
+    return Members(names, members, img_ids, wh, cat_ids, label_of)
+
+
+def shard_images(coco, img_ids: np.ndarray, shard: Optional[Tuple[int, int]]) -> np.ndarray:
+    """The positions (in ``img_ids``, sorted) of the images to fuse, in that order: all,
+    or ``--shard I/N``'s, whose index in the annotation file's image order is I modulo N."""
+    if shard is None:
+        return np.arange(len(img_ids))
+    i, n = shard
+    in_file_order = np.searchsorted(img_ids, [im['id'] for im in coco.dataset['images']])
+    return np.sort(in_file_order[i::n])
+
+
+class ChunkPlan:
+    """``selected`` images in chunks of ``chunk``, and each member's detections sorted by
+    chunk (stable: file order within a chunk, as ``select_images`` has it), so that a chunk
+    is one slice per member."""
+
+    def __init__(self, data: Members, selected: np.ndarray, chunk: int) -> None:
+        self.data, self.selected, self.chunk = data, selected, chunk
+        self.n_chunks = -(-len(selected) // chunk)
+        chunk_of = np.full(len(data.img_ids), -1, dtype=np.int64)  # -1: not selected
+        chunk_of[selected] = np.arange(len(selected)) // chunk
+        self.local = np.zeros(len(data.img_ids), dtype=np.int64)  # image in its chunk
+        self.local[selected] = np.arange(len(selected)) % chunk
+        self.bounds = []
+        for m in data.members:
+            c = chunk_of[m.images]
+            order = np.argsort(c, kind='stable')
+            order = order[np.count_nonzero(c < 0):]  # other shards' images first: dropped
+            for key in ('images', 'categories', 'bboxes', 'scores'):  # one column at a time
+                setattr(m, key, getattr(m, key)[order])
+            self.bounds.append(np.searchsorted(c[order], np.arange(self.n_chunks + 1)))
+            del c, order
+
+    def part(self, c: int, remap: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], np.ndarray]:
+        """Chunk ``c`` packed as ``fuse_with_metainfo`` takes it (members in model order),
+        and the COCO image id of each of its images."""
+        cols = {k: [] for k in ('bboxes', 'scores', 'labels', 'members', 'images')}
+        for j, (m, b) in enumerate(zip(self.data.members, self.bounds)):
+            s = slice(b[c], b[c + 1])
+            cols['bboxes'].append(m.bboxes[s])
+            cols['scores'].append(m.scores[s])
+            cols['labels'].append(self.data.label_of[m.categories[s]])
+            cols['members'].append(np.full(s.stop - s.start, int(remap[j]), dtype=np.int64))
+            cols['images'].append(self.local[m.images[s]])
+        part = {k: torch.from_numpy(np.concatenate(v)) for k, v in cols.items()}
+        images = self.selected[c * self.chunk:(c + 1) * self.chunk]
+        part['image_sizes'] = torch.from_numpy(self.data.sizes[images])
+        return part, self.data.img_ids[images]
+
+
+_JOB: dict = {}  # the model and the plan, for :func:`fuse_chunk` (forked workers inherit it)
+
+
+@torch.no_grad()
+def fuse_chunk(c: int) -> tuple:
+    """Fuse chunk ``c``: ``(detections or None, their count, their JSON text or None,
+    the seconds of the fusion and ranking, the selection of e2e-CEL or None)``."""
+    job = _JOB
+    part, img_ids = job['plan'].part(c, job['remap'])
+    part = {k: v.to(job['device']) for k, v in part.items()}
+    t0 = time.perf_counter()
+    (boxes, scores, labels, images), info = job['model'].fuse_with_metainfo(part)
+    ranked = rank_results(boxes, scores, labels, images, part['image_sizes'], max_per_img=100)
+    if job['device'].startswith('cuda'):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    fused = results_to_arrays(*ranked, img_ids, job['plan'].data.cat_ids)
+    sel = info.get('selected_members')
+    sel = None if sel is None else sel[:, job['remap'].to(sel.device)].float().cpu()
+    text = results_text(*fused) if job['write'] and len(fused.score) else None
+    return (fused if job['keep'] else None), len(fused.score), text, seconds, sel
+
+
+def _worker_start(threads: int) -> None:
+    torch.set_num_threads(threads)  # N workers share the cores: no oversubscription
+
+
+def fuse_chunks(args: argparse.Namespace, model, plan: ChunkPlan) -> Iterator[tuple]:
+    """:func:`fuse_chunk` of every chunk, in order; ``--workers`` forked processes."""
+    _JOB.update(model=model.to(args.device).eval(), plan=plan, device=args.device,
+                remap=member_remap(model.members, plan.data.names), write=bool(args.out),
+                keep=not args.no_eval)
+    if args.workers == 1 or plan.n_chunks < 2:
+        yield from map(fuse_chunk, range(plan.n_chunks))
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else \
+        os.cpu_count() or 1
+    ctx = multiprocessing.get_context('fork')
+    with ctx.Pool(args.workers, _worker_start, (max(1, cores // args.workers), )) as pool:
+        yield from pool.imap(fuse_chunk, range(plan.n_chunks))
 
 
 def selection_metrics(model, batch, selections: list) -> dict:
@@ -223,10 +358,17 @@ def selection_metrics(model, batch, selections: list) -> dict:
     return out
 
 
-def evaluate(coco, batch, fused, metrics: dict, method: str) -> None:
+def as_predictions(data: Members, m: MemberColumns) -> MemberPredictions:
+    """A member's compact columns with COCO ids again (to score it)."""
+    cats = np.unique(np.asarray(data.cat_ids, dtype=np.int64))
+    return MemberPredictions(m.name, data.img_ids[m.images], m.bboxes, m.scores,
+                             cats[m.categories], m.report)
+
+
+def evaluate(coco, data: Members, fused: DetectionArrays, metrics: dict, method: str) -> None:
     """COCO AP of each member and of the fusion, into ``metrics``, and printed."""
-    for m in batch.members:
-        metrics['members'][m.name] = coco_metrics(coco, member_results(m))
+    for m in data.members:
+        metrics['members'][m.name] = coco_metrics(coco, member_results(as_predictions(data, m)))
     metrics['fusion'].update(coco_metrics(coco, arrays_to_results(fused)))
     width = max(len(n) for n in list(metrics['members']) + [method]) + 2
     print(f"{'':{width}}{'AP':>8}{'AP50':>8}{'AP75':>8}")
@@ -235,18 +377,28 @@ def evaluate(coco, batch, fused, metrics: dict, method: str) -> None:
         print(f"{name:{width}}{m['AP']:8.4f}{m['AP50']:8.4f}{m['AP75']:8.4f}")
 
 
-def write_outputs(args: argparse.Namespace, fused, metrics: dict) -> None:
-    """The fused detections (``--out``) and the metrics (``--metrics-out``)."""
-    for path in (args.out, args.metrics_out):
-        if path and osp.dirname(path):
-            os.makedirs(osp.dirname(path), exist_ok=True)  # checked by check_args
+def run_fusion(args: argparse.Namespace, model, plan: ChunkPlan) -> tuple:
+    """Fuse every chunk, writing each to ``--out`` as it comes: ``(the fused detections
+    when they are evaluated, else None; their count; the fusion seconds; selections)``."""
+    if args.out and osp.dirname(args.out):
+        os.makedirs(osp.dirname(args.out), exist_ok=True)  # checked by check_args
+    parts, count, seconds, selections = [], 0, 0.0, []
+    with (ResultsWriter(args.out) if args.out else contextlib.nullcontext()) as out:
+        for fused, n, text, s, sel in fuse_chunks(args, model, plan):
+            count, seconds = count + n, seconds + s
+            if out is not None and text:
+                out.write_text(text)
+            if fused is not None:
+                parts.append(fused)
+            if sel is not None:
+                selections.append(sel)
+    fused = DetectionArrays(*(np.concatenate(c) for c in zip(*parts))) if parts else None
+    if fused is None and not args.no_eval:  # no image: nothing fused
+        ids = np.zeros(0, dtype=np.int64)
+        fused = DetectionArrays(ids, ids, np.zeros((0, 4)), np.zeros(0))
     if args.out:
-        write_results_json(args.out, fused.image_id, fused.category_id, fused.bbox,
-                           fused.score)
-        print(f'wrote {len(fused.score)} detections to {args.out}')
-    if args.metrics_out:
-        with open(args.metrics_out, 'w', encoding='utf-8') as f:
-            json.dump(metrics, f, indent=1)
+        print(f'wrote {count} detections to {args.out}')
+    return fused, count, seconds, selections
 
 
 def main(argv=None) -> None:
@@ -265,45 +417,47 @@ def main(argv=None) -> None:
     else:
         model, cat_ids = load_ensemble(args, coco)
     t_model = time.perf_counter() - t0
-    reader = READER if argv is None else None
-    batch = read_batch(args, coco, cat_ids, reader)
-    selections = []
+    from mask_path import files_with_masks, fuse_masks  # noqa: E402 (torch imported)
+    if files_with_masks(args):  # members with instance masks: their own path (mask_path.py)
+        return fuse_masks(args, coco, model, cat_ids)
     t0 = time.perf_counter()
-    fused, seconds = fuse_batch_arrays(model, batch, chunk=args.chunk, device=args.device,
-                                       selections=selections)
-    phases = dict(annotations=t_ann, model=t_model, read=batch.seconds['read'],
-                  validate=batch.seconds['validate'], fuse=time.perf_counter() - t0)
-    ms = 1000.0 * seconds / max(1, len(batch.img_ids))
+    data = read_members(args, coco, cat_ids)
+    plan = ChunkPlan(data, shard_images(coco, data.img_ids, args.shard), args.chunk)
+    phases = dict(annotations=t_ann, model=t_model, read=time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    fused, _, seconds, selections = run_fusion(args, model, plan)
+    phases['fuse'] = time.perf_counter() - t0
+    n_img = len(plan.selected)
+    ms = 1000.0 * seconds / max(1, n_img)
     metrics = dict(members={}, fusion=dict(method=args.method, ms_per_image=ms))
     if selections:
-        metrics['fusion'].update(selection_metrics(model, batch, selections))
+        metrics['fusion'].update(selection_metrics(model, data, selections))
     if not args.no_eval:
         t0 = time.perf_counter()
-        evaluate(coco, batch, fused, metrics, args.method)
+        evaluate(coco, data, fused, metrics, args.method)
         phases['evaluate'] = time.perf_counter() - t0
-    print(f'fused {len(batch.img_ids)} images in {seconds:.3f} s '
-          f'({ms:.3f} ms per image, {args.device})')
-    t0 = time.perf_counter()
-    write_outputs(args, fused, metrics)
-    phases['write'] = time.perf_counter() - t0
+    print(f'fused {n_img} images in {seconds:.3f} s ({ms:.3f} ms per image, {args.device}'
+          f'{f", {args.workers} workers" if args.workers > 1 else ""})')
+    if args.metrics_out:
+        if osp.dirname(args.metrics_out):
+            os.makedirs(osp.dirname(args.metrics_out), exist_ok=True)
+        with open(args.metrics_out, 'w', encoding='utf-8') as f:
+            json.dump(metrics, f, indent=1)
     start = T_START if argv is None else t_main  # in process (tests), the imports are old
     if argv is None:
         phases = {'start-up': T_IMPORTED - T_START, **phases}
-    read_note = (f' ({reader.seconds:.2f} in the reader, {len(reader.stolen)} of '
-                 f'{len(reader.files)} files here)' if reader else '')
-    print('seconds: ' + ', '.join(f'{k} {v:.2f}' + (read_note if k == 'read' else '')
-                                  for k, v in phases.items())
+    print('seconds: ' + ', '.join(f'{k} {v:.2f}' for k, v in phases.items())
           + f', total {time.perf_counter() - start:.2f}')
 
 
 if __name__ == '__main__':
     # The ~1M objects that the imports made live until exit: frozen, the collector no longer
-    # rescans them at each full collection while millions of detections are decoded.
+    # rescans them at each full collection while the files are read.
     gc.freeze()
     run_cli(main)
-    # Done, the output files closed and the reader joined: the interpreter's teardown
-    # would free the ~1.2 GB of columns and tensors and torch's modules object by object
-    # (0.1-0.15 s of a 4 s run), where the OS frees the process at once.
+    # Done, the output files closed and the workers joined: the interpreter's teardown
+    # would free the columns and tensors and torch's modules object by object, where the
+    # OS frees the process at once.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

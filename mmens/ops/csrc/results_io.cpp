@@ -1,0 +1,354 @@
+// COCO-results JSON decoded straight into columns, a block of the file at a time.
+//
+// mmens._results_io is a plain CPython module (no torch, no numpy headers): fuse_results
+// can load it before torch is imported. decode_block() parses the entries
+// {"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": number} of a
+// JSON list from a caller's buffer into caller-owned int64/float64 columns, without a
+// Python object per entry, and with the GIL released. Anything outside that layout (NaN,
+// a string, a missing or repeated field, an id beyond int64, invalid or truncated JSON)
+// returns FALLBACK: the caller then reads the file with the general decoders, whose
+// errors name the first bad entry. Numbers are correctly rounded (std::from_chars), the
+// values msgspec and json give.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <charconv>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+// where the caller's list stands between two calls
+enum State : int { kStart = 0, kFirst = 1, kEntry = 2, kSep = 3, kDone = 4 };
+enum Result : int { kOk = 0, kMore = 1, kBad = 2 };  // kMore: the block ends mid-value
+
+struct Cursor {
+  const char* p;
+  const char* end;
+};
+
+inline bool is_ws(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
+inline bool is_digit(char c) { return c >= '0' && c <= '9'; }
+inline void skip_ws(Cursor& c) {
+  while (c.p < c.end && is_ws(*c.p)) ++c.p;
+}
+
+// One JSON number (strict grammar: from_chars alone would take "01" or "1."); on kOk,
+// [*begin, c.p) holds it. A number that reaches the end of the block may go on in the
+// next one: in a list of objects a number is always followed by a delimiter.
+Result scan_number(Cursor& c, const char** begin, bool* is_int) {
+  const char* p = c.p;
+  const char* e = c.end;
+  *begin = p;
+  *is_int = true;
+  if (p < e && *p == '-') ++p;
+  if (p >= e) return kMore;
+  if (*p == '0') {
+    ++p;
+  } else if (*p >= '1' && *p <= '9') {
+    while (p < e && is_digit(*p)) ++p;
+  } else {
+    return kBad;
+  }
+  if (p < e && *p == '.') {
+    *is_int = false;
+    const char* d = ++p;
+    while (p < e && is_digit(*p)) ++p;
+    if (p == d) return p >= e ? kMore : kBad;
+  }
+  if (p < e && (*p == 'e' || *p == 'E')) {
+    *is_int = false;
+    ++p;
+    if (p < e && (*p == '+' || *p == '-')) ++p;
+    const char* d = p;
+    while (p < e && is_digit(*p)) ++p;
+    if (p == d) return p >= e ? kMore : kBad;
+  }
+  if (p >= e) return kMore;
+  c.p = p;
+  return kOk;
+}
+
+Result parse_double(Cursor& c, double* out) {
+  const char* begin;
+  bool is_int;
+  Result r = scan_number(c, &begin, &is_int);
+  if (r != kOk) return r;
+  auto res = std::from_chars(begin, c.p, *out);
+  // out of range (1e400): the general decoders decide what that is
+  return (res.ec == std::errc() && res.ptr == c.p) ? kOk : kBad;
+}
+
+Result parse_int(Cursor& c, int64_t* out) {
+  const char* begin;
+  bool is_int;
+  Result r = scan_number(c, &begin, &is_int);
+  if (r != kOk) return r;
+  if (!is_int) return kBad;  // 1.0 or 1e3 as an id: the general path
+  auto res = std::from_chars(begin, c.p, *out);
+  return (res.ec == std::errc() && res.ptr == c.p) ? kOk : kBad;
+}
+
+// A string; [*begin, *stop) is its raw content, *escaped whether it holds a backslash.
+Result scan_string(Cursor& c, const char** begin, const char** stop, bool* escaped) {
+  if (c.p >= c.end) return kMore;
+  if (*c.p != '"') return kBad;
+  const char* p = c.p + 1;
+  *begin = p;
+  *escaped = false;
+  while (p < c.end) {
+    const unsigned char ch = static_cast<unsigned char>(*p);
+    if (ch == '"') {
+      *stop = p;
+      c.p = p + 1;
+      return kOk;
+    }
+    if (ch < 0x20) return kBad;
+    if (ch == '\\') {
+      *escaped = true;
+      ++p;  // the escaped character (a \uXXXX's digits are plain characters)
+    }
+    ++p;
+  }
+  return kMore;
+}
+
+Result skip_value(Cursor& c, int depth);
+
+Result skip_literal(Cursor& c, const char* word) {
+  const size_t n = std::strlen(word);
+  const size_t left = static_cast<size_t>(c.end - c.p);
+  if (std::memcmp(c.p, word, left < n ? left : n) != 0) return kBad;
+  if (left < n) return kMore;
+  c.p += n;
+  return kOk;
+}
+
+// ws, then `close` (returns kOk with *closed) or `,` (kOk, not closed)
+Result next_item(Cursor& c, char close, bool* closed) {
+  skip_ws(c);
+  if (c.p >= c.end) return kMore;
+  if (*c.p == ',' || *c.p == close) {
+    *closed = *c.p == close;
+    ++c.p;
+    return kOk;
+  }
+  return kBad;
+}
+
+Result skip_container(Cursor& c, int depth, bool object) {
+  const char close = object ? '}' : ']';
+  ++c.p;
+  skip_ws(c);
+  if (c.p >= c.end) return kMore;
+  if (*c.p == close) {
+    ++c.p;
+    return kOk;
+  }
+  for (bool closed = false; !closed;) {
+    Result r;
+    skip_ws(c);
+    if (object) {
+      const char *b, *s;
+      bool esc;
+      if ((r = scan_string(c, &b, &s, &esc)) != kOk) return r;
+      skip_ws(c);
+      if (c.p >= c.end) return kMore;
+      if (*c.p++ != ':') return kBad;
+      skip_ws(c);
+    }
+    if ((r = skip_value(c, depth + 1)) != kOk) return r;
+    if ((r = next_item(c, close, &closed)) != kOk) return r;
+  }
+  return kOk;
+}
+
+// Any JSON value (a field that mmens does not read).
+Result skip_value(Cursor& c, int depth) {
+  if (depth > 64) return kBad;  // deeper than any results file: the general path
+  if (c.p >= c.end) return kMore;
+  switch (*c.p) {
+    case '{': return skip_container(c, depth, true);
+    case '[': return skip_container(c, depth, false);
+    case '"': {
+      const char *b, *s;
+      bool esc;
+      return scan_string(c, &b, &s, &esc);
+    }
+    case 't': return skip_literal(c, "true");
+    case 'f': return skip_literal(c, "false");
+    case 'n': return skip_literal(c, "null");
+    default: {
+      const char* b;
+      bool is_int;
+      return scan_number(c, &b, &is_int);
+    }
+  }
+}
+
+struct Row {
+  int64_t image_id, category_id;
+  double bbox[4], score;
+};
+
+Result parse_bbox(Cursor& c, double* bbox) {
+  if (c.p >= c.end) return kMore;
+  if (*c.p++ != '[') return kBad;
+  for (int k = 0; k < 4; ++k) {
+    skip_ws(c);
+    Result r = parse_double(c, &bbox[k]);
+    if (r != kOk) return r;
+    bool closed;
+    if ((r = next_item(c, ']', &closed)) != kOk) return r;
+    if (closed != (k == 3)) return kBad;  // not 4 numbers
+  }
+  return kOk;
+}
+
+inline bool key_is(const char* b, const char* s, const char* key) {
+  const size_t n = std::strlen(key);
+  return static_cast<size_t>(s - b) == n && std::memcmp(b, key, n) == 0;
+}
+
+// One entry object; every field exactly once, the others skipped.
+Result parse_entry(Cursor& c, Row* row) {
+  if (*c.p++ != '{') return kBad;
+  unsigned seen = 0;
+  for (bool closed = false; !closed;) {
+    skip_ws(c);
+    const char *b, *s;
+    bool esc;
+    Result r = scan_string(c, &b, &s, &esc);
+    if (r != kOk) return r;
+    if (esc) return kBad;  // an escaped key may still name a field: the general path
+    skip_ws(c);
+    if (c.p >= c.end) return kMore;
+    if (*c.p++ != ':') return kBad;
+    skip_ws(c);
+    unsigned bit = 0;
+    if (key_is(b, s, "image_id")) {
+      bit = 1, r = parse_int(c, &row->image_id);
+    } else if (key_is(b, s, "category_id")) {
+      bit = 2, r = parse_int(c, &row->category_id);
+    } else if (key_is(b, s, "bbox")) {
+      bit = 4, r = parse_bbox(c, row->bbox);
+    } else if (key_is(b, s, "score")) {
+      bit = 8, r = parse_double(c, &row->score);
+    } else {
+      r = skip_value(c, 1);
+    }
+    if (r != kOk) return r;
+    if (seen & bit) return kBad;  // a repeated field
+    seen |= bit;
+    if ((r = next_item(c, '}', &closed)) != kOk) return r;
+  }
+  return seen == 15 ? kOk : kBad;
+}
+
+struct Columns {
+  int64_t* image_ids;
+  int64_t* category_ids;
+  double* bboxes;
+  double* scores;
+  Py_ssize_t capacity;
+};
+
+// Parses from c.p; returns kBad, or kOk with *n entries written and *state, *consumed
+// (c.p of the last whole token: the caller keeps the bytes from there for the next block).
+Result decode(Cursor c, Columns out, int* state, Py_ssize_t* n, const char** consumed) {
+  *n = 0;
+  *consumed = c.p;
+  for (;;) {
+    skip_ws(c);
+    if (c.p >= c.end) return kOk;
+    if (*state == kStart) {
+      if (*c.p != '[') return kBad;
+      ++c.p, *state = kFirst;
+    } else if (*state == kSep || (*state == kFirst && *c.p == ']')) {
+      if (*c.p != ',' && *c.p != ']') return kBad;
+      *state = *c.p == ',' ? kEntry : kDone;
+      ++c.p;
+    } else if (*state == kDone) {
+      return kBad;  // something after the list
+    } else {  // kFirst, kEntry: an entry
+      if (*n == out.capacity) return kOk;
+      Row row;
+      Result r = parse_entry(c, &row);
+      if (r == kMore) return kOk;  // the entry goes on in the next block
+      if (r != kOk) return kBad;
+      const Py_ssize_t i = (*n)++;
+      out.image_ids[i] = row.image_id;
+      out.category_ids[i] = row.category_id;
+      std::memcpy(out.bboxes + 4 * i, row.bbox, sizeof(row.bbox));
+      out.scores[i] = row.score;
+      *state = kSep;
+    }
+    *consumed = c.p;
+  }
+}
+
+bool writable(Py_buffer* b, Py_ssize_t itemsize, Py_ssize_t per, Py_ssize_t* cap,
+              const char* name) {
+  if (b->len % (itemsize * per) != 0) {
+    PyErr_Format(PyExc_ValueError, "%s: %zd bytes is not a whole number of rows", name,
+                 b->len);
+    return false;
+  }
+  const Py_ssize_t rows = b->len / (itemsize * per);
+  *cap = (*cap < 0 || rows < *cap) ? rows : *cap;
+  return true;
+}
+
+PyObject* decode_block(PyObject*, PyObject* args) {
+  Py_buffer buf, ids, cats, boxes, scores;
+  Py_ssize_t start, stop;
+  int state;
+  if (!PyArg_ParseTuple(args, "y*nnw*w*w*w*i:decode_block", &buf, &start, &stop, &ids,
+                        &cats, &boxes, &scores, &state))
+    return nullptr;
+  PyObject* result = nullptr;
+  Py_ssize_t cap = -1;
+  if (start < 0 || stop < start || stop > buf.len || state < kStart || state > kDone) {
+    PyErr_SetString(PyExc_ValueError, "decode_block: start/stop/state out of range");
+  } else if (writable(&ids, 8, 1, &cap, "image_ids") &&
+             writable(&cats, 8, 1, &cap, "category_ids") &&
+             writable(&boxes, 8, 4, &cap, "bboxes") &&
+             writable(&scores, 8, 1, &cap, "scores")) {
+    const char* base = static_cast<const char*>(buf.buf);
+    Columns out{static_cast<int64_t*>(ids.buf), static_cast<int64_t*>(cats.buf),
+                static_cast<double*>(boxes.buf), static_cast<double*>(scores.buf), cap};
+    Py_ssize_t n = 0;
+    const char* consumed = base + start;
+    Result r;
+    Py_BEGIN_ALLOW_THREADS
+    r = decode(Cursor{base + start, base + stop}, out, &state, &n, &consumed);
+    Py_END_ALLOW_THREADS
+    if (r == kBad) {
+      result = Py_BuildValue("(Onni)", Py_False, (Py_ssize_t)0, (Py_ssize_t)0, state);
+    } else {
+      result = Py_BuildValue("(Onni)", Py_True, n, (Py_ssize_t)(consumed - base), state);
+    }
+  }
+  PyBuffer_Release(&buf);
+  PyBuffer_Release(&ids);
+  PyBuffer_Release(&cats);
+  PyBuffer_Release(&boxes);
+  PyBuffer_Release(&scores);
+  return result;
+}
+
+PyMethodDef kMethods[] = {
+    {"decode_block", decode_block, METH_VARARGS,
+     "decode_block(buf, start, stop, image_ids, category_ids, bboxes, scores, state)\n"
+     "-> (ok, n, consumed, state): the entries of buf[start:stop] written into the\n"
+     "int64 / int64 / float64 [.., 4] / float64 columns (up to their length); consumed\n"
+     "is where the next call starts (an entry cut by the block's end is left there).\n"
+     "ok False: not the plain COCO-results layout (read the file another way)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_results_io",
+                       "COCO-results JSON decoded into columns (no torch).", -1, kMethods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__results_io(void) { return PyModule_Create(&kModule); }
