@@ -325,23 +325,54 @@ def fuse_chunk(c: int) -> tuple:
     return (fused if job['keep'] else None), len(fused.score), text, seconds, sel
 
 
-def _worker_start(threads: int) -> None:
-    torch.set_num_threads(threads)  # N workers share the cores: no oversubscription
+def _fuse_worker(conn, first: int, step: int, threads: int) -> None:
+    """A forked worker: chunks ``first, first + step, ...``, each sent as it is fused (the
+    pipe blocks it when the main process falls behind: memory stays bounded)."""
+    torch.set_num_threads(threads)  # the workers share the cores: no oversubscription
+    try:
+        for c in range(first, _JOB['plan'].n_chunks, step):
+            conn.send((True, fuse_chunk(c)))
+    except BaseException as e:  # noqa: BLE001 (raised again in the main process)
+        conn.send((False, e))
+    conn.close()
 
 
 def fuse_chunks(args: argparse.Namespace, model, plan: ChunkPlan) -> Iterator[tuple]:
-    """:func:`fuse_chunk` of every chunk, in order; ``--workers`` forked processes."""
+    """:func:`fuse_chunk` of every chunk, in order; chunk ``c`` in forked worker ``c``
+    modulo ``--workers`` (forked: they share the columns, and nothing is pickled but the
+    results)."""
     _JOB.update(model=model.to(args.device).eval(), plan=plan, device=args.device,
                 remap=member_remap(model.members, plan.data.names), write=bool(args.out),
                 keep=not args.no_eval)
-    if args.workers == 1 or plan.n_chunks < 2:
+    n = min(args.workers, plan.n_chunks)
+    if n < 2:
         yield from map(fuse_chunk, range(plan.n_chunks))
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else \
         os.cpu_count() or 1
     ctx = multiprocessing.get_context('fork')
-    with ctx.Pool(args.workers, _worker_start, (max(1, cores // args.workers), )) as pool:
-        yield from pool.imap(fuse_chunk, range(plan.n_chunks))
+    pipes, procs = [], []
+    try:
+        for w in range(n):
+            recv, send = ctx.Pipe(duplex=False)
+            procs.append(ctx.Process(target=_fuse_worker, daemon=True,
+                                     args=(send, w, n, max(1, cores // n))))
+            procs[-1].start()
+            send.close()
+            pipes.append(recv)
+        for c in range(plan.n_chunks):
+            try:
+                ok, value = pipes[c % n].recv()
+            except EOFError:
+                raise RuntimeError(f'fusion worker {c % n} died (exit code '
+                                   f'{procs[c % n].exitcode}), e.g. out of memory') from None
+            if not ok:
+                raise value
+            yield value
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join()
 
 
 def selection_metrics(model, batch, selections: list) -> dict:
