@@ -102,3 +102,24 @@ def plot_selection_frequency(freq: Dict[str, Sequence[float]], members: Sequence
     return path
 
 
+
+
+def plot_pr_curves(curves: Dict[str, tuple], path: str, title: str = '') -> str:
+    """Precision against recall, one line per result set: ``curves[name] = (recall [R],
+    precision [R])`` (COCO's 101 recall points; precision in ``[0, 1]``)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, (recall, precision) in curves.items():
+        ax.plot(recall, precision, label=name, lw=2.2 if name == 'ensemble' else 1.2,
+                color='black' if name == 'ensemble' else None)
+    ax.set_xlabel('recall')
+    ax.set_ylabel('precision')
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
