@@ -3,7 +3,8 @@
     python tools/analysis_tools/validate_predictions.py --ann GT.json --preds A.json B.json [--repair --out-dir DIR]
 
 Each file is checked for: valid JSON list, the four fields, finite boxes with positive size,
-scores in [0, 1], known image and category ids. Errors name the file, entry index, image id
+scores in [0, 1], known image and category ids, and, in a file with ``segmentation``, a
+well-formed mask (RLE or polygons) of its image's size in every entry. Errors name the file, entry index, image id
 and field. With ``--repair`` the repairable problems are repaired (scores clipped, invalid
 entries dropped, boxes clipped to the image), the counts are printed, and with ``--out-dir``
 the repaired files are written there under the same names.
@@ -15,6 +16,7 @@ import os.path as osp
 
 # torch, numpy, pycocotools, msgspec: no OpenMMLab package (nothing here needs a model)
 from mmens.apis.member_files import load_coco, member_results
+from mmens.datasets.coco_masks import file_has_masks, read_member_masks
 from mmens.datasets.coco_results import load_member_predictions
 from mmens.utils.cli import run_cli
 from mmens.utils.paths import check_member_files, check_output_dir
@@ -55,9 +57,17 @@ def main(argv=None) -> None:
     sizes = {im['id']: (im['width'], im['height']) for im in coco.loadImgs(coco.getImgIds())}
     cat_ids = coco.getCatIds()
     for path in args.preds:
+        masks = file_has_masks(path)
+        if masks and args.repair:  # a dropped entry would drop its mask, unsaid
+            raise ValueError(f'{path} carries masks: --repair rewrites boxes only; fix the '
+                             'file (each bad entry is named without --repair)')
         preds = load_member_predictions(path, sizes, cat_ids, repair=args.repair)
+        if masks:
+            read_member_masks(path, osp.splitext(osp.basename(path))[0], sizes,
+                              preds.image_ids)
         n_img = len(set(preds.image_ids.tolist()))
-        print(f"{path}: valid, {len(preds)} boxes on {n_img} of {len(sizes)} images"
+        print(f"{path}: valid, {len(preds)} boxes{' with masks' if masks else ''} on "
+              f"{n_img} of {len(sizes)} images"
               + (f'; repaired {preds.report}' if preds.report else ''))
         if args.out_dir:
             os.makedirs(args.out_dir, exist_ok=True)
