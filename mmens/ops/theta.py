@@ -25,13 +25,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    'THETA_PARAMS', 'SCORE_MODES', 'theta_from_phi', 'phi_from_theta', 'dtheta_dphi',
-    'theta_fuse', 'j_reg', 'j_cons', 'j_cls', 'fusion_loss', 'grad_j_reg',
+    'THETA_PARAMS', 'SCORE_MODES', 'WBF_CONF_TYPES', 'theta_from_phi', 'phi_from_theta',
+    'dtheta_dphi', 'theta_fuse', 'wbf_theta_fuse', 'j_reg', 'j_cons', 'j_cls', 'fusion_loss', 'grad_j_reg',
     'grad_j_cons', 'grad_j_cls'
 ]
 
 THETA_PARAMS = ('identity', 'softplus', 'sigmoid')
 SCORE_MODES = ('seed', 'normalized', 'noisy_or')
+#: WBF's ``conf_type`` values whose score is a function of the member rows of a cluster
+#: (``'max'`` needs each box's weighted score, which a member's mean row does not keep)
+WBF_CONF_TYPES = ('avg', 'box_and_model_avg', 'absent_model_aware_avg')
 Number = Union[float, int, Tensor]
 
 
@@ -150,6 +153,64 @@ def theta_fuse(y_hat: Tensor, mask: Tensor, theta: Tensor, score_mode: str = 'se
         if score_mode == 'normalized':
             scores = _safe_div(scores, wsum, eps)
     return boxes, scores
+
+
+def wbf_theta_fuse(y_hat: Tensor, mask: Tensor, counts: Tensor, theta: Tensor,
+                   conf_type: str = 'avg', allows_overflow: bool = False,
+                   eps: float = 1e-12) -> Tuple[Tensor, Tensor]:
+    """WBF of each cluster with member weights Θ (theory §2, Θ on the WBF form).
+
+    With ``S_i = k_i p_i`` member i's summed score in the cluster (``k_i`` boxes of mean
+    score ``p_i``, box ``b_i`` their score-weighted mean, as :func:`match_boxes` with
+    ``member_reduce='mean'`` gives them): box ``Σ_i θ_i S_i b_i / Σ_i θ_i S_i`` and, with
+    ``T = Σ_i k_i`` boxes and ``W = Σ_i θ_i`` over all N members, score
+
+    * ``'avg'``: ``Σ_i θ_i S_i / T · min(T, N) / W`` (``T`` with ``allows_overflow``);
+    * ``'box_and_model_avg'``: ``Σ_i θ_i S_i / Σ_i θ_i k_i · Σ_i m_i θ_i / W``;
+    * ``'absent_model_aware_avg'``: ``Σ_i θ_i S_i / (Σ_i θ_i k_i + Σ_i (1 − m_i) θ_i)``.
+
+    These are ensemble-boxes' formulas with ``weights = Θ``: Θ ∝ 1 (or Θ equal to the
+    matching weights) gives the WBF output of the clusters, and the output does not
+    depend on the scale of Θ.
+
+    Args:
+        y_hat: ``Tensor[C, N, 5]``; counts: ``Tensor[C, N]`` boxes per member (0 where
+            ``mask`` is False); mask: ``Tensor[C, N]`` bool.
+        theta: ``Tensor[N]`` or ``Tensor[C, N]``, > 0.
+
+    Returns:
+        boxes ``Tensor[C, 4]``, scores ``Tensor[C]``.
+    """
+    if conf_type not in WBF_CONF_TYPES:
+        raise ValueError(f'conf_type must be one of {WBF_CONF_TYPES} for Θ on the WBF form, '
+                         f'got {conf_type!r}')
+    c, n = _check_yhat(y_hat, mask)
+    if tuple(counts.shape) != (c, n):
+        raise ValueError(f'counts must have shape [{c}, {n}], got {list(counts.shape)}')
+    m = mask.bool()
+    zero = torch.zeros((), dtype=y_hat.dtype, device=y_hat.device)
+    k = torch.where(m, counts.to(y_hat.dtype), zero)  # [C, N]
+    s = k * torch.where(m, y_hat[..., 4], zero)  # [C, N] S_i
+    sb = s.unsqueeze(-1) * y_hat[..., :4]  # [C, N, 4]
+    if theta.dim() == 1:  # a shared Θ: products with Θ are matrix-vector products
+        _rows(theta, c, n)  # shape check
+        th = theta.to(y_hat.dtype)
+        conf, num = s @ th, torch.einsum('cnd,n->cd', sb, th)  # [C], [C, 4]
+        wk, present = k @ th, m.to(th.dtype) @ th  # [C], [C]
+        wall = th.sum().expand(c)  # [C] W
+    else:
+        th = _rows(theta, c, n).to(y_hat.dtype)  # [C, N]
+        conf, num = (th * s).sum(1), (th.unsqueeze(-1) * sb).sum(1)
+        wk, present = (th * k).sum(1), (th * m.to(th.dtype)).sum(1)
+        wall = th.sum(1)
+    boxes = _safe_div(num, conf.unsqueeze(-1), eps)  # [C, 4]
+    if conf_type == 'avg':
+        t = k.sum(1)  # [C]
+        scale = t if allows_overflow else t.clamp(max=n)
+        return boxes, _safe_div(conf, t, eps) * scale / wall
+    if conf_type == 'box_and_model_avg':
+        return boxes, _safe_div(conf, wk, eps) * present / wall
+    return boxes, _safe_div(conf, wk + wall - present, eps)
 
 
 def j_reg(a_box: Tensor, y_box: Tensor, matched: Optional[Tensor] = None,

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from mmens.ops.theta import (dtheta_dphi, fusion_loss, grad_j_cls, grad_j_cons, grad_j_reg,
-                             j_cls, j_cons, j_reg, phi_from_theta, theta_from_phi, theta_fuse)
+from mmens.ops.theta import (WBF_CONF_TYPES, dtheta_dphi, fusion_loss, grad_j_cls,
+                             grad_j_cons, grad_j_reg, j_cls, j_cons, j_reg, phi_from_theta,
+                             theta_from_phi, theta_fuse, wbf_theta_fuse)
 
 D = torch.float64
 
@@ -258,3 +259,56 @@ def test_toy_sgd_with_cls(param):
     # J_cls pulls each θ_i toward its own calibration scale, so ΣΘ = 1 is not
     # reached; the accurate, score-informative member still gets the larger weight
     assert torch.isfinite(loss) and theta[0] > theta[1] + 0.2, theta
+
+
+# ------------------------------------------------------------------ Θ on the WBF form
+def _wbf_clusters(conf_type, weights=None, seed=1):
+    """match_boxes (mmens' WBF, equal to ensemble-boxes: test_fusion_parity) of a seeded
+    synthetic load, in float64."""
+    from mmens.ops import PackedDetections, match_boxes
+    from mmens.testing.synthetic import synthetic_batch
+    packed, _ = synthetic_batch(4, 3, 30, num_classes=5, seed=seed)
+    dets = PackedDetections(packed['bboxes'].double() / torch.tensor([640., 480, 640, 480]),
+                            packed['scores'].double(), packed['labels'], packed['members'],
+                            packed['images'], 3, 4)
+    return match_boxes(dets, weights=weights, conf_type=conf_type)
+
+
+@pytest.mark.parametrize('conf_type', WBF_CONF_TYPES)
+def test_wbf_theta_fuse_uniform_theta_is_wbf(conf_type):
+    cl = _wbf_clusters(conf_type)
+    assert cl.counts.max() > 1 and (~cl.mask).any()  # several boxes, absent members
+    for theta in (torch.full((3,), 1 / 3, dtype=D), torch.full((3,), 7.0, dtype=D),
+                  torch.full((cl.mask.shape[0], 3), 0.2, dtype=D)):
+        boxes, scores = wbf_theta_fuse(cl.y_hat, cl.mask, cl.counts, theta, conf_type)
+        # ensemble-boxes keeps float32 sums: equal to that precision
+        torch.testing.assert_close(boxes, cl.fused_boxes, rtol=0, atol=1e-6)
+        torch.testing.assert_close(scores, cl.fused_scores, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('conf_type', WBF_CONF_TYPES)
+def test_wbf_theta_fuse_theta_as_weights_is_weighted_wbf(conf_type):
+    w = torch.tensor([2.0, 0.5, 1.25], dtype=D)
+    cl = _wbf_clusters(conf_type, weights=w)
+    boxes, scores = wbf_theta_fuse(cl.y_hat, cl.mask, cl.counts, w / w.sum(), conf_type)
+    torch.testing.assert_close(boxes, cl.fused_boxes, rtol=0, atol=1e-6)
+    torch.testing.assert_close(scores, cl.fused_scores, rtol=0, atol=1e-6)
+    # any other Θ moves the output; per-cluster rows of a shared Θ give the same
+    other = torch.tensor([0.2, 0.5, 0.3], dtype=D)
+    b2, s2 = wbf_theta_fuse(cl.y_hat, cl.mask, cl.counts, other, conf_type)
+    assert (s2 - cl.fused_scores).abs().max() > 1e-3
+    b3, s3 = wbf_theta_fuse(cl.y_hat, cl.mask, cl.counts,
+                            other.expand(len(s2), -1), conf_type)
+    torch.testing.assert_close((b3, s3), (b2, s2))
+
+
+def test_wbf_theta_fuse_errors_and_gradient():
+    cl = _wbf_clusters('avg')
+    with pytest.raises(ValueError, match="conf_type must be one of .* got 'max'"):
+        wbf_theta_fuse(cl.y_hat, cl.mask, cl.counts, torch.ones(3, dtype=D), 'max')
+    with pytest.raises(ValueError, match='counts must have shape'):
+        wbf_theta_fuse(cl.y_hat, cl.mask, cl.counts[:, :2], torch.ones(3, dtype=D))
+    theta = torch.tensor([0.3, 0.5, 0.2], dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: torch.cat([o.reshape(-1) for o in wbf_theta_fuse(
+            cl.y_hat[:20], cl.mask[:20], cl.counts[:20], t)]), (theta, ))
