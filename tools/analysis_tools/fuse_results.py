@@ -98,11 +98,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    'weighted mean of the cluster\'s masks is at least this')
     p.add_argument('--mask-vote', action='store_true',
                    help='members with masks: every mask weighs 1, not its WBF weight')
-    p.add_argument('--mask-thr', type=float, default=0.5,
-                   help='members with masks: a pixel is in the fused mask when the '
-                   'weighted mean of the cluster\'s masks is at least this')
-    p.add_argument('--mask-vote', action='store_true',
-                   help='members with masks: every mask weighs 1, not its WBF weight')
     p.add_argument('--workers', type=int, default=1,
                    help='member files read at once, and processes fusing the chunks')
     p.add_argument('--shard', metavar='I/N',
@@ -453,9 +448,6 @@ def main(argv=None) -> None:
     else:
         model, cat_ids = load_ensemble(args, coco)
     t_model = time.perf_counter() - t0
-    from mask_path import files_with_masks, fuse_masks  # noqa: E402 (torch imported)
-    if files_with_masks(args):  # members with instance masks: their own path (mask_path.py)
-        return fuse_masks(args, coco, model, cat_ids)
     from mask_path import files_with_masks, fuse_masks  # noqa: E402 (torch imported)
     if files_with_masks(args):  # members with instance masks: their own path (mask_path.py)
         return fuse_masks(args, coco, model, cat_ids)
