@@ -1,5 +1,5 @@
 """Learned fusion head: Θ over the members of each matched cluster (docs/theory.md §2–§4)."""
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from mmens.registry import MODELS
@@ -8,9 +8,10 @@ from torch import Tensor, nn
 
 from mmens.ops.features import cluster_features, feature_names
 from mmens.ops.targets import TargetAssignment
-from mmens.ops.theta import j_cls, j_cons, j_reg, theta_from_phi, theta_fuse
+from mmens.ops.theta import (WBF_CONF_TYPES, j_cls, j_cons, j_reg, theta_from_phi,
+                             theta_fuse, wbf_theta_fuse)
 
-THETA_MODES = ('global', 'per_class', 'conditional')
+THETA_MODES = ('global', 'per_class', 'conditional', 'wbf')
 
 
 @MODELS.register_module()
@@ -30,6 +31,12 @@ class LearnedFusionHead(BaseModule):
       (:func:`mmens.ops.features.cluster_features`) to the cluster's Θ row and to a rescored
       confidence, trained with BCE on match / no-match (``J_cls`` on the fused score);
       a global Θ is still learned for the matching weights.
+    * ``'wbf'``: Θ on the WBF form (:func:`mmens.ops.theta.wbf_theta_fuse`): box
+      ``Σ θ S b / Σ θ S`` and WBF's ``conf_type`` score with weights Θ, so Θ ∝ 1 is WBF.
+      Θ starts at ``anchor_weights`` (the learned WBF weights of the same training images)
+      and ``shrink`` pulls log Θ toward them; ``J_cls`` is the BCE of the fused score.
+      The matching uses the anchor weights in training and at test time alike, so Θ
+      trains on the clusters it fuses at test time.
 
     Args:
         num_members (int): N. num_classes (int): K.
@@ -39,7 +46,11 @@ class LearnedFusionHead(BaseModule):
             ``'normalized'`` or ``'noisy_or'`` (docs/theory.md §2).
         hidden (int): width of the conditional net (0: logistic regression).
         loss_reg, loss_cons, loss_cls (float): λ_reg, λ_cons, λ_cls.
-        init_theta (float): initial θ (all members equal).
+        init_theta (float): initial θ (all members equal; not ``'wbf'``).
+        anchor_weights (list[float], optional): ``'wbf'``: the matching weights and Θ's
+            start and shrinkage target (normalised to ΣΘ = 1; default equal).
+        shrink (float): ``'wbf'``: λ of ``λ/2 Σ_i (log θ_i − log θ0_i)²``.
+        conf_type (str): ``'wbf'``: WBF's ``conf_type`` (that of the model's matching).
     """
 
     def __init__(self,
@@ -53,6 +64,9 @@ class LearnedFusionHead(BaseModule):
                  loss_cons: float = 1.0,
                  loss_cls: float = 1.0,
                  init_theta: Optional[float] = None,
+                 anchor_weights: Optional[Sequence[float]] = None,
+                 shrink: float = 1.0,
+                 conf_type: str = 'avg',
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if theta_mode not in THETA_MODES:
@@ -62,7 +76,15 @@ class LearnedFusionHead(BaseModule):
         self.theta_mode, self.theta_param, self.score_mode = theta_mode, theta_param, score_mode
         self.lambdas = dict(reg=loss_reg, cons=loss_cons, cls=loss_cls)
         init = 1.0 / num_members if init_theta is None else init_theta
-        phi0 = self._phi_of(torch.full((num_members,), init))
+        init = torch.full((num_members,), init)
+        if theta_mode == 'wbf':
+            if conf_type not in WBF_CONF_TYPES:
+                raise ValueError(f'LearnedFusionHead: conf_type must be one of '
+                                 f'{WBF_CONF_TYPES} with theta_mode=\'wbf\', got {conf_type!r}')
+            init = self._anchor(anchor_weights, num_members)
+            self.register_buffer('anchor', init.clone())  # [N], Σ = 1
+            self.shrink, self.conf_type = float(shrink), conf_type
+        phi0 = self._phi_of(init)
         self.phi = nn.Parameter(phi0.clone())  # [N] global Θ (matching weights)
         if theta_mode == 'per_class':
             self.phi_class = nn.Parameter(phi0.expand(num_classes, -1).clone())  # [K, N]
@@ -71,6 +93,15 @@ class LearnedFusionHead(BaseModule):
             self.feat_norm = nn.BatchNorm1d(f, affine=False)
             layers = [nn.Linear(f, hidden), nn.ReLU()] if hidden else []
             self.net = nn.Sequential(*layers, nn.Linear(hidden or f, num_members + 1))
+
+    @staticmethod
+    def _anchor(weights: Optional[Sequence[float]], n: int) -> Tensor:
+        """``anchor_weights`` checked and normalised to sum 1, ``Tensor[N]``."""
+        w = torch.ones(n) if weights is None else torch.as_tensor(weights, dtype=torch.float)
+        if w.shape != (n,) or not bool(torch.isfinite(w).all() & (w > 0).all()):
+            raise ValueError(f'LearnedFusionHead: anchor_weights must be {n} finite '
+                             f'weights > 0, got {weights!r}')
+        return w / w.sum()
 
     def _phi_of(self, theta: Tensor) -> Tensor:
         if self.theta_param == 'softplus':
@@ -90,12 +121,17 @@ class LearnedFusionHead(BaseModule):
         return self.theta().detach()
 
     def matching_weights(self) -> Tensor:
-        """Member weights for the matching (detached global Θ), ``Tensor[N]``."""
+        """Member weights for the matching (detached global Θ; ``'wbf'``: the anchor
+        weights, fixed), ``Tensor[N]``."""
+        if self.theta_mode == 'wbf':
+            return self.anchor * self.num_members
         return self.theta().detach().clamp_min(1e-4)
 
     def forward(self, clusters) -> Tuple[Tensor, Tensor]:
         """Fused boxes ``[C, 4]`` and fused scores ``[C]`` (probabilities)."""
         theta, logit = self._theta_rows(clusters)
+        if self.theta_mode == 'wbf':
+            return self._wbf_fuse(clusters, self.theta())
         boxes, scores = theta_fuse(clusters.y_hat, clusters.mask, theta,
                                    score_mode=self.score_mode)
         if logit is not None:
@@ -104,7 +140,7 @@ class LearnedFusionHead(BaseModule):
 
     def _theta_rows(self, clusters) -> Tuple[Tensor, Optional[Tensor]]:
         c = clusters.y_hat.shape[0]
-        if self.theta_mode == 'global':
+        if self.theta_mode in ('global', 'wbf'):
             return self.theta().expand(c, -1), None  # [C, N]
         if self.theta_mode == 'per_class':
             return theta_from_phi(self.phi_class, self.theta_param)[clusters.labels], None
@@ -127,8 +163,44 @@ class LearnedFusionHead(BaseModule):
         self._feat_cache = (clusters.y_hat, feats)
         return feats
 
+    def _wbf_fuse(self, clusters, theta: Tensor) -> Tuple[Tensor, Tensor]:
+        return wbf_theta_fuse(clusters.y_hat, clusters.mask, clusters.counts,
+                              theta.to(clusters.y_hat.dtype), conf_type=self.conf_type)
+
+    def _wbf_loss(self, clusters, targets: TargetAssignment) -> Dict[str, Tensor]:
+        """The seed's J on the WBF form, plus the shrinkage toward the anchor."""
+        theta = self.theta()
+        a_box, score = self._wbf_fuse(clusters, theta)  # a shared Θ [N]
+        matched = targets.y_cls > 0
+        weight = (~targets.ignored).to(score.dtype)  # crowd-only clusters don't count
+        bce = nn.functional.binary_cross_entropy(
+            score.clamp(1e-6, 1 - 1e-6), targets.y_cls.to(score.dtype), weight=weight,
+            reduction='sum')
+        drift = torch.log(theta) - torch.log(self.anchor)  # [N]
+        return {'loss_reg': self.lambdas['reg'] * j_reg(a_box, targets.y_box.to(a_box.dtype),
+                                                        matched),
+                'loss_cls': self.lambdas['cls'] * bce / weight.sum().clamp_min(1.0),
+                'loss_cons': self.lambdas['cons'] * j_cons(theta),
+                'loss_shrink': 0.5 * self.shrink * (drift ** 2).sum()}
+
+    def fit_clusters(self, clusters, targets: TargetAssignment, max_iter: int = 100) -> None:
+        """Fit on fixed clusters by full-batch L-BFGS (strong Wolfe line search), as the
+        Θ-on-WBF config's Runner fit does: for inner cross-validation of ``shrink``."""
+        opt = torch.optim.LBFGS(self.parameters(), lr=1.0, max_iter=max_iter,
+                                line_search_fn='strong_wolfe')
+
+        def closure():
+            opt.zero_grad()
+            loss = sum(self.loss_by_feat(clusters, targets).values())
+            loss.backward()
+            return loss
+        with torch.enable_grad():
+            opt.step(closure)
+
     def loss_by_feat(self, clusters, targets: TargetAssignment) -> Dict[str, Tensor]:
         """J terms averaged over clusters (``loss_reg`` over matched clusters only)."""
+        if self.theta_mode == 'wbf':
+            return self._wbf_loss(clusters, targets)
         theta, logit = self._theta_rows(clusters)
         a_box, _ = theta_fuse(clusters.y_hat, clusters.mask, theta)
         matched = targets.y_cls > 0

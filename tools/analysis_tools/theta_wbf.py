@@ -1,0 +1,101 @@
+"""Θ on the WBF form out of fold: anchor weights, ``shrink`` by inner cross-validation.
+
+For one outer fold: the anchor Θ0 are the learned WBF weights fitted on the fold's
+training images (``configs/learned/learned-weights_*``, calibration and threshold search
+off); ``shrink`` is chosen among :data:`SHRINK_GRID` by inner k-fold cross-validation on
+the same training images (fast COCO AP of the pooled inner held-out predictions; the
+anchor is the outer fold's, fitted on all its training images); then
+``configs/learned/learned_theta-wbf_*`` is trained through the Runner with both.
+
+A helper module of the report tools in tools/analysis_tools (not part of the installed
+package); those tools and the tests import it with this folder on ``sys.path``.
+"""
+import copy
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from pycocotools.coco import COCO
+
+from cross_val import subset_batch
+from mmens.apis.inference import fuse_batch
+from mmens.apis.member_files import MemberBatch
+from mmens.datasets.ensemble_dataset import fold_image_ids
+from mmens.evaluation.coco_eval import CocoEvaluation
+from mmens.ops.targets import TargetAssignment, assign_targets
+from mmens.registry import MODELS
+
+#: λ of ``λ/2 ‖log Θ − log Θ0‖²`` searched by the inner cross-validation (log-spaced; the
+#: largest keeps Θ at the anchor to within 1e-3)
+SHRINK_GRID = (0.01, 0.1, 1.0, 10.0, 1000.0)
+
+
+def coco_gt(coco: COCO, batch: MemberBatch) -> Tuple[torch.Tensor, ...]:
+    """The ground truth of ``batch``'s images as mmdet's CocoDataset keeps it (boxes
+    under 1 pixel or of area 0 dropped, crowd boxes ignored): boxes ``[G, 4]``
+    normalised xyxy, labels, image positions ``[G]`` and ignore flags ``[G]``."""
+    cat_index = {c: i for i, c in enumerate(batch.cat_ids)}
+    sizes = batch.packed['image_sizes'].double()  # [I, 2] (width, height)
+    rows = []
+    for pos, img in enumerate(batch.img_ids):
+        for a in coco.imgToAnns.get(img, []):
+            x, y, w, h = a['bbox']
+            if a.get('area', w * h) <= 0 or w < 1 or h < 1 or a['category_id'] not in cat_index:
+                continue
+            rows.append((x, y, x + w, y + h, cat_index[a['category_id']], pos,
+                         bool(a.get('iscrowd', 0))))
+    t = torch.tensor([r[:4] for r in rows], dtype=torch.float64).reshape(-1, 4)
+    images = torch.tensor([r[5] for r in rows], dtype=torch.long)
+    return (t / sizes[images].repeat(1, 2), torch.tensor([r[4] for r in rows],
+                                                           dtype=torch.long),
+            images, torch.tensor([r[6] for r in rows], dtype=torch.bool))
+
+
+def _subset(clusters, targets: TargetAssignment, keep: torch.Tensor):
+    """The clusters (and targets) of the images ``keep`` ``[I]`` bool: matching and
+    targets are per image, so they are those of a run on these images alone."""
+    sel = keep[clusters.image_index]  # [C]
+    return (clusters._replace(**{f: getattr(clusters, f)[sel] for f in (
+        'y_hat', 'mask', 'labels', 'image_index', 'fused_boxes', 'fused_scores', 'counts')}),
+        TargetAssignment(*(t[sel] for t in targets)))
+
+
+def build_theta_wbf(config: str, anchor: Sequence[float], shrink: float):
+    """The Θ-on-WBF model of ``config`` with the anchor weights and ``shrink`` set."""
+    cfg = Config.fromfile(config)
+    cfg.model.head.update(anchor_weights=list(anchor), shrink=float(shrink))
+    return MODELS.build(cfg.model)
+
+
+def choose_shrink(batch: MemberBatch, coco: COCO, train_ids: Sequence[int],
+                  anchor: Sequence[float], config: str, num_folds: int = 3, seed: int = 0,
+                  grid: Sequence[float] = SHRINK_GRID) -> Tuple[float, List[float]]:
+    """``shrink`` by ``num_folds``-fold inner CV on ``train_ids``: each value's head is
+    fitted on the inner training clusters and fuses the inner held-out images (the
+    inference path, :func:`fuse_batch`); returns the best value (ties: the larger, the
+    closer to the anchor) and the inner-CV AP of every value."""
+    sub = subset_batch(batch, train_ids)
+    model = build_theta_wbf(config, anchor, grid[0]).eval()
+    clusters = model.extract_feat(dict(sub.packed))  # matched with the anchor weights
+    gt_boxes, gt_labels, gt_images, gt_ignore = coco_gt(coco, sub)
+    targets = assign_targets(clusters.fused_boxes, clusters.fused_scores, clusters.labels,
+                             clusters.image_index, gt_boxes, gt_labels, gt_images,
+                             iou_thr=model.train_cfg['iou_thr'], gt_ignore=gt_ignore)
+    inner = [fold_image_ids(sub.img_ids, num_folds, f, 'val', seed)
+             for f in range(num_folds)]
+    pos = {i: k for k, i in enumerate(sub.img_ids)}
+    aps = []
+    for shrink in grid:
+        results = []
+        for held_out in inner:
+            keep = torch.ones(len(sub.img_ids), dtype=torch.bool)
+            keep[[pos[i] for i in held_out]] = False
+            fold_model = copy.deepcopy(model)
+            fold_model.head.shrink = float(shrink)
+            fold_model.head.fit_clusters(*_subset(clusters, targets, keep))
+            results += fuse_batch(fold_model.eval(), subset_batch(sub, held_out))[0]
+        aps.append(CocoEvaluation(coco, results, sub.img_ids, ap_only=True).ap(
+            np.arange(len(sub.img_ids))))
+    best = max(range(len(grid)), key=lambda k: (round(aps[k], 6), k))
+    return float(grid[best]), aps
