@@ -180,8 +180,8 @@ def _empty_columns(rows: int) -> Columns:
 _DONE = 4  # results_io.cpp's state once the list is closed
 
 
-def iter_results_columns(path: str, name: str, rows: int = 1 << 18,
-                         block: int = 1 << 24) -> Iterator[Columns]:
+def iter_results_columns(path: str, name: str, rows: int = 1 << 18, block: int = 1 << 24,
+                         fields: Optional[set] = None) -> Iterator[Columns]:
     """The entries of a COCO-results file as :func:`read_results_columns`' columns, at
     most ``rows`` entries at a time, reading ``block`` bytes at a time: the memory is that
     of one block and one set of columns, whatever the size of the file.
@@ -189,7 +189,8 @@ def iter_results_columns(path: str, name: str, rows: int = 1 << 18,
     Raises :class:`NotPlainLayout` (possibly after some columns) where the file is not a
     list of plain ``{image_id, category_id, bbox, score}`` objects (invalid or truncated
     JSON, ``NaN``, a string, a missing field, ...): the caller reads it whole instead, and
-    the general decoders' errors name the first bad entry.
+    the general decoders' errors name the first bad entry. ``fields`` receives
+    ``'segmentation'`` when an entry has masks (which are skipped here).
     """
     io = _results_io()
     if io is None:
@@ -203,9 +204,11 @@ def iter_results_columns(path: str, name: str, rows: int = 1 << 18,
                 got = f.readinto(memoryview(buf)[filled:])
                 eof, filled = not got, filled + got
             cols = _empty_columns(rows)
-            ok, n, start, state = io.decode_block(buf, start, filled, *cols, state)
+            ok, n, start, state, masks = io.decode_block(buf, start, filled, *cols, state)
             if not ok:
                 raise NotPlainLayout(path)
+            if masks and fields is not None:
+                fields.add('segmentation')
             if n:
                 yield tuple(c[:n] for c in cols)
             if n == rows:
@@ -368,6 +371,8 @@ class MemberColumns:
         bboxes (np.ndarray): ``[M, 4]`` float32 ``x1, y1, x2, y2`` pixels, inside the image.
         scores (np.ndarray): ``[M]`` float32 in [0, 1].
         report (dict): counts of repairs (:data:`CHECKS` order).
+        has_masks (bool): whether the file's entries carry ``segmentation`` (not read
+            here: ``fuse_results`` hands such files to its mask path).
     """
     name: str
     images: np.ndarray
@@ -375,6 +380,7 @@ class MemberColumns:
     bboxes: np.ndarray
     scores: np.ndarray
     report: Dict[str, int] = field(default_factory=dict)
+    has_masks: bool = False
 
 
 class ColumnValidator:
@@ -495,14 +501,31 @@ def read_member_columns(path: str, name: str, image_sizes: Mapping[int, Tuple[in
     """Read and validate one member's file a block at a time (:func:`iter_results_columns`,
     :class:`ColumnValidator`): the memory is that of the compact columns, plus one block.
     A file that is not in the compiled decoder's layout is read whole instead."""
-    check = ColumnValidator(name, image_sizes, cat_ids, path, repair)
+    check, fields = ColumnValidator(name, image_sizes, cat_ids, path, repair), set()
     try:
-        parts = [check.add(block) for block in iter_results_columns(path, name)]
+        parts = [check.add(block) for block in iter_results_columns(path, name,
+                                                                    fields=fields)]
     except NotPlainLayout:
         check = ColumnValidator(name, image_sizes, cat_ids, path, repair)
         parts = [check.add(read_results_columns(path, name))]
+        if _mentions(path, b'"segmentation"'):
+            fields.add('segmentation')
     report = check.finish()
-    return MemberColumns(name, *(np.concatenate(c) for c in zip(*parts)), report=report)
+    return MemberColumns(name, *(np.concatenate(c) for c in zip(*parts)), report=report,
+                         has_masks='segmentation' in fields)
+
+
+def _mentions(path: str, text: bytes, block: int = 1 << 24) -> bool:
+    """Whether the file holds ``text`` (read a block at a time, overlapping)."""
+    with open(path, 'rb') as f:
+        tail = b''
+        while True:
+            data = f.read(block)
+            if not data:
+                return False
+            if text in tail + data:
+                return True
+            tail = data[-len(text):]
 
 
 def validate_columns(columns: Columns,

@@ -50,6 +50,9 @@ def test_block_decoder_reads_any_split_of_a_file_as_the_general_decoders(tmp_pat
             assert all(g.dtype == w.dtype and g.shape == w.shape and (g == w).all()
                        for g, w in zip(got, want)), (path, rows, block)
         assert all((g == w).all() for g, w in zip(cr.read_results_columns(path), want))
+        fields = set()  # masks are skipped, and said: fuse_results has a path for them
+        list(cr.iter_results_columns(path, 'm', fields=fields))
+        assert fields == ({'segmentation'} if path == str(odd) else set())
 
 
 @pytest.mark.parametrize('text', [

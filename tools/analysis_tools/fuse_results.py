@@ -88,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--config', help='override the config stored in the checkpoint')
     p.add_argument('--out', help='write the fused COCO-results JSON here')
     p.add_argument('--metrics-out', help='write the metrics as JSON here')
+    p.add_argument('--selection-out', help='cel: write each image\'s selected members, the '
+                   'probes and the mean member seconds per image as JSON here')
     p.add_argument('--repair', action='store_true',
                    help='repair bad entries (clip scores, drop invalid boxes) with counts')
     p.add_argument('--no-eval', action='store_true', help='fuse only (GT without labels)')
@@ -114,6 +116,8 @@ def check_args(args: argparse.Namespace) -> None:
     one ``ValueError``, before any work."""
     if args.method != 'cel' and (args.k is not None or args.budget_seconds is not None):
         raise ValueError(f'--k / --budget-seconds are for --method cel, not {args.method}')
+    if args.method != 'cel' and args.selection_out is not None:
+        raise ValueError(f'--selection-out is for --method cel, not {args.method}')
     if args.method == 'cel' and args.k is not None and args.budget_seconds is not None:
         raise ValueError('give --k (members per image) or --budget-seconds, not both')
     if args.method in FIXED:
@@ -147,7 +151,7 @@ def check_args(args: argparse.Namespace) -> None:
     for opt in ('checkpoint', 'config'):
         if getattr(args, opt) is not None:
             check_input_file(getattr(args, opt), f'--{opt}')
-    for opt in ('out', 'metrics_out'):
+    for opt in ('out', 'metrics_out', 'selection_out'):
         if getattr(args, opt) is not None:
             check_output_file(getattr(args, opt), '--' + opt.replace('_', '-'))
 
@@ -375,17 +379,30 @@ def fuse_chunks(args: argparse.Namespace, model, plan: ChunkPlan) -> Iterator[tu
             p.join()
 
 
-def selection_metrics(model, batch, selections: list) -> dict:
-    """e2e-CEL: the member compute actually used, from each image's selection."""
-    import torch
-    sel = torch.cat(selections)  # [I, N] batch member order
-    remap = member_remap(model.members, batch.names)  # batch member -> model member
-    cost = model.member_seconds.cpu()[remap]  # [N] batch order
-    out = dict(member_seconds_per_image=float((sel @ cost).mean()),
-               members_per_image=float(sel.sum(1).mean()),
+def selection_metrics(model, batch, selections: list, img_ids,
+                      path: Optional[str] = None) -> dict:
+    """e2e-CEL: the compute each image's selection cost (the members run, probes included,
+    and the selection net: ``model.run_seconds``), and with ``path`` (``--selection-out``)
+    ``{"probes", "selected": {image_id: members fused}, "member_seconds"}`` as JSON."""
+    sel = torch.cat(selections)  # [I, N] batch member order, rows in img_ids' order
+    x = torch.zeros_like(sel)
+    x[:, member_remap(model.members, batch.names)] = sel  # model member order
+    seconds = model.run_seconds(x.to(model.member_seconds.device)).cpu()  # [I]
+    probes = [model.members[p] for p in model.probes]
+    out = dict(member_seconds_per_image=float(seconds.mean()),
+               members_per_image=float(sel.sum(1).mean()), probes=probes,
+               selection_seconds=float(model.selection_seconds),
                selection_frequency={n: float(f) for n, f in zip(batch.names, sel.mean(0))})
-    print(f"selected {out['members_per_image']:.2f} members per image, "
-          f"{out['member_seconds_per_image']:.3f} s of member compute")
+    print(f"selected {out['members_per_image']:.2f} members per image; member seconds per "
+          f"image (probes + selected + selection net): {out['member_seconds_per_image']:.4f}")
+    if path:
+        if osp.dirname(path):
+            os.makedirs(osp.dirname(path), exist_ok=True)
+        names = np.asarray(batch.names)
+        with open(path, 'w', encoding='utf-8') as f:
+            json.dump(dict(probes=probes, selected={
+                str(int(i)): names[row].tolist() for i, row in zip(img_ids, sel.numpy() > 0.5)},
+                member_seconds=out['member_seconds_per_image']), f)
     return out
 
 
@@ -448,11 +465,13 @@ def main(argv=None) -> None:
     else:
         model, cat_ids = load_ensemble(args, coco)
     t_model = time.perf_counter() - t0
-    from mask_path import files_with_masks, fuse_masks  # noqa: E402 (torch imported)
-    if files_with_masks(args):  # members with instance masks: their own path (mask_path.py)
-        return fuse_masks(args, coco, model, cat_ids)
     t0 = time.perf_counter()
     data = read_members(args, coco, cat_ids)
+    if any(m.has_masks for m in data.members):  # seen by the decoder: no scan of box files
+        from mask_path import files_with_masks, fuse_masks  # noqa: E402 (torch imported)
+        if files_with_masks(args):  # members with instance masks: their path (mask_path.py)
+            del data
+            return fuse_masks(args, coco, model, cat_ids)
     plan = ChunkPlan(data, shard_images(coco, data.img_ids, args.shard), args.chunk)
     phases = dict(annotations=t_ann, model=t_model, read=time.perf_counter() - t0)
     t0 = time.perf_counter()
@@ -462,7 +481,9 @@ def main(argv=None) -> None:
     ms = 1000.0 * seconds / max(1, n_img)
     metrics = dict(members={}, fusion=dict(method=args.method, ms_per_image=ms))
     if selections:
-        metrics['fusion'].update(selection_metrics(model, data, selections))
+        metrics['fusion'].update(selection_metrics(
+            model, data, selections, np.asarray(data.img_ids)[plan.selected],
+            args.selection_out))
     if not args.no_eval:
         t0 = time.perf_counter()
         evaluate(coco, data, fused, metrics, args.method)

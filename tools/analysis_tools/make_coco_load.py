@@ -78,21 +78,27 @@ def main(argv=None) -> None:
         box = np.array([e['bbox'] for e in src], dtype=np.float64)  # [M, 4] xywh
         score = np.array([e['score'] for e in src], dtype=np.float64)
         wh = np.array([sizes[int(i)] for i in img], dtype=np.float64)  # [M, 2]
-        out = []
-        for k in range(copies):
-            keep = np.isin(img, list(taken[k]))
-            b, s = box[keep].copy(), score[keep]
-            if k:  # drawn for every entry of the member, so copy k is the same for any --images
-                shift = rng.uniform(-0.5, 0.5, (len(box), 2))[keep]
-                factor = rng.uniform(0.95, 1.0, len(box))[keep]
-                b[:, :2] = np.clip(b[:, :2] + shift, 0, np.maximum(wh[keep] - b[:, 2:], 0))
-                b, s = b.round(2), (s * factor).round(5)
-            out += [dict(image_id=int(i) + k * ID_STRIDE, category_id=int(c), bbox=bb,
-                         score=sc)
-                    for i, c, bb, sc in zip(img[keep], cat[keep], b.tolist(), s.tolist())]
+        # compact, as the source files; one copy at a time, so that the memory stays that
+        # of one copy at any --images (the bytes of orjson.dumps of the whole list)
         with open(osp.join(args.out_dir, 'predictions', fname), 'wb') as f:
-            f.write(orjson.dumps(out))  # compact, as the source files
-        total += len(out)
+            f.write(b'[')
+            sep = b''
+            for k in range(copies):
+                keep = np.isin(img, list(taken[k]))
+                b, s = box[keep].copy(), score[keep]
+                if k:  # drawn for every entry of the member: copy k is the same for any --images
+                    shift = rng.uniform(-0.5, 0.5, (len(box), 2))[keep]
+                    factor = rng.uniform(0.95, 1.0, len(box))[keep]
+                    b[:, :2] = np.clip(b[:, :2] + shift, 0, np.maximum(wh[keep] - b[:, 2:], 0))
+                    b, s = b.round(2), (s * factor).round(5)
+                out = [dict(image_id=int(i) + k * ID_STRIDE, category_id=int(c), bbox=bb,
+                            score=sc)
+                       for i, c, bb, sc in zip(img[keep], cat[keep], b.tolist(), s.tolist())]
+                if out:
+                    f.write(sep + orjson.dumps(out)[1:-1])
+                    sep = b','
+                total += len(out)
+            f.write(b']')
     print(f'wrote {len(images)} images, {len(annotations)} annotations and {total} '
           f'detections of {len(os.listdir(pred_dir))} members to {args.out_dir}')
 

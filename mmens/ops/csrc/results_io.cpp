@@ -189,6 +189,7 @@ Result skip_value(Cursor& c, int depth) {
 struct Row {
   int64_t image_id, category_id;
   double bbox[4], score;
+  bool mask;  // a "segmentation" field (skipped here: fuse_results reads masks elsewhere)
 };
 
 Result parse_bbox(Cursor& c, double* bbox) {
@@ -235,6 +236,7 @@ Result parse_entry(Cursor& c, Row* row) {
     } else if (key_is(b, s, "score")) {
       bit = 8, r = parse_double(c, &row->score);
     } else {
+      row->mask |= key_is(b, s, "segmentation");
       r = skip_value(c, 1);
     }
     if (r != kOk) return r;
@@ -255,7 +257,8 @@ struct Columns {
 
 // Parses from c.p; returns kBad, or kOk with *n entries written and *state, *consumed
 // (c.p of the last whole token: the caller keeps the bytes from there for the next block).
-Result decode(Cursor c, Columns out, int* state, Py_ssize_t* n, const char** consumed) {
+Result decode(Cursor c, Columns out, int* state, Py_ssize_t* n, const char** consumed,
+              bool* masks) {
   *n = 0;
   *consumed = c.p;
   for (;;) {
@@ -273,6 +276,7 @@ Result decode(Cursor c, Columns out, int* state, Py_ssize_t* n, const char** con
     } else {  // kFirst, kEntry: an entry
       if (*n == out.capacity) return kOk;
       Row row;
+      row.mask = false;
       Result r = parse_entry(c, &row);
       if (r == kMore) return kOk;  // the entry goes on in the next block
       if (r != kOk) return kBad;
@@ -281,6 +285,7 @@ Result decode(Cursor c, Columns out, int* state, Py_ssize_t* n, const char** con
       out.category_ids[i] = row.category_id;
       std::memcpy(out.bboxes + 4 * i, row.bbox, sizeof(row.bbox));
       out.scores[i] = row.score;
+      *masks |= row.mask;
       *state = kSep;
     }
     *consumed = c.p;
@@ -320,13 +325,16 @@ PyObject* decode_block(PyObject*, PyObject* args) {
     Py_ssize_t n = 0;
     const char* consumed = base + start;
     Result r;
+    bool masks = false;
     Py_BEGIN_ALLOW_THREADS
-    r = decode(Cursor{base + start, base + stop}, out, &state, &n, &consumed);
+    r = decode(Cursor{base + start, base + stop}, out, &state, &n, &consumed, &masks);
     Py_END_ALLOW_THREADS
     if (r == kBad) {
-      result = Py_BuildValue("(Onni)", Py_False, (Py_ssize_t)0, (Py_ssize_t)0, state);
+      result = Py_BuildValue("(OnniO)", Py_False, (Py_ssize_t)0, (Py_ssize_t)0, state,
+                             Py_False);
     } else {
-      result = Py_BuildValue("(Onni)", Py_True, n, (Py_ssize_t)(consumed - base), state);
+      result = Py_BuildValue("(OnniO)", Py_True, n, (Py_ssize_t)(consumed - base), state,
+                             masks ? Py_True : Py_False);
     }
   }
   PyBuffer_Release(&buf);
@@ -340,9 +348,10 @@ PyObject* decode_block(PyObject*, PyObject* args) {
 PyMethodDef kMethods[] = {
     {"decode_block", decode_block, METH_VARARGS,
      "decode_block(buf, start, stop, image_ids, category_ids, bboxes, scores, state)\n"
-     "-> (ok, n, consumed, state): the entries of buf[start:stop] written into the\n"
-     "int64 / int64 / float64 [.., 4] / float64 columns (up to their length); consumed\n"
-     "is where the next call starts (an entry cut by the block's end is left there).\n"
+     "-> (ok, n, consumed, state, masks): the entries of buf[start:stop] written into\n"
+     "the int64 / int64 / float64 [.., 4] / float64 columns (up to their length);\n"
+     "consumed is where the next call starts (an entry cut by the block's end is left\n"
+     "there); masks: whether an entry had a \"segmentation\" field.\n"
      "ok False: not the plain COCO-results layout (read the file another way)."},
     {nullptr, nullptr, 0, nullptr}};
 
