@@ -68,15 +68,20 @@ def build_theta_wbf(config: str, anchor: Sequence[float], shrink: float):
     return MODELS.build(cfg.model)
 
 
-def choose_shrink(batch: MemberBatch, coco: COCO, train_ids: Sequence[int],
-                  anchor: Sequence[float], config: str, num_folds: int = 3, seed: int = 0,
-                  grid: Sequence[float] = SHRINK_GRID) -> Tuple[float, List[float]]:
+def choose_shrink(batch: MemberBatch, coco: COCO, train_ids: Sequence[int], model,
+                  num_folds: int = 3, seed: int = 0, grid: Sequence[float] = SHRINK_GRID
+                  ) -> Tuple[float, List[float]]:
     """``shrink`` by ``num_folds``-fold inner CV on ``train_ids``: each value's head is
     fitted on the inner training clusters and fuses the inner held-out images (the
     inference path, :func:`fuse_batch`); returns the best value (ties: the larger, the
-    closer to the anchor) and the inner-CV AP of every value."""
+    closer to the anchor) and the inner-CV AP of every value.
+
+    Args:
+        model: a Θ-on-WBF model (:func:`build_theta_wbf`) with the anchor weights set;
+            it is not changed (each value is fitted on a copy).
+    """
     sub = subset_batch(batch, train_ids)
-    model = build_theta_wbf(config, anchor, grid[0]).eval()
+    model = copy.deepcopy(model).eval()
     clusters = model.extract_feat(dict(sub.packed))  # matched with the anchor weights
     gt_boxes, gt_labels, gt_images, gt_ignore = coco_gt(coco, sub)
     targets = assign_targets(clusters.fused_boxes, clusters.fused_scores, clusters.labels,
