@@ -23,7 +23,8 @@ from mmens.ops.masks import (MaskRuns, cluster_regions, fuse_cluster_masks,
 from .inference import member_remap
 from .member_files import MemberBatch, member_results
 
-__all__ = ['load_batch_masks', 'fuse_masks_batch', 'mask_results', 'member_mask_results']
+__all__ = ['load_batch_masks', 'fuse_packed_masks', 'fuse_masks_batch', 'mask_results',
+           'member_mask_results']
 
 
 def load_batch_masks(batch: MemberBatch, files: Sequence[str]) -> MaskRuns:
@@ -38,21 +39,29 @@ def load_batch_masks(batch: MemberBatch, files: Sequence[str]) -> MaskRuns:
 def encode_runs(runs: MaskRuns, heights: torch.Tensor, widths: torch.Tensor) -> List[dict]:
     """COCO ``segmentation`` RLE dicts of masks (``heights``, ``widths``: ``[J]``)."""
     counts, offsets = runs_to_counts(runs, heights * widths)
-    texts = rle_encode_counts(counts.numpy(), offsets.numpy())
+    texts = rle_encode_counts(counts.cpu().numpy(), offsets.cpu().numpy())
     return masks_to_rles(texts, heights.tolist(), widths.tolist())
 
 
 @torch.no_grad()
-def _fuse_chunk(model, part: Dict[str, torch.Tensor], runs: MaskRuns, mask_thr: float,
-                vote: bool, max_per_img: int) -> Tuple[tuple, List[dict]]:
-    """WBF and masks of one chunk of images (``part``: a packed batch, members in the
-    model's order): pixel boxes, scores, labels, images ``[K]`` and ``K`` RLE dicts."""
+def fuse_packed_masks(model, part: Dict[str, torch.Tensor], runs: MaskRuns,
+                      mask_thr: float = 0.5, vote: bool = False, max_per_img: int = 100
+                      ) -> Tuple[tuple, List[dict]]:
+    """WBF with masks of a packed batch (``part``: ``bboxes`` pixels, ``scores``,
+    ``labels``, ``members`` in the model's order, ``images``, ``image_sizes``; ``runs``: a
+    mask per box), for any ``model`` with ``members``, ``weights`` and WBF's
+    ``fusion_cfg`` (``FixedEnsemble``, ``MaskFusionDetector``).
+
+    Returns:
+        tuple: ``(boxes [K, 4] pixels, scores [K], labels [K], images [K])`` by image, then
+        score (at most ``max_per_img`` per image), and ``K`` RLE ``segmentation`` dicts.
+    """
     sizes = part['image_sizes']
     dets = PackedDetections.from_batch_inputs(part, len(model.members))
     cl = match_boxes(dets, weights=model.weights, **model.fusion_cfg)
     images = cl.image_index  # [C] by image, then score descending
     counts = torch.bincount(images, minlength=len(sizes))
-    rank = torch.arange(len(images)) - (torch.cumsum(counts, 0) - counts)[images]
+    rank = torch.arange(len(images), device=images.device) - (torch.cumsum(counts, 0) - counts)[images]
     kept = rank < max_per_img  # [C] WBF's top max_per_img per image, as fuse_results
     new_id = torch.cumsum(kept.long(), 0) - 1
     valid = cl.box_cluster >= 0  # [M]
@@ -102,7 +111,7 @@ def fuse_masks_batch(model, batch: MemberBatch, runs: MaskRuns, chunk: int = 256
         part = {k: v[idx] for k, v in packed.items() if k != 'image_sizes'}
         part['images'] = part['images'] - start
         part['image_sizes'] = packed['image_sizes'][start:start + chunk]
-        (boxes, scores, labels, images), part_rles = _fuse_chunk(
+        (boxes, scores, labels, images), part_rles = fuse_packed_masks(
             model, part, runs.select(idx), mask_thr, vote, max_per_img)
         seconds += time.perf_counter() - t0
         arrays.append(results_to_arrays(boxes, scores, labels, images + start,

@@ -4,10 +4,13 @@ import os.path as osp
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
+import torch
 from mmdet.datasets import CocoDataset
 from mmens.registry import DATASETS
 from mmengine.logging import print_log
 
+from mmens.ops.masks import MaskRuns
+from .coco_masks import read_member_masks
 from .coco_results import index_in, load_member_predictions, member_name
 
 
@@ -54,6 +57,10 @@ class CocoEnsembleDataset(CocoDataset):
         members_meta (str, optional): JSON list with ``name`` and ``seconds_per_image``
             per member (the ``members.json`` of the embedded data), relative to ``data_root``.
         repair (bool): repair bad entries instead of raising (counts are logged).
+        with_masks (bool): also read each entry's ``segmentation`` (RLE or polygons,
+            validated) into ``data_info['member_masks']``: the ``(starts, ends, offsets)``
+            of the image's member masks as runs (:class:`mmens.ops.masks.MaskRuns`), one
+            per box of ``member_preds``, for ``MaskFusionDetector``.
         img_ids (Sequence[int], optional): keep only these images (before ``fold``).
         fold (dict, optional): ``dict(num_folds=5, index=0, split='train'|'val', seed=0)``:
             keep only the images of one split of a k-fold partition (of the kept images).
@@ -66,6 +73,7 @@ class CocoEnsembleDataset(CocoDataset):
                  pred_prefix: str = '',
                  members_meta: Optional[str] = None,
                  repair: bool = False,
+                 with_masks: bool = False,
                  fold: Optional[dict] = None,
                  img_ids: Optional[Sequence[int]] = None,
                  **kwargs) -> None:
@@ -79,6 +87,10 @@ class CocoEnsembleDataset(CocoDataset):
         self.pred_prefix = pred_prefix
         self.members_meta = members_meta
         self.repair = repair
+        self.with_masks = with_masks
+        if with_masks and repair:  # a dropped entry would leave its mask behind
+            raise ValueError('CocoEnsembleDataset: with_masks=True reads the files as they '
+                             'are; repair=True would drop boxes: fix the files instead')
         self.fold = dict(fold) if fold else None
         self.keep_img_ids = None if img_ids is None else [int(i) for i in img_ids]
         self.member_reports: dict = {}
@@ -120,6 +132,8 @@ class CocoEnsembleDataset(CocoDataset):
                 print_log(f"member '{preds.name}': repaired {preds.report}",
                           logger='current')
             self.member_reports[preds.name] = preds.report
+            masks = read_member_masks(self._member_file(spec), preds.name, sizes,
+                                      preds.image_ids) if self.with_masks else None
             labels = index_in(preds.category_ids, self.cat_ids)  # cat2label order
             order = np.argsort(preds.image_ids, kind='stable')
             ids, starts = np.unique(preds.image_ids[order], return_index=True)
@@ -127,9 +141,15 @@ class CocoEnsembleDataset(CocoDataset):
             for img_id, s, e in zip(ids.tolist(), bounds[:-1], bounds[1:]):
                 sel = order[s:e]
                 per_image[img_id].append((preds.bboxes[sel], preds.scores[sel], labels[sel],
-                                          np.full(len(sel), m, dtype=np.int64)))
+                                          np.full(len(sel), m, dtype=np.int64),
+                                          None if masks is None else
+                                          masks.select(torch.from_numpy(sel))))
         for d in data_list:
             parts = per_image[d['img_id']]
+            if self.with_masks:
+                runs = MaskRuns.cat([p[4] for p in parts] or [MaskRuns.empty()])
+                d['member_masks'] = tuple(t.numpy() for t in runs)
+            parts = [p[:4] for p in parts]
             if parts:
                 b, s, l, mem = (np.concatenate(x) for x in zip(*parts))
             else:

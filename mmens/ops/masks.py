@@ -12,13 +12,14 @@ members' masks over the cluster's region, thresholded. :func:`rle_decode_counts`
 :func:`rle_encode_counts` are pycocotools' compressed RLE text (``counts`` strings),
 vectorised over many masks; the decoder is also the validator of that text.
 """
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ['MaskRuns', 'runs_from_counts', 'runs_to_counts', 'rle_decode_counts',
+__all__ = ['MaskRuns', 'runs_from_counts', 'runs_to_counts', 'runs_from_bitmaps',
+           'rle_decode_counts',
            'rle_encode_counts', 'cluster_regions', 'fuse_cluster_masks']
 
 #: Buffer elements (float64) that :func:`fuse_cluster_masks` fills per step: 4M = 32 MB.
@@ -55,6 +56,12 @@ class MaskRuns(NamedTuple):
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    @staticmethod
+    def empty(device: Union[str, torch.device] = 'cpu') -> 'MaskRuns':
+        """No masks."""
+        none = torch.zeros(0, dtype=torch.long, device=device)
+        return MaskRuns(none, none, torch.zeros(1, dtype=torch.long, device=device))
 
     def select(self, index: Tensor) -> 'MaskRuns':
         """The masks ``index [J]`` (repeats allowed), in that order."""
@@ -103,6 +110,19 @@ def runs_from_counts(counts: Tensor, offsets: Tensor) -> MaskRuns:
     last[:-1] = first[1:]
     return MaskRuns(starts[first], ends[last],
                     _offsets(torch.bincount(mask_of[first], minlength=len(n))))
+
+
+def runs_from_bitmaps(masks: Tensor) -> MaskRuns:
+    """Masks from bitmaps ``Tensor[K, H, W]`` (bool, e.g. an mmdet detector's
+    ``pred_instances.masks``): one pass over their pixels, on their device."""
+    k, h, w = masks.shape
+    flat = masks.transpose(1, 2).reshape(k, h * w).bool()  # [K, H*W] column-major
+    edge = torch.zeros(k, h * w + 1, dtype=torch.int8, device=masks.device)
+    edge[:, 1:] += flat.to(torch.int8)
+    edge[:, :-1] -= flat.to(torch.int8)  # edge[j] = m[j-1] - m[j]: -1 a start, 1 an end
+    mask_s, starts = torch.nonzero(edge == -1, as_tuple=True)
+    _, ends = torch.nonzero(edge == 1, as_tuple=True)  # row-major: by mask, then pixel
+    return MaskRuns(starts, ends, _offsets(torch.bincount(mask_s, minlength=k)))
 
 
 def runs_to_counts(runs: MaskRuns, areas: Tensor) -> Tuple[Tensor, Tensor]:
@@ -286,10 +306,7 @@ def fuse_cluster_masks(runs: MaskRuns, box_cluster: Tensor, box_weights: Tensor,
         parts.append(_fuse_step(runs, boxes, box_cluster[boxes] - start, w[boxes],
                                 regions[start:stop], heights[start:stop], mask_thr))
         start = stop
-    if not parts:
-        empty = torch.zeros(0, dtype=torch.long, device=dev)
-        return MaskRuns(empty, empty, torch.zeros(1, dtype=torch.long, device=dev))
-    return MaskRuns.cat(parts)
+    return MaskRuns.cat(parts) if parts else MaskRuns.empty(dev)
 
 
 def _fuse_step(runs: MaskRuns, boxes: Tensor, cluster: Tensor, w: Tensor, regions: Tensor,

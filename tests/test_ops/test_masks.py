@@ -5,7 +5,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from mmens.ops.masks import (MaskRuns, cluster_regions, fuse_cluster_masks,
+from mmens.ops.masks import (MaskRuns, cluster_regions, fuse_cluster_masks, runs_from_bitmaps,
                              rle_decode_counts, rle_encode_counts, runs_from_counts,
                              runs_to_counts)
 
@@ -102,3 +102,10 @@ def test_cluster_regions_hold_the_boxes_in_whole_pixels():
     boxes = torch.tensor([[1.5, 2.2, 10.1, 8.0], [0.2, 3.0, 9.0, 12.7], [5., 5., 6., 6.]])
     regions = cluster_regions(boxes, torch.tensor([0, 0, -1]), 1, torch.tensor([[10, 12]]))
     assert regions.tolist() == [[0, 2, 10, 12]]  # floor, ceil, inside the 10x12 image
+
+
+def test_runs_from_bitmaps_equal_the_rle_runs():
+    ms = _masks()
+    runs = runs_from_bitmaps(torch.from_numpy(np.stack(ms)))
+    want = _runs(ms)
+    assert all(torch.equal(a, b) for a, b in zip(runs, want))

@@ -33,6 +33,8 @@ def files_with_masks(args: argparse.Namespace) -> bool:
     if args.method != 'wbf':
         raise ValueError('instance masks are fused over WBF clusters: use --method wbf '
                          f'(got --method {args.method})')
+    if getattr(args, 'shard', None):
+        raise ValueError('--shard is for box-only members: the member files carry masks')
     if args.repair:
         raise ValueError('--repair drops entries, and the member files carry masks that '
                          'must stay aligned with their boxes: fix the files instead '

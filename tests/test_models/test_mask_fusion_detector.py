@@ -1,0 +1,56 @@
+"""MaskFusionDetector through the Runner: CocoMetric's segm AP of the fused masks is the
+one fuse_results computes from the same member files."""
+import os.path as osp
+
+import pytest
+import torch
+
+from conftest import DATA, ROOT
+
+CONFIG = osp.join(ROOT, 'configs', 'masks', 'wbf-masks_3synthetic-members_coco-real-val.py')
+MASKS = osp.join(ROOT, 'data', 'synthetic_masks', 'val')
+IMAGES = 12
+
+
+def test_runner_segm_ap_equals_the_file_tool(tmp_path):
+    from mmengine.config import Config
+
+    from mmens.apis.fixed_ensemble import build_fixed_ensemble
+    from mmens.apis.mask_fusion import fuse_packed_masks, load_batch_masks, mask_results
+    from mmens.apis.member_files import load_coco, load_member_batch, select_images
+    from mmens.evaluation.coco_eval import results_to_arrays
+    from mmens.evaluation.segm_eval import coco_segm_metrics
+    from mmens.registry import RUNNERS
+    ann = osp.join(DATA, 'annotations', 'val.json')
+    coco = load_coco(ann)
+    img_ids = sorted(coco.getImgIds())[:IMAGES]
+    cfg = Config.fromfile(CONFIG)
+    cfg.merge_from_dict({'work_dir': str(tmp_path), 'test_dataloader.dataset.img_ids': img_ids,
+                         'test_dataloader.batch_size': 5})
+    metrics = RUNNERS.build(cfg).test()
+    files = [osp.join(MASKS, f'{n}.json') for n in cfg.members]
+    batch = load_member_batch(coco, files)  # the file tool's path, on the same images
+    model = build_fixed_ensemble(batch.names, 'wbf')
+    idx = torch.nonzero(batch.packed['images'] < IMAGES).flatten()
+    fused, rles = fuse_packed_masks(model, select_images(batch.packed, 0, IMAGES),
+                                    load_batch_masks(batch, files).select(idx))
+    arrays = results_to_arrays(*fused, batch.img_ids, batch.cat_ids)
+    want = coco_segm_metrics(coco, mask_results(arrays, rles), img_ids=img_ids)['AP']
+    assert metrics['coco/segm_mAP'] == pytest.approx(want, abs=6e-4)  # CocoMetric: 3 digits
+    assert metrics['coco/segm_mAP'] > 0.5
+
+
+def test_masks_missing_from_the_batch_are_one_error():
+    from mmens.registry import MODELS
+    from mmengine.registry import DefaultScope
+    from mmdet.structures import DetDataSample
+    with DefaultScope.overwrite_default_scope('mmens'):
+        model = MODELS.build(dict(type='MaskFusionDetector', members=['a', 'b']))
+        with pytest.raises(ValueError, match='mask_thr must be in'):
+            MODELS.build(dict(type='MaskFusionDetector', members=['a'], mask_thr=0))
+    inputs = dict(bboxes=torch.tensor([[0., 0., 4., 4.]]), scores=torch.ones(1),
+                  labels=torch.zeros(1, dtype=torch.long),
+                  members=torch.zeros(1, dtype=torch.long),
+                  images=torch.zeros(1, dtype=torch.long), image_sizes=torch.tensor([[8., 8.]]))
+    with pytest.raises(ValueError, match='the batch carries no member masks'):
+        model.predict(inputs, [DetDataSample()])
