@@ -373,6 +373,8 @@ class MemberColumns:
         report (dict): counts of repairs (:data:`CHECKS` order).
         has_masks (bool): whether the file's entries carry ``segmentation`` (not read
             here: ``fuse_results`` hands such files to its mask path).
+        bounds (np.ndarray, optional): ``[G + 1]`` when read by groups of images
+            (:func:`read_member_columns`): group ``g`` is ``bounds[g]:bounds[g + 1]``.
     """
     name: str
     images: np.ndarray
@@ -381,6 +383,7 @@ class MemberColumns:
     scores: np.ndarray
     report: Dict[str, int] = field(default_factory=dict)
     has_masks: bool = False
+    bounds: Optional[np.ndarray] = None
 
 
 class ColumnValidator:
@@ -496,11 +499,44 @@ class ColumnValidator:
         return report
 
 
+def _grouped(parts: list, group_of: np.ndarray, n_groups: int) -> tuple:
+    """The columns of ``parts`` (``(images, ...)`` blocks) as one array each, ordered by
+    ``group_of[image]`` (stable: file order within a group; group -1 dropped), and the
+    bounds ``[G + 1]`` of the groups. Each part is written into place, then freed: the
+    memory is that of the result, plus the parts not yet written (not twice the result,
+    as a concatenation and a sort would take)."""
+    keys = [group_of[p[0]] for p in parts]
+    sizes = np.zeros(n_groups + 1, dtype=np.int64)
+    for k in keys:
+        sizes += np.bincount(k + 1, minlength=n_groups + 1)
+    bounds = np.zeros(n_groups + 1, dtype=np.int64)
+    np.cumsum(sizes[1:], out=bounds[1:])
+    out = [np.empty((bounds[-1], ) + a.shape[1:], dtype=a.dtype) for a in parts[0]]
+    fill = bounds[:-1].copy()  # where each group's next detection goes
+    for i, k in enumerate(keys):
+        part, parts[i] = parts[i], None
+        keep = np.flatnonzero(k >= 0)
+        order = keep[np.argsort(k[keep], kind='stable')]
+        ks = k[order]
+        counts = np.bincount(ks, minlength=n_groups)
+        pos = fill[ks] + np.arange(len(ks)) - (np.cumsum(counts) - counts)[ks]
+        for col, a in zip(out, part):
+            col[pos] = a[order]
+        fill += counts
+        del part
+    return out, bounds
+
+
 def read_member_columns(path: str, name: str, image_sizes: Mapping[int, Tuple[int, int]],
-                        cat_ids: Sequence[int], repair: bool = False) -> MemberColumns:
+                        cat_ids: Sequence[int], repair: bool = False,
+                        groups: Optional[Tuple[np.ndarray, int]] = None) -> MemberColumns:
     """Read and validate one member's file a block at a time (:func:`iter_results_columns`,
     :class:`ColumnValidator`): the memory is that of the compact columns, plus one block.
-    A file that is not in the compiled decoder's layout is read whole instead."""
+    A file that is not in the compiled decoder's layout is read whole instead.
+
+    ``groups``: ``(group of each image [I] int (-1: leave the image out), G)``, the image
+    indexed by its position among the sorted ids of ``image_sizes``; the columns then come
+    ordered by group (see ``bounds``), file order within a group."""
     check, fields = ColumnValidator(name, image_sizes, cat_ids, path, repair), set()
     try:
         parts = [check.add(block) for block in iter_results_columns(path, name,
@@ -511,8 +547,12 @@ def read_member_columns(path: str, name: str, image_sizes: Mapping[int, Tuple[in
         if _mentions(path, b'"segmentation"'):
             fields.add('segmentation')
     report = check.finish()
-    return MemberColumns(name, *(np.concatenate(c) for c in zip(*parts)), report=report,
-                         has_masks='segmentation' in fields)
+    if groups is None:
+        columns, bounds = [np.concatenate(c) for c in zip(*parts)], None
+    else:
+        columns, bounds = _grouped(parts, *groups)
+    return MemberColumns(name, *columns, report=report, has_masks='segmentation' in fields,
+                         bounds=bounds)
 
 
 def _mentions(path: str, text: bytes, block: int = 1 << 24) -> bool:

@@ -2,6 +2,7 @@
 general decoders read and hands them what it cannot; the block-wise validation raises
 and reports what one pass over the file does; --shard and --workers leave the output
 unchanged; the SLURM scripts pass their arguments to srun."""
+import functools
 import glob
 import json
 import os
@@ -88,7 +89,7 @@ def bad_member(tmp_path):
     return str(path), len(entries)
 
 
-def test_block_validation_errors_and_repairs_as_one_pass(tmp_path):
+def test_block_validation_errors_and_repairs_as_one_pass(tmp_path, monkeypatch):
     """Without repair the first failing check over the whole file (not the first block's)
     with its first entry and count; with repair the same kept detections and report."""
     from mmens.apis.member_files import load_coco
@@ -119,6 +120,16 @@ def test_block_validation_errors_and_repairs_as_one_pass(tmp_path):
     got = cr.read_member_columns(path, 'bad', sizes, cats, repair=True)
     assert got.report == want.report and got.bboxes.dtype == np.float32
     assert (got.scores == want.scores).all() and got.images.dtype == np.int32
+    # read by groups of images (-1: left out): a stable sort by group, block by block
+    monkeypatch.setattr(cr, 'iter_results_columns',
+                        functools.partial(cr.iter_results_columns, rows=37))
+    group_of = np.random.default_rng(0).integers(-1, 5, len(sizes)).astype(np.int32)
+    by = cr.read_member_columns(path, 'bad', sizes, cats, repair=True, groups=(group_of, 5))
+    g = group_of[got.images]
+    order = np.argsort(g, kind='stable')[np.count_nonzero(g < 0):]
+    assert (by.bounds == np.searchsorted(g[order], np.arange(6))).all()
+    for key in ('images', 'categories', 'bboxes', 'scores'):
+        assert (getattr(by, key) == getattr(got, key)[order]).all()
 
 
 def merged(paths, img_order):

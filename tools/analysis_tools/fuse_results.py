@@ -231,30 +231,62 @@ class Members(NamedTuple):
     label_of: np.ndarray  # [C] int64: MemberColumns.categories -> label
 
 
-def read_members(args: argparse.Namespace, coco, cat_ids) -> Members:
-    """Every member file decoded and validated a block at a time, ``--workers`` files at
-    once (the decoder and numpy release the GIL); a bad file raises its error in file
-    order."""
-    images = coco.dataset['images']
-    img_ids = np.array(sorted(im['id'] for im in images), dtype=np.int64)
-    sizes = {im['id']: (im['width'], im['height']) for im in images}
-    cat_ids = list(cat_ids) if cat_ids is not None else sorted(coco.getCatIds())
-    names = member_names(args)
-    with ThreadPoolExecutor(max(1, min(args.workers, len(names)))) as pool:
-        jobs = [pool.submit(read_member_columns, f, n, sizes, cat_ids, args.repair)
-                for f, n in zip(args.preds, names)]
-        try:
-            members = [job.result() for job in jobs]
-        except ValueError:
-            for job in jobs:
-                job.cancel()
-            raise
-    for m in members:
-        if m.report:
-            print(f"member '{m.name}': repaired {m.report}")
-    wh = np.array([sizes[i] for i in img_ids.tolist()], dtype=np.float32).reshape(-1, 2)
-    label_of = index_in(np.unique(np.asarray(cat_ids, dtype=np.int64)), cat_ids)
-    return Members(names, members, img_ids, wh, cat_ids, label_of)
+class ChunkPlan:
+    """The images to fuse (``selected``, positions among the sorted image ids) in chunks
+    of ``chunk``; the members are read by chunk (:meth:`read`), so that a chunk is one
+    slice of each member's columns (file order within it, as ``select_images`` has it)."""
+
+    def __init__(self, img_ids: np.ndarray, selected: np.ndarray, chunk: int) -> None:
+        self.img_ids, self.selected, self.chunk = img_ids, selected, chunk
+        self.n_chunks = -(-len(selected) // chunk)
+        self.chunk_of = np.full(len(img_ids), -1, dtype=np.int32)  # -1: not selected
+        self.chunk_of[selected] = np.arange(len(selected)) // chunk
+        self.local = np.zeros(len(img_ids), dtype=np.int64)  # image in its chunk
+        self.local[selected] = np.arange(len(selected)) % chunk
+        self.data: Optional[Members] = None
+
+    def read(self, args: argparse.Namespace, coco, cat_ids) -> Members:
+        """Every member file decoded and validated a block at a time, ``--workers`` files
+        at once (the decoder and numpy release the GIL), the images of other shards left
+        out; a bad file raises its error in file order."""
+        sizes = {im['id']: (im['width'], im['height']) for im in coco.dataset['images']}
+        cat_ids = list(cat_ids) if cat_ids is not None else sorted(coco.getCatIds())
+        names = member_names(args)
+        with ThreadPoolExecutor(max(1, min(args.workers, len(names)))) as pool:
+            jobs = [pool.submit(read_member_columns, f, n, sizes, cat_ids, args.repair,
+                                (self.chunk_of, self.n_chunks))
+                    for f, n in zip(args.preds, names)]
+            try:
+                members = [job.result() for job in jobs]
+            except ValueError:
+                for job in jobs:
+                    job.cancel()
+                raise
+        for m in members:
+            if m.report:
+                print(f"member '{m.name}': repaired {m.report}")
+        wh = np.array([sizes[i] for i in self.img_ids.tolist()], dtype=np.float32)
+        label_of = index_in(np.unique(np.asarray(cat_ids, dtype=np.int64)), cat_ids)
+        self.data = Members(names, members, self.img_ids, wh.reshape(-1, 2), cat_ids,
+                            label_of)
+        return self.data
+
+
+    def part(self, c: int, remap: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], np.ndarray]:
+        """Chunk ``c`` packed as ``fuse_with_metainfo`` takes it (members in model order),
+        and the COCO image id of each of its images."""
+        cols = {k: [] for k in ('bboxes', 'scores', 'labels', 'members', 'images')}
+        for j, m in enumerate(self.data.members):
+            s = slice(m.bounds[c], m.bounds[c + 1])
+            cols['bboxes'].append(m.bboxes[s])
+            cols['scores'].append(m.scores[s])
+            cols['labels'].append(self.data.label_of[m.categories[s]])
+            cols['members'].append(np.full(s.stop - s.start, int(remap[j]), dtype=np.int64))
+            cols['images'].append(self.local[m.images[s]])
+        part = {k: torch.from_numpy(np.concatenate(v)) for k, v in cols.items()}
+        images = self.selected[c * self.chunk:(c + 1) * self.chunk]
+        part['image_sizes'] = torch.from_numpy(self.data.sizes[images])
+        return part, self.data.img_ids[images]
 
 
 def shard_images(coco, img_ids: np.ndarray, shard: Optional[Tuple[int, int]]) -> np.ndarray:
@@ -265,45 +297,6 @@ def shard_images(coco, img_ids: np.ndarray, shard: Optional[Tuple[int, int]]) ->
     i, n = shard
     in_file_order = np.searchsorted(img_ids, [im['id'] for im in coco.dataset['images']])
     return np.sort(in_file_order[i::n])
-
-
-class ChunkPlan:
-    """``selected`` images in chunks of ``chunk``, and each member's detections sorted by
-    chunk (stable: file order within a chunk, as ``select_images`` has it), so that a chunk
-    is one slice per member."""
-
-    def __init__(self, data: Members, selected: np.ndarray, chunk: int) -> None:
-        self.data, self.selected, self.chunk = data, selected, chunk
-        self.n_chunks = -(-len(selected) // chunk)
-        chunk_of = np.full(len(data.img_ids), -1, dtype=np.int64)  # -1: not selected
-        chunk_of[selected] = np.arange(len(selected)) // chunk
-        self.local = np.zeros(len(data.img_ids), dtype=np.int64)  # image in its chunk
-        self.local[selected] = np.arange(len(selected)) % chunk
-        self.bounds = []
-        for m in data.members:
-            c = chunk_of[m.images]
-            order = np.argsort(c, kind='stable')
-            order = order[np.count_nonzero(c < 0):]  # other shards' images first: dropped
-            for key in ('images', 'categories', 'bboxes', 'scores'):  # one column at a time
-                setattr(m, key, getattr(m, key)[order])
-            self.bounds.append(np.searchsorted(c[order], np.arange(self.n_chunks + 1)))
-            del c, order
-
-    def part(self, c: int, remap: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], np.ndarray]:
-        """Chunk ``c`` packed as ``fuse_with_metainfo`` takes it (members in model order),
-        and the COCO image id of each of its images."""
-        cols = {k: [] for k in ('bboxes', 'scores', 'labels', 'members', 'images')}
-        for j, (m, b) in enumerate(zip(self.data.members, self.bounds)):
-            s = slice(b[c], b[c + 1])
-            cols['bboxes'].append(m.bboxes[s])
-            cols['scores'].append(m.scores[s])
-            cols['labels'].append(self.data.label_of[m.categories[s]])
-            cols['members'].append(np.full(s.stop - s.start, int(remap[j]), dtype=np.int64))
-            cols['images'].append(self.local[m.images[s]])
-        part = {k: torch.from_numpy(np.concatenate(v)) for k, v in cols.items()}
-        images = self.selected[c * self.chunk:(c + 1) * self.chunk]
-        part['image_sizes'] = torch.from_numpy(self.data.sizes[images])
-        return part, self.data.img_ids[images]
 
 
 _JOB: dict = {}  # the model and the plan, for :func:`fuse_chunk` (forked workers inherit it)
@@ -466,13 +459,14 @@ def main(argv=None) -> None:
         model, cat_ids = load_ensemble(args, coco)
     t_model = time.perf_counter() - t0
     t0 = time.perf_counter()
-    data = read_members(args, coco, cat_ids)
+    img_ids = np.array(sorted(im['id'] for im in coco.dataset['images']), dtype=np.int64)
+    plan = ChunkPlan(img_ids, shard_images(coco, img_ids, args.shard), args.chunk)
+    data = plan.read(args, coco, cat_ids)
     if any(m.has_masks for m in data.members):  # seen by the decoder: no scan of box files
         from mask_path import files_with_masks, fuse_masks  # noqa: E402 (torch imported)
         if files_with_masks(args):  # members with instance masks: their path (mask_path.py)
             del data
             return fuse_masks(args, coco, model, cat_ids)
-    plan = ChunkPlan(data, shard_images(coco, data.img_ids, args.shard), args.chunk)
     phases = dict(annotations=t_ann, model=t_model, read=time.perf_counter() - t0)
     t0 = time.perf_counter()
     fused, _, seconds, selections = run_fusion(args, model, plan)
