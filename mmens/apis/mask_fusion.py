@@ -71,7 +71,7 @@ def fuse_packed_masks(model, part: Dict[str, torch.Tensor], runs: MaskRuns,
     images = images[kept]
     wh = sizes[images]  # [K, 2]
     boxes = cl.fused_boxes[kept] * wh.repeat(1, 2)  # [K, 4] pixels
-    regions = cluster_regions(part['bboxes'], box_cluster, len(images), wh)
+    regions = cluster_regions(part['bboxes'], box_cluster, len(images), wh, runs)
     weights = part['scores'].double() * model.weights.double()[part['members']]  # WBF's
     fused = fuse_cluster_masks(runs, box_cluster, weights, regions, wh[:, 1].long(),
                                mask_thr=mask_thr, vote=vote)

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from mmdet.registry import MODELS
 
+from mmens.ops.masks import MaskRuns, runs_from_bitmaps
+
 #: the keys a live member's config dict may have
 LIVE_MEMBER_CFG_KEYS = ('name', 'config', 'checkpoint', 'flip', 'score_thr', 'max_per_img')
 
@@ -191,8 +193,12 @@ class LiveMembers:
             if n_bad:
                 self.num_degenerate[spec['name']] = (
                     self.num_degenerate.get(spec['name'], 0) + n_bad)
-            outs.append(dict(bboxes=boxes[ok], scores=pred.scores.float().reshape(-1)[ok],
-                             labels=pred.labels.long().reshape(-1)[ok]))
+            out = dict(bboxes=boxes[ok], scores=pred.scores.float().reshape(-1)[ok],
+                       labels=pred.labels.long().reshape(-1)[ok])
+            if 'masks' in pred:  # instance segmentation: bitmaps [K, H, W] of the raw image
+                masks = pred.masks.flip(-1) if spec['flip'] else pred.masks
+                out['masks'] = runs_from_bitmaps(masks[ok])
+            outs.append(out)
         return outs
 
     def __call__(self, images: Sequence[Tensor], selection: Optional[Tensor] = None) -> dict:
@@ -216,7 +222,7 @@ class LiveMembers:
             if next(iter(model.parameters()), torch.zeros(0)).device != device:
                 model.to(device)
         raw = [img.permute(1, 2, 0).cpu().numpy() for img in images]
-        boxes, scores, labels, members, image_index = [], [], [], [], []
+        boxes, scores, labels, members, image_index, masks = [], [], [], [], [], []
         chosen = None if selection is None else (selection > 0.5).cpu()  # [B, N]
         for m in range(len(self)):
             idx = list(range(len(raw))) if chosen is None else \
@@ -231,6 +237,7 @@ class LiveMembers:
                 labels.append(out['labels'].to(device))
                 members.append(torch.full((k,), int(m), dtype=torch.long, device=device))
                 image_index.append(torch.full((k,), b, dtype=torch.long, device=device))
+                masks.append((m, out.get('masks')))
         if not boxes:
             z = torch.zeros(0, device=device)
             return dict(bboxes=z.reshape(0, 4), scores=z, labels=z.long(), members=z.long(),
@@ -238,9 +245,24 @@ class LiveMembers:
         # order by image, as the cached path packs them
         image_index = torch.cat(image_index)
         order = torch.argsort(image_index, stable=True)
-        return dict(bboxes=torch.cat(boxes)[order], scores=torch.cat(scores)[order],
-                    labels=torch.cat(labels)[order], members=torch.cat(members)[order],
-                    images=image_index[order])
+        packed = dict(bboxes=torch.cat(boxes)[order], scores=torch.cat(scores)[order],
+                      labels=torch.cat(labels)[order], members=torch.cat(members)[order],
+                      images=image_index[order])
+        if any(runs is not None for _, runs in masks):  # instance segmentation members
+            packed['masks'] = self._packed_masks(masks, order)
+        return packed
+
+    def _packed_masks(self, masks: List[Tuple[int, Optional[MaskRuns]]],
+                      order: Tensor) -> MaskRuns:
+        """The masks of each (member, images) piece as one :class:`MaskRuns`, in the packed
+        order ``order``; every member must predict masks (one line naming one that does
+        not)."""
+        without = sorted({self.specs[m]['name'] for m, runs in masks if runs is None})
+        if without:
+            raise ValueError(f'live members {without} predict no masks, and the others do: '
+                             'fuse instance-segmentation members with one another')
+        runs = MaskRuns.cat([r for _, r in masks])
+        return runs.select(order.to(runs.offsets.device))
 
 
 class FrozenMembers(nn.ModuleList):

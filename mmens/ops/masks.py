@@ -12,15 +12,15 @@ members' masks over the cluster's region, thresholded. :func:`rle_decode_counts`
 :func:`rle_encode_counts` are pycocotools' compressed RLE text (``counts`` strings),
 vectorised over many masks; the decoder is also the validator of that text.
 """
-from typing import List, NamedTuple, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = ['MaskRuns', 'runs_from_counts', 'runs_to_counts', 'runs_from_bitmaps',
-           'rle_decode_counts',
-           'rle_encode_counts', 'cluster_regions', 'fuse_cluster_masks']
+           'rle_decode_counts', 'rle_encode_counts', 'mask_extents', 'cluster_regions',
+           'fuse_cluster_masks']
 
 #: Buffer elements (float64) that :func:`fuse_cluster_masks` fills per step: 4M = 32 MB.
 MAX_BUFFER = 1 << 22
@@ -232,26 +232,52 @@ def rle_encode_counts(counts: np.ndarray, offsets: np.ndarray) -> List[bytes]:
     return [blob[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
 
 
+def mask_extents(runs: MaskRuns, heights: Tensor) -> Tensor:
+    """``[J, 4]`` float64 ``(x0, y0, x1, y1)`` half-open pixel box of each mask
+    (``heights [J]``: its image's height); ``(inf, inf, -inf, -inf)`` for an empty mask."""
+    dev = runs.offsets.device
+    num = len(runs)
+    mask_of = torch.repeat_interleave(torch.arange(num, device=dev), runs.offsets.diff())
+    h = heights.to(dev)[mask_of]  # [R]
+    cs, ce = runs.starts // h, (runs.ends - 1) // h  # [R] first and last column
+    multi = ce > cs  # a run over several columns covers whole columns' rows
+    ys = torch.where(multi, 0, runs.starts - cs * h)
+    ye = torch.where(multi, h, runs.ends - ce * h)
+    idx = mask_of[:, None].expand(-1, 2)
+    lo = torch.full((num, 2), float('inf'), dtype=torch.float64, device=dev).scatter_reduce(
+        0, idx, torch.stack((cs, ys), 1).double(), 'amin')
+    hi = torch.full((num, 2), float('-inf'), dtype=torch.float64, device=dev).scatter_reduce(
+        0, idx, torch.stack((ce + 1, ye), 1).double(), 'amax')
+    return torch.cat((lo, hi), 1)
+
+
 def cluster_regions(boxes: Tensor, box_cluster: Tensor, num_clusters: int,
-                    image_sizes: Tensor) -> Tensor:
+                    image_sizes: Tensor, runs: Optional[MaskRuns] = None) -> Tensor:
     """``[C, 4]`` long ``(x0, y0, x1, y1)`` pixel region of each cluster: the smallest
-    box of whole pixels holding all its boxes (half-open, inside the image, at least one
-    pixel). A member's mask inside its own box is then never cut, and the fused box (a
-    weighted mean of the cluster's boxes) lies inside the region too.
+    box of whole pixels holding all its boxes and, with ``runs``, all its boxes' masks
+    (half-open, inside the image, at least one pixel). With the masks inside it, the
+    fused mask is the thresholded weighted mean everywhere (outside the region every
+    member mask is 0); the fused box (a weighted mean of the cluster's boxes) lies inside
+    it too.
 
     Args:
         boxes (Tensor[M, 4]): pixel ``x1, y1, x2, y2``.
         box_cluster (Tensor[M]): long, cluster of each box, ``-1``: none.
         num_clusters (int): ``C``.
         image_sizes (Tensor[C, 2]): ``(width, height)`` of each cluster's image.
+        runs (MaskRuns, optional): ``M`` masks, one per box.
     """
     keep = box_cluster >= 0
     b, cl = boxes[keep].double(), box_cluster[keep]
+    wh = image_sizes.to(b.device).long()
+    if runs is not None:
+        ext = mask_extents(runs.select(torch.nonzero(keep).flatten()), wh[cl, 1])  # [K, 4]
+        b = torch.cat((torch.minimum(b[:, :2], ext[:, :2]),
+                       torch.maximum(b[:, 2:], ext[:, 2:])), 1)
     lo = torch.full((num_clusters, 2), float('inf'), dtype=torch.float64, device=b.device)
     hi = torch.full((num_clusters, 2), float('-inf'), dtype=torch.float64, device=b.device)
     lo = lo.scatter_reduce(0, cl[:, None].expand(-1, 2), b[:, :2], 'amin')
     hi = hi.scatter_reduce(0, cl[:, None].expand(-1, 2), b[:, 2:], 'amax')
-    wh = image_sizes.to(b.device).long()
     lo = torch.minimum(torch.floor(lo).clamp(min=0).long(), wh - 1)  # [C, 2]
     hi = torch.maximum(torch.minimum(torch.ceil(hi).long(), wh), lo + 1)  # [C, 2]
     return torch.cat((lo, hi), 1)
@@ -266,7 +292,8 @@ def fuse_cluster_masks(runs: MaskRuns, box_cluster: Tensor, box_weights: Tensor,
     Per pixel of the region, the mean is ``sum_j w_j m_j / sum_j w_j`` over the cluster's
     boxes ``j`` (``w_j``: ``box_weights``, e.g. WBF's score times member weight; with
     ``vote``, 1: the share of the boxes that cover the pixel). Outside the region the
-    fused mask is empty. Each member mask adds its runs, split by column, to a difference
+    fused mask is empty (:func:`cluster_regions` with the masks: they are all inside, so
+    nothing is cut). Each member mask adds its runs, split by column, to a difference
     buffer of the region (one ``+w`` at a run's first row, one ``-w`` past its last), and
     one running sum gives the means: the work is the member runs plus the region pixels.
     Clusters are taken in steps of at most ``max_buffer`` region pixels (a bounded Python

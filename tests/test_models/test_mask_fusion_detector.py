@@ -54,3 +54,34 @@ def test_masks_missing_from_the_batch_are_one_error():
                   images=torch.zeros(1, dtype=torch.long), image_sizes=torch.tensor([[8., 8.]]))
     with pytest.raises(ValueError, match='the batch carries no member masks'):
         model.predict(inputs, [DetDataSample()])
+
+
+def test_live_instance_segmentation_members_identical_masks_come_back(tmp_path):
+    """Two live copies of one tiny Mask R-CNN (random weights): every fused detection is a
+    detection of the member, with its mask."""
+    import mmcv
+    from mmens.ops.masks import runs_to_counts, rle_encode_counts
+    from mmens.registry import MODELS
+    from mmengine.registry import DefaultScope
+    from mmdet.structures import DetDataSample
+    config = osp.join(ROOT, 'tests', 'data', 'members', 'tiny_mask_rcnn.py')
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmens'):
+        model = MODELS.build(dict(type='MaskFusionDetector', members=[
+            dict(name=n, config=config, checkpoint=None) for n in ('a', 'b')]))
+    img = mmcv.imread(osp.join(DATA, 'images', 'val', sorted(
+        __import__('os').listdir(osp.join(DATA, 'images', 'val')))[0]))
+    h, w = img.shape[:2]
+    inputs = dict(img=[torch.from_numpy(img).permute(2, 0, 1)],
+                  image_sizes=torch.tensor([[float(w), float(h)]]))
+    pred = model.predict(inputs, [DetDataSample()])[0].pred_instances
+    member = model.live_members.predict_member(0, [img])[0]
+    assert 0 < len(pred) <= len(member['scores'])
+    counts, offsets = runs_to_counts(member['masks'], torch.full((len(member['scores']),),
+                                                                 h * w))
+    texts = rle_encode_counts(counts.numpy(), offsets.numpy())
+    boxes = member['bboxes']
+    for box, rle in zip(pred.bboxes, pred.masks):
+        j = int(torch.argmin((boxes - box).abs().sum(1)))  # the member's box it fused
+        assert torch.allclose(boxes[j], box, atol=1e-3)
+        assert rle['size'] == [h, w] and rle['counts'] == texts[j].decode()

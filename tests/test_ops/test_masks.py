@@ -5,9 +5,9 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from mmens.ops.masks import (MaskRuns, cluster_regions, fuse_cluster_masks, runs_from_bitmaps,
-                             rle_decode_counts, rle_encode_counts, runs_from_counts,
-                             runs_to_counts)
+from mmens.ops.masks import (MaskRuns, cluster_regions, fuse_cluster_masks, mask_extents,
+                             rle_decode_counts, rle_encode_counts, runs_from_bitmaps,
+                             runs_from_counts, runs_to_counts)
 
 H, W = 37, 29
 
@@ -109,3 +109,15 @@ def test_runs_from_bitmaps_equal_the_rle_runs():
     runs = runs_from_bitmaps(torch.from_numpy(np.stack(ms)))
     want = _runs(ms)
     assert all(torch.equal(a, b) for a, b in zip(runs, want))
+
+
+def test_regions_hold_the_masks_that_reach_outside_their_boxes():
+    ms = _masks()
+    runs = _runs([ms[5], ms[2]])  # columns 3-4 over every row; a few random pixels
+    ext = mask_extents(runs, torch.tensor([H, H]))
+    assert ext[0].tolist() == [3, 0, 5, H]
+    ys, xs = np.nonzero(ms[2])
+    assert ext[1].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    box = torch.tensor([[10., 10., 12., 12.]] * 2)
+    regions = cluster_regions(box, torch.tensor([0, -1]), 1, torch.tensor([[W, H]]), runs)
+    assert regions.tolist() == [[3, 0, 12, H]]  # the box and the mask of box 0 only
