@@ -26,8 +26,8 @@ from torch import Tensor
 
 __all__ = [
     'THETA_PARAMS', 'SCORE_MODES', 'WBF_CONF_TYPES', 'theta_from_phi', 'phi_from_theta',
-    'dtheta_dphi', 'theta_fuse', 'wbf_theta_fuse', 'j_reg', 'j_cons', 'j_cls', 'fusion_loss', 'grad_j_reg',
-    'grad_j_cons', 'grad_j_cls'
+    'dtheta_dphi', 'theta_fuse', 'wbf_theta_fuse', 'j_reg', 'j_cons', 'j_cls', 'fusion_loss',
+    'grad_j_reg', 'grad_j_cons', 'grad_j_cls'
 ]
 
 THETA_PARAMS = ('identity', 'softplus', 'sigmoid')

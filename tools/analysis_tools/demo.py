@@ -30,6 +30,7 @@ from cel_out_of_fold import cel_fold  # helper modules next to this tool
 from cross_val import fold_positions, runner_fold
 from fusion_baselines import (grid_wbf_out_of_fold, run_ensemble_boxes_wbf, run_fixed,
                               weight_grid)
+from theta_wbf import theta_wbf_fold
 from mmens.apis import load_coco, load_member_batch, member_results
 from mmens.evaluation.coco_eval import CocoEvaluation, paired_bootstrap
 from mmens.utils import register_all_modules, run_cli
@@ -46,7 +47,9 @@ CEL_ROWS = [('e2e-CEL, k = 3 members', dict(k=3)),
 #: the learned rows: (table name, config); the first is the default
 LEARNED = [('learned WBF weights (default)', 'learned-weights_6members_coco-real-val.py'),
            ('Θ global (seed J)', 'learned_theta-global_6members_coco-real-val.py'),
-           ('conditional Θ + rescoring net', 'learned_conditional_6members_coco-real-val.py')]
+           ('conditional Θ + rescoring net', 'learned_conditional_6members_coco-real-val.py'),
+           # None: theta_wbf.py (anchor weights, shrink by inner CV, then its config)
+           ('Θ on the WBF form', None)]
 FUSION = dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg')
 EXAMPLE_IMAGES = [5001, 25603]
 
@@ -107,6 +110,9 @@ def _run_job(job: tuple, work_dir: str, folds: list, num_folds: int, seed: int):
         res, weights, sec = grid_wbf_out_of_fold(batch, coco, folds, weight_grid(batch.names))
         return dict(results=res, fit_s=sec / num_folds, weights=weights)
     kind, name, what, k = job
+    if kind == 'learned' and what is None:
+        out = theta_wbf_fold(batch, coco, folds, k, seed, osp.join(work_dir, 'runs', 'theta-wbf'))
+        return dict(results=out['results'], fit_s=out['fit_s'], theta=out['theta'])
     if kind == 'learned':
         res, sec, model = runner_fold(osp.join(ROOT, 'configs', 'learned', what), batch,
                                       osp.join(work_dir, 'runs', what[:-3]), k, num_folds,

@@ -11,14 +11,16 @@ A helper module of the report tools in tools/analysis_tools (not part of the ins
 package); those tools and the tests import it with this folder on ``sys.path``.
 """
 import copy
-from typing import List, Sequence, Tuple
+import os.path as osp
+import time
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from mmengine.config import Config
 from pycocotools.coco import COCO
 
-from cross_val import subset_batch
+from cross_val import runner_fold, subset_batch
 from mmens.apis.inference import fuse_batch
 from mmens.apis.member_files import MemberBatch
 from mmens.datasets.ensemble_dataset import fold_image_ids
@@ -26,6 +28,13 @@ from mmens.evaluation.coco_eval import CocoEvaluation
 from mmens.ops.targets import TargetAssignment, assign_targets
 from mmens.registry import MODELS
 
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIGS = osp.join(ROOT, 'configs', 'learned')
+THETA_WBF = osp.join(CONFIGS, 'learned_theta-wbf_6members_coco-real-val.py')
+WEIGHTS = osp.join(CONFIGS, 'learned-weights_6members_coco-real-val.py')
+THETA_GLOBAL = osp.join(CONFIGS, 'learned_theta-global_6members_coco-real-val.py')
+#: the anchor: learned WBF weights without calibration and threshold search
+ANCHOR_OPTIONS = {'model.head.calibration': 'none', 'custom_hooks': []}
 #: λ of ``λ/2 ‖log Θ − log Θ0‖²`` searched by the inner cross-validation (log-spaced; the
 #: largest keeps Θ at the anchor to within 1e-3)
 SHRINK_GRID = (0.01, 0.1, 1.0, 10.0, 1000.0)
@@ -104,3 +113,25 @@ def choose_shrink(batch: MemberBatch, coco: COCO, train_ids: Sequence[int], mode
             np.arange(len(sub.img_ids))))
     best = max(range(len(grid)), key=lambda k: (round(aps[k], 6), k))
     return float(grid[best]), aps
+
+
+def theta_wbf_fold(batch: MemberBatch, coco: COCO, folds: list, k: int, seed: int,
+                   work_dir: str, anchor: Optional[Sequence[float]] = None) -> dict:
+    """Θ on the WBF form on fold ``k`` of ``folds`` (``(train, held-out)`` positions of
+    the partition ``seed``): the anchor (``anchor``, or fitted here with
+    :data:`ANCHOR_OPTIONS` through the Runner), ``shrink`` by :func:`choose_shrink`, then
+    the Runner's fit of :data:`THETA_WBF`. Returns the held-out ``results``, ``fit_s``
+    (all three steps), ``shrink`` and ``theta``."""
+    t0 = time.perf_counter()
+    if anchor is None:
+        _, _, model = runner_fold(WEIGHTS, batch, osp.join(work_dir, 'anchor'), k,
+                                  len(folds), seed, ANCHOR_OPTIONS)
+        anchor = model.head.member_weights().tolist()
+    train_ids = [batch.img_ids[i] for i in folds[k][0]]
+    shrink, _ = choose_shrink(batch, coco, train_ids, build_theta_wbf(THETA_WBF, anchor, 1.0),
+                              seed=seed)
+    results, _, model = runner_fold(THETA_WBF, batch, work_dir, k, len(folds), seed, {
+        'model.head.anchor_weights': list(anchor), 'model.head.shrink': shrink,
+        'custom_hooks': []})
+    return dict(results=results, fit_s=time.perf_counter() - t0, shrink=shrink,
+                theta=model.head.theta().tolist())
