@@ -130,7 +130,8 @@ def run_partition(p: int, work_dir: str, num_folds: int, rows: list) -> dict:
             continue
         results, seconds, chosen = [], [], []
         for k in range(num_folds):
-            run_dir = osp.join(work_dir, 'runs', f'p{p}', name.split(' ')[0].strip(',()'))
+            run_dir = osp.join(work_dir, 'runs', f'p{p}', ''.join(
+                c if c.isalnum() else '_' for c in name))
             if kind == 'runner':
                 res, sec, model = runner_fold(what[0], batch, run_dir, k, num_folds, p,
                                               what[1])
