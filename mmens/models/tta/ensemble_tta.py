@@ -212,7 +212,11 @@ def load_view_weights(checkpoint: str, view_names: Optional[Sequence[str]] = Non
     if not hasattr(head, 'member_weights'):
         raise ValueError(f'weights_from {checkpoint}: its model {cfg.type} has no learned '
                          'member weights (make it with fit_ensemble.py --method learned)')
-    model.load_state_dict(ckpt.get('state_dict', ckpt), strict=False)
+    missing, unexpected = model.load_state_dict(ckpt.get('state_dict', ckpt), strict=False)
+    missing = [k for k in missing if not k.startswith('data_preprocessor')]
+    if missing or unexpected:
+        raise ValueError(f'weights_from {checkpoint}: does not fit its own config (missing '
+                         f'{missing[:3]}, unexpected {unexpected[:3]})')
     weights = model.eval().head.member_weights().tolist()
     if view_names is None:
         return weights
