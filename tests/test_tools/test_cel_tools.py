@@ -1,4 +1,7 @@
-"""e2e-CEL through the tools: train.py (default config), test.py, fuse_results.py, cel_budget."""
+"""e2e-CEL through the tools: train.py (default config), fuse_results.py, cel_budget.
+
+train.py runs in process (its own start-up is tested in test_train_test.py): each fit is
+a few seconds of steps on 16 images, not the start-up of another interpreter."""
 import glob
 import json
 import os
@@ -6,41 +9,85 @@ import os.path as osp
 import sys
 
 import numpy as np
+import pytest
 from conftest import DATA, ROOT, load_tool
-from test_train_test import TINY, metric, run
+from test_train_test import TINY, run
 
 CEL_DEFAULT = sorted(glob.glob(osp.join(ROOT, 'configs', 'cel', '*.py')))[0]
-FAST = ['train_cfg.steps=20', 'model.selector.num_samples=100']
+FAST = ['train_cfg.steps=5', 'model.selector.num_samples=20']
+
+
+def train_in_process(argv):
+    """tools/train.py's ``train`` on ``argv``: the runner after training."""
+    train = load_tool('fit_ensemble').load_train_tool()
+    return train.train(train.parse_args(argv))
+
+
+def subset_files(folder, num_images):
+    """The embedded val annotations and member files on its first ``num_images`` images."""
+    os.makedirs(folder)
+    gt = json.load(open(osp.join(DATA, 'annotations', 'val.json')))
+    keep = set(sorted(im['id'] for im in gt['images'])[:num_images])
+    ann = str(folder / 'val.json')
+    json.dump(dict(gt, images=[im for im in gt['images'] if im['id'] in keep],
+                   annotations=[a for a in gt['annotations'] if a['image_id'] in keep]),
+              open(ann, 'w'))
+    preds = []
+    for f in sorted(glob.glob(osp.join(DATA, 'predictions', 'val', '*.json'))):
+        preds.append(str(folder / osp.basename(f)))
+        json.dump([e for e in json.load(open(f)) if e['image_id'] in keep], open(preds[-1], 'w'))
+    return ann, preds
 
 
 def test_default_cel_config_trains_tests_and_drives_fuse_results(tmp_path):
     work = str(tmp_path / 'cel')
-    out = run([sys.executable, 'tools/train.py', CEL_DEFAULT, '--work-dir', work,
-               '--cfg-options', *TINY, *FAST])
+    runner = train_in_process([CEL_DEFAULT, '--work-dir', work, '--cfg-options', *TINY, *FAST])
     ckpt = osp.join(work, 'epoch_1.pth')
     assert osp.isfile(ckpt), os.listdir(work)
-    assert 'members_selected' in out and 'member_seconds' in out
-    out = run([sys.executable, 'tools/test.py', CEL_DEFAULT, ckpt, '--work-dir',
-               str(tmp_path / 'test'), '--cfg-options', *TINY])
-    assert 0.0 < metric(out) <= 1.0
-    preds = sorted(glob.glob(osp.join(DATA, 'predictions', 'val', '*.json')))
-    ann = osp.join(DATA, 'annotations', 'val.json')
+    logged = runner.message_hub.log_scalars
+    # the logged cost: the probe and the net on every image, within the 0.4 s budget
+    assert 0.0036 < logged['train/member_seconds'].current() <= 0.4
+    assert logged['train/members_selected'].current() >= 1
+    assert 0.0 < runner.test()['coco/bbox_mAP'] <= 1.0  # the test loop of tools/test.py
+    # fuse_results on 16 images (COCO AP of each member is most of its time)
+    ann, preds = subset_files(tmp_path / 'files', 16)
     seconds = {m['name']: m['seconds_per_image']
                for m in json.load(open(osp.join(DATA, 'members.json')))}
-    for extra, limit in [(['--budget-seconds', '0.2'], 0.2), (['--k', '2'], None)]:
-        metrics = tmp_path / 'm.json'  # in process: the CLI's start-up is tested elsewhere
-        load_tool('fuse_results').main(['--ann', ann, '--preds', *preds, '--method', 'cel',
-                                        '--checkpoint', ckpt, '--metrics-out', str(metrics),
-                                        *extra])
+    fuse = load_tool('fuse_results').main  # in process: the CLI's start-up is tested elsewhere
+    for extra, limit in [(['--budget-seconds', '0.2'], 0.2), (['--k', '2', '--no-eval'], None)]:
+        metrics, sel_out = tmp_path / 'm.json', tmp_path / f'sel_{extra[0][2:]}.json'
+        fuse(['--ann', ann, '--preds', *preds, '--method', 'cel', '--checkpoint', ckpt,
+              '--metrics-out', str(metrics), '--selection-out', str(sel_out), *extra])
         m = json.loads(metrics.read_text())['fusion']
-        assert m['AP'] > 0.15
-        freq = m['selection_frequency']
-        assert abs(sum(freq[n] * seconds[n] for n in freq)
-                   - m['member_seconds_per_image']) < 1e-4
+        assert m.get('AP', 1.0) > 0.15
+        sel = json.loads(sel_out.read_text())
+        assert sel['probes'] == m['probes'] == ['yolofastestv2-352'] and len(sel['selected']) == 16
+        # every image pays for the probe, the members it selects and the selection net
+        run = [set(names) | set(sel['probes']) for names in sel['selected'].values()]
+        cost = np.mean([sum(seconds[n] for n in r) + m['selection_seconds'] for r in run])
+        assert sel['member_seconds'] == m['member_seconds_per_image'] == pytest.approx(cost)
+        assert 0 < m['selection_seconds'] <= 0.05
         if limit is not None:
             assert m['member_seconds_per_image'] <= limit + 1e-6
         else:
             assert m['members_per_image'] == 2.0
+    # the selection reads the probe only: the other members' files halved and their
+    # scores shuffled, every image selects the same members
+    rng = np.random.default_rng(0)
+    scrambled = []
+    for f in preds:
+        entries = json.load(open(f))
+        if osp.basename(f) != 'yolofastestv2-352.json':
+            entries = [e for e in entries if rng.random() < 0.5]
+            for e, s in zip(entries, rng.permutation([e['score'] for e in entries])):
+                e['score'] = float(s)
+        scrambled.append(str(tmp_path / osp.basename(f)))
+        json.dump(entries, open(scrambled[-1], 'w'))
+    again = tmp_path / 'sel2.json'
+    fuse(['--ann', ann, '--preds', *scrambled, '--method', 'cel', '--checkpoint', ckpt,
+          '--no-eval', '--selection-out', str(again), '--budget-seconds', '0.2'])
+    before = json.loads((tmp_path / 'sel_budget-seconds.json').read_text())
+    assert json.loads(again.read_text()) == before
 
 
 def test_cel_budget_report_smoke_and_train_py_reproduces_its_fold_model(tmp_path):
@@ -49,13 +96,16 @@ def test_cel_budget_report_smoke_and_train_py_reproduces_its_fold_model(tmp_path
     import torch
     work = str(tmp_path / 'budget')
     out = run([sys.executable, 'tools/analysis_tools/cel_budget.py', '--work-dir', work,
-               '--ks', '2', '--budgets', '0.2', '--folds', '2', '--max-images', '24',
+               '--ks', '2', '--budgets', '0.2', '--folds', '2', '--max-images', '16',
                '--cfg-options', *FAST])
     report = json.load(open(osp.join(work, 'budget.json')))
     rows = report['rows']
     by = {(r['setting'], r['method']): r for r in rows}
     assert set(by) == {(s, m) for s in ('k=2', '0.2 s') for m in (
-        'e2e-CEL', 'best fixed subset', 'random subset')} | {('all', 'all-member fusion')}
+        'e2e-CEL', 'best fixed subset', 'random subset', "oracle, by each image's AP",
+        "oracle, by the dataset's AP")} | {('all', 'all-member fusion')}
+    for s in ('k=2', '0.2 s'):  # the greedy oracle starts at the best fixed subset
+        assert by[(s, "oracle, by the dataset's AP")]['AP'] >= by[(s, 'best fixed subset')]['AP']
     seconds = np.array([m['seconds_per_image']
                         for m in json.load(open(osp.join(DATA, 'members.json')))])
     for setting in ('k=2', '0.2 s'):
@@ -78,11 +128,11 @@ def test_cel_budget_report_smoke_and_train_py_reproduces_its_fold_model(tmp_path
     # same settings
     from mmens.datasets.ensemble_dataset import fold_image_ids
     with open(osp.join(DATA, 'annotations', 'val.json'), encoding='utf-8') as f:
-        ids = sorted(i['id'] for i in json.load(f)['images'])[:24]
+        ids = sorted(i['id'] for i in json.load(f)['images'])[:16]
     ids = fold_image_ids(ids, 2, 0, 'train', 0)
     train = str(tmp_path / 'train')
-    run([sys.executable, 'tools/train.py', CEL_DEFAULT, '--work-dir', train, '--cfg-options',
-         *FAST, 'model.selector.budget=0.2', f"train_dataloader.dataset.img_ids={ids}"])
+    train_in_process([CEL_DEFAULT, '--work-dir', train, '--cfg-options', *FAST,
+                      'model.selector.budget=0.2', f"train_dataloader.dataset.img_ids={ids}"])
     from mmens.utils.setup_env import safe_torch_load  # weights only, mmens' allow-list
     mine = safe_torch_load(osp.join(train, 'epoch_1.pth'))['state_dict']
     theirs = safe_torch_load(osp.join(work, '0.2s', 'fold0', 'epoch_1.pth'))['state_dict']

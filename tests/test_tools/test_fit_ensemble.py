@@ -108,6 +108,7 @@ def test_cel_fit_under_a_time_budget(splits, tmp_path):
     cfg = Config.fromfile(osp.join(work, 'fit_ensemble_cel.py'))
     assert cfg.model.members == MEMBERS and cfg.model.selector.budget == 0.2
     assert cfg.model.member_seconds == [0.17015, 0.17264, 0.00357]
+    assert cfg.model.probes == ['yolofastestv2-352']  # the recommended config's probe
     assert cfg.train_dataloader.dataset.members[0]['file'] == fit['preds'][0]
     metrics = tmp_path / 'm.json'
     fuse(['--ann', test['ann'], '--preds', *test['preds'], '--method', 'cel',
@@ -193,6 +194,11 @@ def test_argument_and_file_errors_in_process(splits, tmp_path):
           '--member-seconds', '0.1', '0.2', '0.01'], 'below the cheapest member'),
         (['--preds', *fit['preds'], '--method', 'cel', '--k', '4'],
          '--k must be between 1 and the 3 members'),
+        (['--preds', *fit['preds'], '--method', 'cel', '--k', '2', '--probes', 'nope'],
+         "--probes ['nope'] are not members"),
+        (['--preds', *fit['preds'], '--method', 'cel', '--budget-seconds', '0.15',
+          '--member-seconds', '0.1', '0.2', '0.01', '--probes', 'nanodet-416'],
+         "--budget-seconds 0.15 is below the probes ['nanodet-416'] (0.2 s per image)"),
         (['--preds', *fit['preds'], '--names', 'a', 'b', '--method', 'learned'],
          '2 names for 3 prediction files'),
     ]

@@ -13,8 +13,10 @@ The recommended config of the method (the first of ``configs/learned/`` or
 ``configs/cel/``, or ``--config``) is pointed at the annotation and prediction files
 (members named by file stem or ``--names``, as in ``fuse_results.py``; categories from
 the annotation file); for e2e-CEL the budget is ``--k`` members per image or
-``--budget-seconds`` of member compute per image (each member's seconds per image from
-``--member-seconds`` or a ``members.json``). ``--cfg-options`` then override anything.
+``--budget-seconds`` per image (each member's seconds per image from ``--member-seconds``
+or a ``members.json``), which pays for the probes (``--probes``; by default the config's,
+else the cheapest member: run on every image, their detections choose the others), the
+selected members and the selection net. ``--cfg-options`` then override anything.
 The resolved config is written to ``<work-dir>/fit_ensemble_<method>.py`` and trained
 through ``tools/train.py``'s code path (mmengine's Runner). The checkpoint it writes
 drives ``fuse_results.py --method learned|cel --checkpoint`` on other (unlabelled) files.
@@ -57,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='cel: member compute per image, in seconds')
     p.add_argument('--member-seconds', nargs='+', type=float,
                    help='cel: seconds per image of each member (order of --preds)')
+    p.add_argument('--probes', nargs='+', metavar='NAME',
+                   help='cel: the members run on every image, whose detections the selection '
+                   "reads (default: the config's probes when they are members, else the "
+                   'cheapest member)')
     p.add_argument('--members-json', help='cel: JSON list of {name, seconds_per_image} '
                    '(as data/coco_real/members.json)')
     p.add_argument('--config', help='start from this config instead of the recommended one')
@@ -114,6 +120,8 @@ def check_budget(args: argparse.Namespace, names: List[str],
         if args.k is not None or args.budget_seconds is not None:
             raise ValueError(f'--k / --budget-seconds are for --method cel, not '
                              f'{args.method}')
+        if args.probes:
+            raise ValueError(f'--probes is for --method cel, not {args.method}')
         if seconds is not None:
             raise ValueError(f'--member-seconds / --members-json are for --method cel, '
                              f'not {args.method}')
@@ -131,6 +139,31 @@ def check_budget(args: argparse.Namespace, names: List[str],
             raise ValueError(f'--budget-seconds {args.budget_seconds} is below the '
                              f'cheapest member ({min(seconds)} s per image): no member '
                              'fits')
+
+
+def cel_probes(args: argparse.Namespace, cfg: Config, names: List[str],
+               seconds: Optional[List[float]]) -> List[str]:
+    """e2e-CEL's probes: ``--probes``, else the config's when they are all members, else
+    the cheapest member (by ``--member-seconds``); a budget must pay for them."""
+    if args.probes:
+        probes = list(args.probes)
+        unknown = [p for p in probes if p not in names]
+        if unknown:
+            raise ValueError(f'--probes {unknown} are not members ({names})')
+    elif all(p in names for p in cfg.model.get('probes') or []):
+        probes = list(cfg.model.get('probes') or [])
+    elif seconds is not None:
+        probes = [names[min(range(len(names)), key=seconds.__getitem__)]]
+    else:
+        raise ValueError(f"the config's probes {list(cfg.model.probes)} are not members "
+                         f'({names}): name them with --probes NAME, or give --member-seconds '
+                         '(the cheapest member is then the probe)')
+    if args.budget_seconds is not None:
+        paid = sum(seconds[names.index(p)] for p in probes)
+        if args.budget_seconds < paid:
+            raise ValueError(f'--budget-seconds {args.budget_seconds} is below the probes '
+                             f'{probes} ({paid:g} s per image), which run on every image')
+    return probes
 
 
 def point_dataset(ds: dict, ann: str, members: List[dict], classes: tuple,
@@ -180,6 +213,7 @@ def fit_config(args: argparse.Namespace, cfg: Config, names: List[str], classes:
     cfg.model.members = list(names)
     if args.method == 'cel':
         cfg.model.member_seconds = seconds
+        cfg.model.probes = cel_probes(args, cfg, names, seconds)
         selector = {k: v for k, v in cfg.model.selector.items()
                     if k not in ('k', 'budget', 'costs')}
         if args.k is not None:
@@ -246,7 +280,8 @@ def main(argv=None) -> None:
         raise ValueError(f'training wrote no checkpoint in {args.work_dir} (check '
                          'default_hooks.checkpoint in the config)')
     budget = ('' if args.method != 'cel' else f' (k = {args.k})' if args.k is not None
-              else f' (budget {args.budget_seconds} s per image)')
+              else f' (budget {args.budget_seconds} s per image, probes '
+              f'{cfg.model.probes} included)')
     q = shlex.quote
     print(f'config: {cfg_path}')
     print(f'checkpoint: {ckpt}')

@@ -141,6 +141,11 @@ class CELDetector(BaseEnsembleDetector):
             self.member_seconds.device)
 
     @property
+    def probe_index(self) -> Tensor:
+        """``LongTensor[P]``: the probes' member indices."""
+        return self.probe_mask.nonzero().flatten()
+
+    @property
     def probe_seconds(self) -> float:
         """Seconds per image of the probes."""
         return float(self.member_seconds[self.probe_mask].sum())
