@@ -87,7 +87,7 @@ def test_a_view_and_its_flip_merge_into_the_view(method):
     torch.testing.assert_close(rows(merged[0].pred_instances), want, atol=1e-4, rtol=0)
 
 
-def test_tool():
+def load_test_tool():
     """tools/test.py as a module (a script named like the standard library's test)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location('mmens_test_tool',
@@ -153,7 +153,8 @@ def test_tta_configs_build_their_model_and_views(name, num_views):
     """configs/tta/: the mmdet detector wrapped as tools/test.py --tta does, and the views
     the tta_pipeline makes of an embedded val image."""
     from mmengine.registry import DATASETS
-    cfg = test_tool().tta_cfg(Config.fromfile(osp.join(ROOT, 'configs', 'tta', name)), 'ckpt.pth')
+    cfg = load_test_tool().tta_cfg(Config.fromfile(osp.join(ROOT, 'configs', 'tta', name)),
+                                   'ckpt.pth')
     assert cfg.default_scope == 'mmens' and cfg.runner_type == 'EnsembleRunner'
     with DefaultScope.overwrite_default_scope('mmens'):
         model = MODELS.build(cfg.model)

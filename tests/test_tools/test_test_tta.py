@@ -52,8 +52,8 @@ def in_process_views(cfg_path, ckpt):
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import DATASETS, MODELS, DefaultScope
-    from test_ensemble_tta import test_tool
-    cfg = test_tool().tta_cfg(Config.fromfile(cfg_path), ckpt)
+    from test_ensemble_tta import load_test_tool
+    cfg = load_test_tool().tta_cfg(Config.fromfile(cfg_path), ckpt)
     with DefaultScope.overwrite_default_scope('mmens'):
         model = MODELS.build(cfg.model)
         data = pseudo_collate([DATASETS.build(cfg.test_dataloader.dataset)[0]])
@@ -93,7 +93,7 @@ def test_tools_test_tta_end_to_end(tmp_path):
 def test_tta_of_an_ensemble_config_is_refused_in_one_line():
     from mmengine.config import Config
     sys.path.insert(0, osp.join(ROOT, 'tests', 'test_models'))
-    from test_ensemble_tta import test_tool
+    from test_ensemble_tta import load_test_tool
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'wbf', 'wbf_6members_coco-real-val.py'))
     with pytest.raises(ValueError, match='FusionDetector is an ensemble; --tta augments one'):
-        test_tool().tta_cfg(cfg, 'ckpt.pth')
+        load_test_tool().tta_cfg(cfg, 'ckpt.pth')
