@@ -11,7 +11,7 @@ from mmens.ops.targets import TargetAssignment
 from mmens.ops.theta import (WBF_CONF_TYPES, j_cls, j_cons, j_reg, theta_from_phi,
                              theta_fuse, wbf_theta_fuse)
 
-THETA_MODES = ('global', 'per_class', 'conditional', 'wbf')
+THETA_MODES = ('global', 'conditional', 'wbf')
 
 
 @MODELS.register_module()
@@ -26,11 +26,12 @@ class LearnedFusionHead(BaseModule):
 
     * ``'global'``: one Θ ``[N]`` (the seed's method). Θ is also used, detached, as the
       members' weights inside the matching (like hand-tuned WBF weights).
-    * ``'per_class'``: a Θ row per class, ``[K, N]``.
     * ``'conditional'``: a small net maps per-cluster features
       (:func:`mmens.ops.features.cluster_features`) to the cluster's Θ row and to a rescored
       confidence, trained with BCE on match / no-match (``J_cls`` on the fused score);
       a global Θ is still learned for the matching weights.
+      (A Θ row per class, ``'per_class'``, scored 5.6 AP below grid-searched WBF out of fold
+      and was deleted: docs/experiments.md.)
     * ``'wbf'``: Θ on the WBF form (:func:`mmens.ops.theta.wbf_theta_fuse`): box
       ``Σ θ S b / Σ θ S`` and WBF's ``conf_type`` score with weights Θ, so Θ ∝ 1 is WBF.
       Θ starts at ``anchor_weights`` (the learned WBF weights of the same training images)
@@ -42,7 +43,7 @@ class LearnedFusionHead(BaseModule):
         num_members (int): N. num_classes (int): K.
         theta_mode (str): see above. theta_param (str): ``'softplus'`` (default; θ > 0),
             ``'sigmoid'`` (0 < θ < 1) or ``'identity'`` (raw Θ: the seed's SGD update rule).
-        score_mode (str): fused score of ``global``/``per_class``: ``'seed'`` (Σ m θ p),
+        score_mode (str): fused score of ``global``: ``'seed'`` (Σ m θ p),
             ``'normalized'`` or ``'noisy_or'`` (docs/theory.md §2).
         hidden (int): width of the conditional net (0: logistic regression).
         loss_reg, loss_cons, loss_cls (float): λ_reg, λ_cons, λ_cls.
@@ -86,8 +87,6 @@ class LearnedFusionHead(BaseModule):
             self.shrink, self.conf_type = float(shrink), conf_type
         phi0 = self._phi_of(init)
         self.phi = nn.Parameter(phi0.clone())  # [N] global Θ (matching weights)
-        if theta_mode == 'per_class':
-            self.phi_class = nn.Parameter(phi0.expand(num_classes, -1).clone())  # [K, N]
         if theta_mode == 'conditional':
             f = len(feature_names(num_members))
             self.feat_norm = nn.BatchNorm1d(f, affine=False)
@@ -115,9 +114,7 @@ class LearnedFusionHead(BaseModule):
         return theta_from_phi(self.phi, self.theta_param)
 
     def theta_table(self) -> Tensor:
-        """Θ for reports: ``[K, N]`` per class, else the global ``[N]`` (detached)."""
-        if self.theta_mode == 'per_class':
-            return theta_from_phi(self.phi_class, self.theta_param).detach()
+        """Θ for reports: the global ``[N]`` (detached)."""
         return self.theta().detach()
 
     def matching_weights(self) -> Tensor:
@@ -142,8 +139,6 @@ class LearnedFusionHead(BaseModule):
         c = clusters.y_hat.shape[0]
         if self.theta_mode in ('global', 'wbf'):
             return self.theta().expand(c, -1), None  # [C, N]
-        if self.theta_mode == 'per_class':
-            return theta_from_phi(self.phi_class, self.theta_param)[clusters.labels], None
         feats = self._features(clusters)  # [C, F]
         if c == 0:
             return clusters.y_hat.new_zeros(0, self.num_members), clusters.y_hat.new_zeros(0)
@@ -217,9 +212,7 @@ class LearnedFusionHead(BaseModule):
             g = self.theta().expand(len(logit), -1)
             losses['loss_cls_global'] = self.lambdas['cls'] * j_cls(
                 g, clusters.y_hat[..., 4], clusters.mask, targets.y_cls)
-        rows = self.theta() if self.theta_mode != 'per_class' else theta_from_phi(
-            self.phi_class, self.theta_param)
-        losses['loss_cons'] = self.lambdas['cons'] * j_cons(rows)
+        losses['loss_cons'] = self.lambdas['cons'] * j_cons(self.theta())
         return losses
 
     def predict_by_feat(self, clusters) -> Tuple[Tensor, Tensor]:
