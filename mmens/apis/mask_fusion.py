@@ -60,8 +60,9 @@ def fuse_packed_masks(model, part: Dict[str, torch.Tensor], runs: MaskRuns,
     dets = PackedDetections.from_batch_inputs(part, len(model.members))
     cl = match_boxes(dets, weights=model.weights, **model.fusion_cfg)
     images = cl.image_index  # [C] by image, then score descending
-    counts = torch.bincount(images, minlength=len(sizes))
-    rank = torch.arange(len(images), device=images.device) - (torch.cumsum(counts, 0) - counts)[images]
+    counts = torch.bincount(images, minlength=len(sizes))  # [B]
+    first = torch.cumsum(counts, 0) - counts  # [B]
+    rank = torch.arange(len(images), device=images.device) - first[images]  # [C]
     kept = rank < max_per_img  # [C] WBF's top max_per_img per image, as fuse_results
     new_id = torch.cumsum(kept.long(), 0) - 1
     valid = cl.box_cluster >= 0  # [M]

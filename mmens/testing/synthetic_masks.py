@@ -8,6 +8,7 @@ object: ``shifted`` moves it by up to ``2 * strength`` pixels, ``dilated`` grows
 false positives: ellipses in random boxes of random categories with low scores. Every
 draw comes from ``numpy.random.RandomState(seed)``.
 """
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -72,7 +73,9 @@ def noisy_mask_members(coco: COCO, seed: int = 0, img_ids: Optional[Sequence[int
         im = coco.loadImgs([img_id])[0]
         h, w = im['height'], im['width']
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=[img_id], iscrowd=False)):
-            full = coco.annToMask(ann).astype(bool)
+            with warnings.catch_warnings():  # pycocotools' decode under numpy 2 warns
+                warnings.simplefilter('ignore', DeprecationWarning)
+                full = coco.annToMask(ann).astype(bool)
             x, y, bw, bh = ann['bbox']  # the damage stays within a margin of the box
             pad = 2 * strength + 2
             x0, y0 = max(int(x) - pad, 0), max(int(y) - pad, 0)

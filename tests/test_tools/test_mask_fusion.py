@@ -120,3 +120,20 @@ def test_options_that_masks_cannot_take_are_refused(ann, members):
         fuse(preds + ['--mask-thr', '0'])
     with pytest.raises(ValueError, match='carries masks: --repair rewrites boxes only'):
         load_tool('validate_predictions').main(preds + ['--repair'])
+
+
+def test_segm_bootstrap_pairs_the_same_resamples(ann, members, capsys):
+    from mmens.apis.member_files import load_coco
+    from mmens.evaluation.segm_eval import SegmEvaluation, coco_segm_metrics, segm_bootstrap
+    coco = load_coco(ann)
+    dilated = json.load(open(members['dilated']))
+    ev = SegmEvaluation(coco, dilated)
+    assert ev.metrics() == coco_segm_metrics(coco, dilated)
+    same = segm_bootstrap(ev, ev, num_samples=10)
+    assert same['diff'] == same['lo'] == same['hi'] == 0.0
+    load_tool('segm_bootstrap').main(['--ann', ann, '--fused', members['dilated'],
+                                      '--members', members['eroded'], '--samples', '10'])
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    eroded = coco_segm_metrics(coco, json.load(open(members['eroded'])))['AP']
+    assert row[0] == 'eroded.json' and float(row[1]) == pytest.approx(eroded, abs=1e-4)
+    assert float(row[2]) == pytest.approx(ev.metrics()['AP'] - eroded, abs=1e-4)
