@@ -10,7 +10,8 @@ thresholds, sigma, ``shrink``) is made on the training images of each fold only:
     nice -n 5 python tools/analysis_tools/partition_study.py --work-dir work_dirs/partitions
 
 Writes ``partitions.md`` and ``partitions.json`` (each row's AP per partition) to the
-work dir; the fits log to ``<work-dir>/runs``.
+work dir; the fits log to ``<work-dir>/runs``. Each partition's results are kept in
+``<work-dir>/parts`` as it finishes: run again, the study computes only what is missing.
 """
 import argparse
 import json
@@ -196,17 +197,20 @@ def main(argv=None) -> None:
     rows = [r for r in ROWS if args.rows is None or r[0] in args.rows or r[0] == REFERENCE
             or (r[0] == ANCHOR_ROW and 'Θ on the WBF form' in args.rows)]
     t0 = time.time()
-    per_part = {}
+    per_part = load_parts(wd, range(args.partitions), [r[0] for r in rows])
+    todo = [p for p in range(args.partitions) if p not in per_part]
     ctx = get_context('spawn')
     with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(wd, )) as pool:
-        futures = {pool.submit(run_partition, p, wd, args.folds, rows): p
-                   for p in range(args.partitions)}
-        with Progress(f'{args.partitions} partitions x {len(rows)} rows x {args.folds} '
-                      f'folds in {args.workers} processes', args.partitions) as bar:
+        futures = {pool.submit(run_partition, p, wd, args.folds, rows): p for p in todo}
+        with Progress(f'{len(todo)} partitions x {len(rows)} rows x {args.folds} '
+                      f'folds in {args.workers} processes', len(todo)) as bar:
             for future in as_completed(futures):
-                per_part[futures[future]] = future.result()
-                bar.step(f'partition {futures[future]}')
+                p = futures[future]
+                per_part[p] = future.result()
+                with open(osp.join(wd, 'parts', f'p{p}.json'), 'w', encoding='utf-8') as f:
+                    json.dump(per_part[p], f)
+                bar.step(f'partition {p}')
     _init_worker_main()
     out = summarise(per_part, [r[0] for r in rows], args.bootstrap)
     md = table(out)
@@ -216,6 +220,21 @@ def main(argv=None) -> None:
         json.dump(out, f, indent=1)
     print(md)
     print(f'wrote partitions.md and partitions.json to {wd} ({time.time() - t0:.0f} s)')
+
+
+def load_parts(wd: str, partitions, names: list) -> dict:
+    """The partitions already done (``<wd>/parts/p<k>.json``, written as each finishes)
+    that have every row of ``names``: a stopped study goes on where it was."""
+    os.makedirs(osp.join(wd, 'parts'), exist_ok=True)
+    done = {}
+    for p in partitions:
+        path = osp.join(wd, 'parts', f'p{p}.json')
+        if osp.isfile(path):
+            with open(path, encoding='utf-8') as f:
+                part = json.load(f)
+            if all(n in part for n in names):
+                done[p] = {n: part[n] for n in names}
+    return done
 
 
 def _init_worker_main() -> None:
