@@ -68,7 +68,7 @@ def test_empty_and_all_ignored_are_finite():
 
 
 def test_platt_calibration_starts_at_the_identity_and_keeps_each_members_order():
-    head = LearnedWeightsHead(num_members=2).eval()
+    head = LearnedWeightsHead(num_members=2, calibration='platt').eval()
     scores = torch.tensor([0.0, 0.05, 0.3, 0.9, 1.0, 0.2, 0.6])
     members = torch.tensor([0, 0, 0, 0, 0, 1, 1])
     assert torch.allclose(head.matching_scores(scores, members), scores, atol=1e-6)
@@ -86,11 +86,11 @@ def test_platt_calibration_starts_at_the_identity_and_keeps_each_members_order()
 
 def test_fit_clusters_lowers_the_loss_and_none_has_no_calibration():
     clusters, targets = make_clusters()
-    head = LearnedWeightsHead(num_members=2, max_iter=30)
+    head = LearnedWeightsHead(num_members=2, calibration='platt', max_iter=30)
     before = head.loss_by_feat(clusters, targets)['loss_cls'].item()
     head.fit_clusters(clusters, targets)
     assert head.loss_by_feat(clusters, targets)['loss_cls'].item() < before - 0.05
-    plain = LearnedWeightsHead(num_members=2, calibration='none')
+    plain = LearnedWeightsHead(num_members=2)  # the default: no calibration
     assert not hasattr(plain, 'cal_shift')
     s = torch.tensor([0.2, 0.4])
     assert torch.equal(plain.eval().matching_scores(s, torch.tensor([0, 1])), s)
