@@ -35,7 +35,7 @@ from mmens.utils.progress import Progress
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 REFERENCE = 'WBF, grid-searched weights'
-SEARCH = [dict(type='FusionSearchHook')]  # the default config's hooks, without the plots
+SEARCH = [dict(type='FusionSearchHook')]  # the threshold search, without the Θ plots
 #: the rows: (name, kind, what). 'fixed': a rule; 'grid': WBF weights by AP on the
 #: training images; 'tuned': a rule's settings by AP on the training images; 'runner': a
 #: config (+ cfg_options) trained per fold; 'theta_wbf': :mod:`theta_wbf`.
@@ -48,10 +48,12 @@ ROWS = [
         'soft_nms', [dict(sigma=s, thresh=t) for s in (0.05, 0.1, 0.3, 0.5, 1.0)
                      for t in (0.001, 0.01)])),
     ('learned WBF weights (previous default)', 'runner', (WEIGHTS, ANCHOR_OPTIONS)),
-    ('calibration alone', 'runner', (WEIGHTS, {'custom_hooks': []})),
+    ('calibration alone', 'runner', (WEIGHTS, {'model.head.calibration': 'platt',
+                                               'custom_hooks': []})),
     ('thresholds alone', 'runner', (WEIGHTS, {'model.head.calibration': 'none',
                                               'custom_hooks': SEARCH})),
-    ('calibration + thresholds (default)', 'runner', (WEIGHTS, {'custom_hooks': SEARCH})),
+    ('calibration + thresholds', 'runner', (WEIGHTS, {'model.head.calibration': 'platt',
+                                                      'custom_hooks': SEARCH})),
     ('Θ on the WBF form', 'theta_wbf', None),
     ('Θ global (seed form, reference)', 'runner', (THETA_GLOBAL, {'custom_hooks': []})),
 ]
