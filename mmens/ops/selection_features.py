@@ -1,4 +1,6 @@
-"""Per-image meta-features of the members' predictions, for e2e-CEL selection (docs/theory.md §5.1).
+"""Per-image features for e2e-CEL's selection (docs/theory.md §5.1): of every member's
+predictions (:func:`selection_features`, an accuracy mode: all members must run first), or
+of the probe members' and the image's (:func:`probe_features`, what a budget may read).
 
 Cheap statistics of matched clusters, batched over images with ``index_add_`` (no Python loop
 over boxes or images), pure torch and device-agnostic.

@@ -72,8 +72,9 @@ class CELDetector(BaseEnsembleDetector):
 
     def __init__(self, members: Sequence[Union[str, dict]], selection_net: dict,
                  selector: dict, member_seconds: Optional[Sequence[float]] = None,
-                 probes: Optional[Sequence[str]] = None, fusion_cfg: Optional[dict] = None, train_cfg: Optional[dict] = None,
-                 test_cfg: Optional[dict] = None, data_preprocessor: Optional[dict] = None,
+                 probes: Optional[Sequence[str]] = None, fusion_cfg: Optional[dict] = None,
+                 train_cfg: Optional[dict] = None, test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
                  save_members: bool = False, init_cfg: Optional[dict] = None) -> None:
         super().__init__(members, test_cfg=test_cfg, data_preprocessor=data_preprocessor,
                          save_members=save_members, init_cfg=init_cfg)
