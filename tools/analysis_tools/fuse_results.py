@@ -21,11 +21,11 @@ Memory is bounded by the detections, compact: each member file is decoded a bloc
 time (the compiled decoder ``mmens._results_io``) and validated block by block into 28
 bytes per detection (``read_member_columns``); the images are fused ``--chunk`` at a time
 and each chunk's detections are written as soon as they are fused (with ``--no-eval``
-nothing else is kept). ``--workers N`` reads N files at once (threads) and fuses chunks
-in N forked processes, each with its share of the cores as OpenMP threads. ``--shard
-I/N`` fuses the images whose index in the annotation file is I modulo N (one job of a
-SLURM array, say); the shards' outputs, their entries put in image-id order (stable),
-make up the unsharded output byte for byte. A shard is not evaluated: ``--shard`` needs
+nothing else is kept). ``--workers N`` (default: the usable cores, at most 8; 1 on
+CUDA) reads N files at once (threads) and fuses chunks in N forked processes of one
+OpenMP thread each. ``--shard I/N`` fuses the images whose index in the annotation file
+is I modulo N (one job of a SLURM array, say); the shards' outputs, their entries put in
+image-id order (stable), make up the unsharded output byte for byte. A shard is not evaluated: ``--shard`` needs
 ``--no-eval`` (evaluate the merged file).
 
 The last line splits the wall time: start-up (the imports), annotations, model (the fixed
@@ -100,8 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    'weighted mean of the cluster\'s masks is at least this')
     p.add_argument('--mask-vote', action='store_true',
                    help='members with masks: every mask weighs 1, not its WBF weight')
-    p.add_argument('--workers', type=int, default=1,
-                   help='member files read at once, and processes fusing the chunks')
+    p.add_argument('--workers', type=int,
+                   help='member files read at once, and processes fusing the chunks '
+                   '(default: the usable cores, at most 8)')
     p.add_argument('--shard', metavar='I/N',
                    help='fuse only the images whose index in --ann is I modulo N')
     return p.parse_args(argv)
@@ -137,6 +138,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f'member names must be unique (file stems, or --names), got {names}')
     if args.chunk < 1:
         raise ValueError(f'--chunk must be at least 1, got {args.chunk}')
+    if args.workers is None:
+        args.workers = min(usable_cores(), 8) if args.device == 'cpu' else 1
     if args.workers < 1:
         raise ValueError(f'--workers must be at least 1, got {args.workers}')
     if args.workers > 1 and (args.device != 'cpu' or 'fork' not in
@@ -322,10 +325,20 @@ def fuse_chunk(c: int) -> tuple:
     return (fused if job['keep'] else None), len(fused.score), text, seconds, sel
 
 
-def _fuse_worker(conn, first: int, step: int, threads: int) -> None:
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _fuse_worker(conn, first: int, step: int) -> None:
     """A forked worker: chunks ``first, first + step, ...``, each sent as it is fused (the
     pipe blocks it when the main process falls behind: memory stays bounded)."""
-    torch.set_num_threads(threads)  # the workers share the cores: no oversubscription
+    # One thread: N workers on N cores, no oversubscription; and GNU OpenMP's thread pool
+    # does not survive a fork (a child of a process that used it can hang in it), while a
+    # team of one never touches it.
+    torch.set_num_threads(1)
     try:
         for c in range(first, _JOB['plan'].n_chunks, step):
             conn.send((True, fuse_chunk(c)))
@@ -337,7 +350,7 @@ def _fuse_worker(conn, first: int, step: int, threads: int) -> None:
 def fuse_chunks(args: argparse.Namespace, model, plan: ChunkPlan) -> Iterator[tuple]:
     """:func:`fuse_chunk` of every chunk, in order; chunk ``c`` in forked worker ``c``
     modulo ``--workers`` (forked: they share the columns, and nothing is pickled but the
-    results)."""
+    results). One worker fuses in this process, with torch's threads."""
     _JOB.update(model=model.to(args.device).eval(), plan=plan, device=args.device,
                 remap=member_remap(model.members, plan.data.names), write=bool(args.out),
                 keep=not args.no_eval)
@@ -345,15 +358,12 @@ def fuse_chunks(args: argparse.Namespace, model, plan: ChunkPlan) -> Iterator[tu
     if n < 2:
         yield from map(fuse_chunk, range(plan.n_chunks))
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else \
-        os.cpu_count() or 1
     ctx = multiprocessing.get_context('fork')
     pipes, procs = [], []
     try:
         for w in range(n):
             recv, send = ctx.Pipe(duplex=False)
-            procs.append(ctx.Process(target=_fuse_worker, daemon=True,
-                                     args=(send, w, n, max(1, cores // n))))
+            procs.append(ctx.Process(target=_fuse_worker, daemon=True, args=(send, w, n)))
             procs[-1].start()
             send.close()
             pipes.append(recv)
