@@ -97,15 +97,18 @@ def load_test_tool():
     return mod
 
 
-def learned_checkpoint(path, phi):
+def learned_checkpoint(path, phi, calibration='none'):
     """A learned-weights ensemble checkpoint over views 'plain' and 'flip' (as
-    fit_ensemble.py writes: state_dict and the config in meta)."""
+    fit_ensemble.py writes: state_dict and the config in meta), its WBF thresholds
+    chosen as 0.65 / avg."""
     cfg = Config.fromfile(sorted(glob.glob(osp.join(ROOT, 'configs', 'learned', '*.py')))[0])
     cfg.model.members = ['plain', 'flip']
+    cfg.model.head.calibration = calibration
     with DefaultScope.overwrite_default_scope('mmens'):
         model = MODELS.build(cfg.model)
     with torch.no_grad():
         model.head.phi.copy_(torch.tensor(phi))
+    model.set_fusion_cfg(0.65, 0.0, 'avg')
     torch.save(dict(state_dict=model.state_dict(), meta=dict(cfg=cfg.pretty_text)), path)
     return model.eval().head.member_weights().tolist()
 
@@ -114,10 +117,13 @@ def test_view_weights_from_a_learned_checkpoint(tmp_path):
     path = str(tmp_path / 'learned.pth')
     weights = learned_checkpoint(path, [1.0, -1.0])
     assert weights[0] > 1.5 * weights[1]
-    assert load_view_weights(path) == weights
-    assert load_view_weights(path, ['flip', 'plain']) == weights[::-1]
+    learned = dict(iou_thr=0.65, skip_box_thr=0.0, conf_type='avg')
+    assert load_view_weights(path) == (weights, learned)
+    assert load_view_weights(path, ['flip', 'plain']) == (weights[::-1], learned)
     tta = EnsembleTTAModel(Dummy(), weights_from=path)
-    assert tta.view_weights == pytest.approx(weights)
+    assert tta.view_weights == pytest.approx(weights) and tta.fusion_cfg == learned
+    explicit = EnsembleTTAModel(Dummy(), fusion=dict(iou_thr=0.5), weights_from=path)
+    assert explicit.fusion_cfg == dict(learned, iou_thr=0.5)  # the config's keys win
     # a box only the lighter view found scores its weighted share, not the plain average
     box = torch.tensor([[10.0, 10.0, 30.0, 30.0]])
     empty = torch.zeros(0, 4)
@@ -129,6 +135,9 @@ def test_view_weights_from_a_learned_checkpoint(tmp_path):
     assert float(got) == pytest.approx(0.8 * weights[1] / sum(weights))
     with pytest.raises(ValueError, match=r"view_names \['mirror'\] are not among"):
         load_view_weights(path, ['mirror', 'plain'])
+    learned_checkpoint(path, [1.0, -1.0], calibration='platt')
+    with pytest.raises(ValueError, match="its head calibrates the scores"):
+        EnsembleTTAModel(Dummy(), weights_from=path)
 
 
 def test_mistakes_are_one_line():

@@ -10,6 +10,8 @@ Per detector (centernet-512, nanodet-416, yolofastestv2-352), COCO AP on the 80 
   batched NMS at IoU 0.5, 100 per image: ``tta_cfg`` of mmdet's ``tools/test.py --tta``
   default and of its ``retinanet_tta.py``);
 - ``EnsembleTTAModel``'s default (WBF, ``iou_thr=0.55``, ``conf_type='avg'``);
+- WBF with ``iou_thr`` and ``conf_type`` chosen per fold on its training images (the grid
+  :data:`TUNE_IOU` x :data:`TUNE_CONF`, by COCO AP), applied to the held-out fold;
 - ``EnsembleTTAModel`` with learned view weights: the learned-weights ensemble (the first
   config of configs/learned/, as ``fit_ensemble.py --method learned``) fit by mmengine's
   Runner on the training folds of the two views, its weights applied to the held-out fold
@@ -20,7 +22,6 @@ The fixed rules (NMS, WBF) have nothing to fit: their out-of-fold results are th
 """
 import argparse
 import glob
-import inspect
 import os
 import os.path as osp
 import sys
@@ -44,6 +45,10 @@ from mmens.utils.cli import run_cli  # noqa: E402
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 DETECTORS = ('centernet-512', 'nanodet-416', 'yolofastestv2-352')
+MMDET = 'mmdet DetTTAModel (NMS 0.5)'
+#: the grid of the row whose WBF settings are chosen on the training folds
+TUNE_IOU = (0.45, 0.55, 0.65, 0.75)
+TUNE_CONF = ('avg', 'max', 'box_and_model_avg', 'absent_model_aware_avg')
 LEARNED = sorted(glob.glob(osp.join(ROOT, 'configs', 'learned', '*.py')))[0]
 
 
@@ -107,15 +112,47 @@ def learned_weights(names: List[str], work_dir: str, fold: int, folds: int,
     (the Runner, as tools/train.py and fit_ensemble.py): the weights alone, without the
     config's other learned parts (score calibration, threshold search), which
     ``EnsembleTTAModel`` does not apply."""
-    from mmens.models import LearnedWeightsHead
     options = {'model.members': names, 'train_dataloader.dataset.members': names,
+               'model.head.calibration': 'none',
                'custom_hooks': []}  # the weights alone: no threshold search, no plots
-    if 'calibration' in inspect.signature(LearnedWeightsHead).parameters:
-        options['model.head.calibration'] = 'none'
     cfg = fold_config(LEARNED, osp.join(work_dir, f'fold{fold}'),
                       dict(num_folds=folds, index=fold, seed=seed), options)
     model, _ = train_from_cfg(cfg)
     return model.head.member_weights().tolist()
+
+
+def learned_results(batch: MemberBatch, folds: list, args, work_dir: str) -> tuple:
+    """Out-of-fold results of WBF with view weights learned on each fold's training
+    images, and the mean weights."""
+    from mmens.models.tta import EnsembleTTAModel
+    results, weights = [], []
+    for k, (_, test) in enumerate(folds):
+        w = learned_weights(batch.names, work_dir, k, args.folds, args.seed)
+        weights.append(w)
+        results += merged_results(EnsembleTTAModel(Views(), weights=w), batch, test.tolist())
+        print(f'{batch.names[0]}: fold {k + 1}/{len(folds)} weights '
+              f'{np.round(w, 3).tolist()}', file=sys.stderr)
+    mean = np.mean(weights, 0)
+    return results, f'mean weights {mean[0]:.2f} / {mean[1]:.2f}'
+
+
+def tuned_results(coco, batch: MemberBatch, folds: list) -> tuple:
+    """Out-of-fold results of WBF with ``iou_thr`` and ``conf_type`` chosen per fold by
+    the AP on its training images (a grid; the held-out fold never takes part)."""
+    from mmens.models.tta import EnsembleTTAModel
+    everything = list(range(len(batch.img_ids)))
+    grid = [dict(iou_thr=t, conf_type=c) for t in TUNE_IOU for c in TUNE_CONF]
+    merged = [merged_results(EnsembleTTAModel(Views(), fusion=dict(method='wbf', **g)),
+                             batch, everything) for g in grid]
+    evals = [CocoEvaluation(coco, r, ap_only=True) for r in merged]
+    results, chosen = [], []
+    for train, test in folds:
+        best = int(np.argmax([ev.ap(train) for ev in evals]))
+        chosen.append(best)
+        ids = {batch.img_ids[i] for i in test.tolist()}
+        results += [r for r in merged[best] if r['image_id'] in ids]
+    picks = ', '.join(f"{grid[b]['iou_thr']}/{grid[b]['conf_type']}" for b in chosen)
+    return results, f'chosen per fold: {picks}'
 
 
 def detector_rows(coco, det: str, args, work_dir: str) -> List[dict]:
@@ -128,27 +165,24 @@ def detector_rows(coco, det: str, args, work_dir: str) -> List[dict]:
     files = [osp.join(DATA, 'predictions', 'val', n + '.json') for n in names]
     batch = load_member_batch(coco, files, names)
     everything = list(range(len(batch.img_ids)))
+    folds = fold_positions(batch.img_ids, args.folds, args.seed)
     mmdet = DetTTAModel(module=Views(), tta_cfg=ConfigDict(
         nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
     results = {
-        'one view (no TTA)': member_results(batch.members[0]),
-        "mmdet DetTTAModel (NMS 0.5)": merged_results(mmdet, batch, everything),
-        'EnsembleTTAModel (WBF)': merged_results(EnsembleTTAModel(Views()), batch, everything)}
-    learned, weights = [], []
-    for k, (_, test) in enumerate(fold_positions(batch.img_ids, args.folds, args.seed)):
-        w = learned_weights(names, work_dir, k, args.folds, args.seed)
-        weights.append(w)
-        learned += merged_results(EnsembleTTAModel(Views(), weights=w), batch, test.tolist())
-        print(f'{det}: fold {k + 1}/{args.folds} weights {np.round(w, 3).tolist()}',
-              file=sys.stderr)
-    results['EnsembleTTAModel (WBF, learned view weights)'] = learned
-    evals = {k: CocoEvaluation(coco, v) for k, v in results.items()}
-    ref = evals["mmdet DetTTAModel (NMS 0.5)"]
+        'one view (no TTA)': (member_results(batch.members[0]), ''),
+        MMDET: (merged_results(mmdet, batch, everything), ''),
+        'EnsembleTTAModel (WBF 0.55/avg)': (
+            merged_results(EnsembleTTAModel(Views()), batch, everything), ''),
+        'EnsembleTTAModel (WBF, iou_thr/conf_type from the training folds)': tuned_results(
+            coco, batch, folds),
+        'EnsembleTTAModel (WBF 0.55/avg, learned view weights)': learned_results(
+            batch, folds, args, work_dir)}
+    evals = {k: CocoEvaluation(coco, v[0]) for k, v in results.items()}
     rows = []
     for name, ev in evals.items():
-        d = paired_bootstrap(ev, ref, args.bootstrap)
-        rows.append(dict(detector=det, merge=name, AP=ev.metrics()['AP'], **d))
-    rows[-1]['weights'] = np.mean(weights, 0).tolist()
+        d = paired_bootstrap(ev, evals[MMDET], args.bootstrap)
+        rows.append(dict(detector=det, merge=name, AP=ev.metrics()['AP'],
+                         note=results[name][1], **d))
     return rows
 
 
@@ -157,11 +191,10 @@ def table(rows: List[dict], command: str) -> str:
              '| detector | merge | AP | ΔAP vs mmdet [95% CI] | P(better) |',
              '|---|---|---:|---|---:|']
     for r in rows:
-        ref = r['merge'].startswith('mmdet')
+        ref = r['merge'] == MMDET
         delta = '—' if ref else (f"{100 * r['diff']:+.2f} [{100 * r['lo']:+.2f}, "
                                  f"{100 * r['hi']:+.2f}]")
-        merge = r['merge'] + (f" (mean weights {r['weights'][0]:.2f} / {r['weights'][1]:.2f})"
-                              if 'weights' in r else '')
+        merge = r['merge'] + (f" ({r['note']})" if r['note'] else '')
         lines.append(f"| {r['detector']} | {merge} | {100 * r['AP']:.2f} | {delta} | "
                      f"{'—' if ref else format(r['p_better'], '.2f')} |")
     return '\n'.join(lines)

@@ -17,16 +17,18 @@ from ..utils import split_results
 DEFAULT_FUSION = dict(method='wbf', iou_thr=0.55, skip_box_thr=0.0, conf_type='avg')
 
 
-def check_fusion(fusion: Optional[dict]) -> Tuple[str, dict]:
+def check_fusion(fusion: Optional[dict], learned: Optional[dict] = None) -> Tuple[str, dict]:
     """``(method, keyword arguments)`` of a ``fusion`` dict, refused in one line when the
-    method or one of its arguments does not exist."""
+    method or one of its arguments does not exist. For WBF, the keys it does not set come
+    from ``learned`` (a checkpoint's thresholds), then from :data:`DEFAULT_FUSION`."""
     fusion = dict(fusion or {})
     method = fusion.pop('method', DEFAULT_FUSION['method'])
     if method not in FUSION_METHODS:
         raise ValueError(f'EnsembleTTAModel: fusion.method {method!r} is not one of '
                          f'{sorted(FUSION_METHODS)}')
     if method == DEFAULT_FUSION['method']:
-        fusion = {**{k: v for k, v in DEFAULT_FUSION.items() if k != 'method'}, **fusion}
+        fusion = {**{k: v for k, v in DEFAULT_FUSION.items() if k != 'method'},
+                  **(learned or {}), **fusion}
     params = inspect.signature(FUSION_METHODS[method]).parameters
     allowed = sorted(p for p in params if p not in ('dets', 'weights', 'image_sizes')
                      and not p.startswith('_'))
@@ -102,7 +104,9 @@ class EnsembleTTAModel(BaseTTAModel):
         weights_from (str, optional): a checkpoint of a learned-weights ensemble (made by
             ``tools/analysis_tools/fit_ensemble.py --method learned`` on dumped per-view
             predictions, or by ``tools/train.py``): its learned member weights are the
-            views' weights. Loaded weights-only (:func:`mmens.utils.safe_torch_load`).
+            views' weights, and its WBF thresholds (``iou_thr``, ``skip_box_thr``,
+            ``conf_type``) those of a WBF ``fusion`` that does not set them. Loaded
+            weights-only (:func:`mmens.utils.safe_torch_load`).
         view_names (Sequence[str], optional): with ``weights_from``, the checkpoint's
             member name of each view (default: the checkpoint's members in order).
         max_per_img (int): detections kept per image (default 100, as ``DetTTAModel``).
@@ -114,14 +118,15 @@ class EnsembleTTAModel(BaseTTAModel):
                  weights: Optional[Sequence[float]] = None, weights_from: Optional[str] = None,
                  view_names: Optional[Sequence[str]] = None, max_per_img: int = 100,
                  score_thr: float = 0.0, data_preprocessor: Optional[dict] = None) -> None:
-        self.method, self.fusion_cfg = check_fusion(fusion)
         if weights is not None and weights_from is not None:
             raise ValueError('EnsembleTTAModel: give weights or weights_from, not both')
+        learned = None
         if weights_from is not None:
-            weights = load_view_weights(weights_from, view_names)
+            weights, learned = load_view_weights(weights_from, view_names)
         elif view_names is not None:
             raise ValueError('EnsembleTTAModel: view_names names the members of '
                              'weights_from, which is not given')
+        self.method, self.fusion_cfg = check_fusion(fusion, learned)
         if weights is not None and (len(weights) == 0 or min(weights) <= 0):
             raise ValueError(f'EnsembleTTAModel: weights must be positive, got {list(weights)}')
         if int(max_per_img) < 1 or not 0.0 <= float(score_thr) <= 1.0:
@@ -184,11 +189,14 @@ class EnsembleTTAModel(BaseTTAModel):
 
 
 def load_view_weights(checkpoint: str, view_names: Optional[Sequence[str]] = None
-                      ) -> List[float]:
-    """The learned member weights of a learned-weights ensemble checkpoint, per view.
+                      ) -> Tuple[List[float], dict]:
+    """The learned member weights of a learned-weights ensemble checkpoint, per view, and
+    its WBF thresholds.
 
     The checkpoint (weights-only, :func:`mmens.utils.safe_torch_load`) carries its config;
-    its model is built and loaded, and its head's ``member_weights()`` are read.
+    its model is built and loaded, and its head's ``member_weights()`` and the model's
+    ``fusion_cfg()`` are read. A checkpoint whose head calibrates the scores is refused
+    (the views' raw scores are fused).
 
     Args:
         checkpoint (str): path of the checkpoint.
@@ -196,7 +204,8 @@ def load_view_weights(checkpoint: str, view_names: Optional[Sequence[str]] = Non
             the checkpoint's members, in order).
 
     Returns:
-        list[float]: one weight per view.
+        tuple: ``(weights, thresholds)``: one weight per view, and ``iou_thr``,
+        ``skip_box_thr``, ``conf_type``.
     """
     from mmengine.config import Config
 
@@ -217,12 +226,17 @@ def load_view_weights(checkpoint: str, view_names: Optional[Sequence[str]] = Non
     if missing or unexpected:
         raise ValueError(f'weights_from {checkpoint}: does not fit its own config (missing '
                          f'{missing[:3]}, unexpected {unexpected[:3]})')
+    if getattr(model.head, 'calibration', 'none') != 'none':
+        raise ValueError(f'weights_from {checkpoint}: its head calibrates the scores '
+                         f'(calibration={model.head.calibration!r}), which EnsembleTTAModel '
+                         "does not apply: fit it with model.head.calibration='none'")
     weights = model.eval().head.member_weights().tolist()
+    thresholds = model.fusion_cfg()
     if view_names is None:
-        return weights
+        return weights, thresholds
     members = list(model.members)
     unknown = [v for v in view_names if v not in members]
     if unknown:
         raise ValueError(f'weights_from {checkpoint}: view_names {unknown} are not among '
                          f'its members {members}')
-    return [weights[members.index(v)] for v in view_names]
+    return [weights[members.index(v)] for v in view_names], thresholds
