@@ -124,3 +124,16 @@ def test_live_probe_cascade_runs_only_the_probe_and_the_selected_members(tmp_pat
             assert sample.member_seconds == pytest.approx(
                 sum(c for c, r in zip([0.1, 0.1, 0.01], run) if r)
                 + float(model.selection_seconds))
+
+
+def test_a_checkpoint_keeps_its_measured_selection_seconds():
+    """The selection's time measured at fit time is saved, and loading it sets the
+    knapsack's budget (not the loading machine's measure)."""
+    model = recommended_model()
+    state = model.state_dict()
+    assert 'selection_seconds' in state
+    state['selection_seconds'] = torch.tensor(0.05)
+    model.load_state_dict(state)
+    assert float(model.selection_seconds) == pytest.approx(0.05)
+    left = 0.4 - float(model.member_seconds[model.probe_index].sum()) - 0.05
+    assert model.selector.budget == pytest.approx(left)
