@@ -132,6 +132,24 @@ def test_block_validation_errors_and_repairs_as_one_pass(tmp_path, monkeypatch):
         assert (getattr(by, key) == getattr(got, key)[order]).all()
 
 
+def test_compiled_pass_gives_the_numpy_checks_values(monkeypatch):
+    """The valid case in one compiled pass (compact_block): the numpy checks' columns,
+    bit for bit (-0.0 clipped to +0.0 as np.clip does), and the same clipping count."""
+    from mmens.apis.member_files import load_coco
+    coco = load_coco(ANN, annotations=False)
+    sizes = {im['id']: (im['width'], im['height']) for im in coco.dataset['images']}
+    cats = sorted(coco.getCatIds())
+    columns = cr.read_results_columns(PREDS[0])
+    columns[2][:5, 0], columns[2][5:9, 0], columns[2][9, 2] = -0.0, -3.0, 1e5
+    got = cr.validate_columns(columns, 'm', sizes, cats)
+    monkeypatch.setattr(cr, '_IO', [None])  # no compiled module: numpy alone
+    want = cr.validate_columns(columns, 'm', sizes, cats)
+    assert got.report == want.report and got.report['clipped_to_image'] >= 5
+    for key in ('image_ids', 'category_ids', 'bboxes', 'scores'):
+        a, b = getattr(got, key), getattr(want, key)
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), key
+
+
 def merged(paths, img_order):
     """The shards' entries in image-id order (stable), as one results file."""
     entries = []
@@ -161,6 +179,13 @@ def test_shards_and_workers_give_the_unsharded_output(tmp_path):
         main(args + ['--out', out, '--shard', f'{i}/3'])
     ids = sorted(im['id'] for im in json.load(open(load / 'annotations.json'))['images'])
     assert merged(shards, {i: k for k, i in enumerate(ids)}) == whole
+    # the merge of docs/benchmarks.md: columns, a stable sort by image id, written again
+    img, cat, box, score = (np.concatenate(c) for c in zip(*map(cr.read_results_columns,
+                                                                 shards)))
+    order = np.argsort(img, kind='stable')
+    cr.write_results_json(str(tmp_path / 'merged.json'), img[order], cat[order], box[order],
+                          score[order])
+    assert (tmp_path / 'merged.json').read_bytes() == whole
     assert all(0 < os.path.getsize(s) < len(whole) for s in shards)
 
 

@@ -10,8 +10,9 @@ process: an upper bound) and the largest single process (what ``time -v`` report
     python tools/analysis_tools/peak_memory.py -- python tools/analysis_tools/fuse_results.py \\
         --ann A.json --preds P/*.json --method wbf --no-eval --out fused.json --workers 2
 
-The last line: ``wall S s, peak tree memory X GB, peak sum of RSS Y GB, largest process
-Z GB (N processes), load L`` (``L``: the 1-minute load average at the start).
+The last line: ``wall S s, cpu C s, peak tree memory X GB, peak sum of RSS Y GB, largest
+process Z GB (N processes), load L`` (``C``: user + system seconds of the tree; ``L``: the
+1-minute load average at the start).
 """
 import argparse
 import os
@@ -74,8 +75,9 @@ def main(argv=None) -> None:
         peak = [max(a, b) for a, b in zip(peak, tree_memory(proc.pid))]
         time.sleep(args.interval)
     wall = time.perf_counter() - t0
-    largest = max(peak[2], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
-    print(f'wall {wall:.2f} s, peak tree memory {peak[0] / 1e9:.2f} GB, peak sum of RSS '
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    largest = max(peak[2], usage.ru_maxrss * 1024)
+    print(f'wall {wall:.2f} s, cpu {usage.ru_utime + usage.ru_stime:.2f} s, peak tree memory {peak[0] / 1e9:.2f} GB, peak sum of RSS '
           f'{peak[1] / 1e9:.2f} GB, largest process {largest / 1e9:.2f} GB ({peak[3]} '
           f'processes), load {load:.2f}', file=sys.stderr)
     sys.exit(proc.returncode)

@@ -12,7 +12,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -345,7 +347,90 @@ PyObject* decode_block(PyObject*, PyObject* args) {
   return result;
 }
 
+// The valid case of ColumnValidator.add in one pass: every entry known, finite, in range
+// and of positive size once clipped to its image; written compact (int32 image and
+// category positions, float32 x1 y1 x2 y2 clipped, float32 score). Returns false at the
+// first entry that is not: the caller then runs the general checks (their errors, counts
+// and repairs) on the block. The arithmetic is numpy's: float64, then rounded to float32.
+bool compact(Py_ssize_t n, const int64_t* ids, const int64_t* cats, const double* xywh,
+             const double* scores, Py_ssize_t n_known, const int64_t* known,
+             const double* sizes, Py_ssize_t n_cats, const int64_t* known_cats,
+             int32_t* out_img, int32_t* out_cat, float* out_box, float* out_score,
+             Py_ssize_t* n_clipped) {
+  Py_ssize_t img = -1, cat = -1, clipped = 0;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (img < 0 || known[img] != ids[i]) {  // entries come grouped by image: search rarely
+      const int64_t* it = std::lower_bound(known, known + n_known, ids[i]);
+      if (it == known + n_known || *it != ids[i]) return false;
+      img = it - known;
+    }
+    if (cat < 0 || known_cats[cat] != cats[i]) {
+      const int64_t* it = std::lower_bound(known_cats, known_cats + n_cats, cats[i]);
+      if (it == known_cats + n_cats || *it != cats[i]) return false;
+      cat = it - known_cats;
+    }
+    const double* b = xywh + 4 * i;
+    const double s = scores[i];
+    if (!(std::isfinite(b[0]) && std::isfinite(b[1]) && std::isfinite(b[2]) &&
+          std::isfinite(b[3]) && std::isfinite(s)) ||
+        b[2] < 0 || b[3] < 0 || s < 0 || s > 1)
+      return false;
+    const double xyxy[4] = {b[0], b[1], b[0] + b[2], b[1] + b[3]};
+    const double hi[4] = {sizes[2 * img], sizes[2 * img + 1], sizes[2 * img],
+                          sizes[2 * img + 1]};
+    double c[4];
+    bool moved = false;
+    for (int k = 0; k < 4; ++k) {  // np.clip(x, 0, hi) exactly (-0.0 becomes 0.0)
+      const double lo = xyxy[k] > 0.0 ? xyxy[k] : 0.0;
+      c[k] = lo < hi[k] ? lo : hi[k];
+      moved |= std::fabs(c[k] - xyxy[k]) > 1e-6;
+    }
+    if (c[2] <= c[0] || c[3] <= c[1]) return false;
+    clipped += moved;
+    out_img[i] = static_cast<int32_t>(img);
+    out_cat[i] = static_cast<int32_t>(cat);
+    for (int k = 0; k < 4; ++k) out_box[4 * i + k] = static_cast<float>(c[k]);
+    out_score[i] = static_cast<float>(s);
+  }
+  *n_clipped = clipped;
+  return true;
+}
+
+PyObject* compact_block(PyObject*, PyObject* args) {
+  Py_buffer in[7], out[4];
+  if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*w*w*w*:compact_block", &in[0], &in[1], &in[2],
+                        &in[3], &in[4], &in[5], &in[6], &out[0], &out[1], &out[2], &out[3]))
+    return nullptr;
+  const Py_ssize_t n = in[3].len / 8;
+  PyObject* result = nullptr;
+  if (in[0].len != 8 * n || in[1].len != 8 * n || in[2].len != 32 * n ||
+      in[5].len != 2 * in[4].len || out[0].len != 4 * n || out[1].len != 4 * n ||
+      out[2].len != 16 * n || out[3].len != 4 * n) {
+    PyErr_SetString(PyExc_ValueError, "compact_block: column lengths disagree");
+  } else {
+    bool ok;
+    Py_ssize_t clipped = 0;
+    Py_BEGIN_ALLOW_THREADS
+    ok = compact(n, static_cast<const int64_t*>(in[0].buf),
+                 static_cast<const int64_t*>(in[1].buf), static_cast<const double*>(in[2].buf),
+                 static_cast<const double*>(in[3].buf), in[4].len / 8,
+                 static_cast<const int64_t*>(in[4].buf), static_cast<const double*>(in[5].buf),
+                 in[6].len / 8, static_cast<const int64_t*>(in[6].buf),
+                 static_cast<int32_t*>(out[0].buf), static_cast<int32_t*>(out[1].buf),
+                 static_cast<float*>(out[2].buf), static_cast<float*>(out[3].buf), &clipped);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(On)", ok ? Py_True : Py_False, clipped);
+  }
+  for (auto& b : in) PyBuffer_Release(&b);
+  for (auto& b : out) PyBuffer_Release(&b);
+  return result;
+}
+
 PyMethodDef kMethods[] = {
+    {"compact_block", compact_block, METH_VARARGS,
+     "compact_block(image_ids, category_ids, bboxes, scores, known_ids, sizes, known_cats,\n"
+     "out_images, out_categories, out_bboxes, out_scores) -> (ok, n_clipped): the valid\n"
+     "case of ColumnValidator.add in one pass (ok False: a check fails somewhere)."},
     {"decode_block", decode_block, METH_VARARGS,
      "decode_block(buf, start, stop, image_ids, category_ids, bboxes, scores, state)\n"
      "-> (ok, n, consumed, state, masks): the entries of buf[start:stop] written into\n"
