@@ -25,8 +25,8 @@ nothing else is kept). ``--workers N`` (default: the usable cores, at most 8; 1 
 CUDA) reads N files at once (threads) and fuses chunks in N forked processes of one
 OpenMP thread each. ``--shard I/N`` fuses the images whose index in the annotation file
 is I modulo N (one job of a SLURM array, say); the shards' outputs, their entries put in
-image-id order (stable), make up the unsharded output byte for byte. A shard is not evaluated: ``--shard`` needs
-``--no-eval`` (evaluate the merged file).
+image-id order (stable), make up the unsharded output byte for byte. A shard is not
+evaluated: ``--shard`` needs ``--no-eval`` (evaluate the merged file).
 
 The last line splits the wall time: start-up (the imports), annotations, model (the fixed
 rule, or the checkpoint's model with the imports of mmdet & co.), read (decoding and

@@ -77,9 +77,9 @@ def main(argv=None) -> None:
     wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     largest = max(peak[2], usage.ru_maxrss * 1024)
-    print(f'wall {wall:.2f} s, cpu {usage.ru_utime + usage.ru_stime:.2f} s, peak tree memory {peak[0] / 1e9:.2f} GB, peak sum of RSS '
-          f'{peak[1] / 1e9:.2f} GB, largest process {largest / 1e9:.2f} GB ({peak[3]} '
-          f'processes), load {load:.2f}', file=sys.stderr)
+    print(f'wall {wall:.2f} s, cpu {usage.ru_utime + usage.ru_stime:.2f} s, peak tree memory '
+          f'{peak[0] / 1e9:.2f} GB, peak sum of RSS {peak[1] / 1e9:.2f} GB, largest process '
+          f'{largest / 1e9:.2f} GB ({peak[3]} processes), load {load:.2f}', file=sys.stderr)
     sys.exit(proc.returncode)
 
 
