@@ -33,12 +33,17 @@ _KEY = b'"segmentation"'
 
 
 def file_has_masks(path: str) -> bool:
-    """Whether the JSON file ``path`` holds the key ``"segmentation"`` anywhere (a scan of
-    its bytes: a box-only member costs a ``memchr``-speed pass, no decoding)."""
+    """Whether the first entry of the COCO-results file ``path`` carries
+    ``"segmentation"``: a file's masks are all or none (:func:`read_member_masks` refuses
+    an entry without), so the first entry decides. Only the bytes up to the first ``}``
+    are scanned: an entry holds no other object than an RLE ``segmentation`` (whose key
+    comes first), and no string of a results file holds a ``}``; a box-only member costs
+    microseconds, not a pass over the file."""
     if not osp.isfile(path) or os.path.getsize(path) == 0:
         return False
     with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        return m.find(_KEY) >= 0
+        end = m.find(b'}')
+        return m.find(_KEY, 0, end if end >= 0 else len(m)) >= 0
 
 
 class _RLE(msgspec.Struct, gc=False):
