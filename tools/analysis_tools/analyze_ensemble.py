@@ -29,10 +29,9 @@ import csv
 import os
 import os.path as osp
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from mmens.apis.fixed_ensemble import build_fixed_ensemble
 from mmens.apis.inference import fuse_batch
@@ -104,13 +103,13 @@ def pr_curve(ev: CocoEvaluation) -> tuple:
     return ev.E.params.recThrs, prec[:, has_gt].mean(1) if has_gt.any() else prec[:, 0] * 0
 
 
-def evaluate(coco, entries: List[dict]) -> CocoEvaluation:
-    """The full COCO evaluation of a result list, its metrics accumulated (``ev.E.eval``)."""
+def evaluate(coco, entries: List[dict], name: str) -> Tuple[CocoEvaluation, Dict[str, float]]:
+    """The full COCO evaluation of a result list and its metrics over every image (which
+    leaves pycocotools' accumulation of all images in ``ev.E.eval``)."""
     ev = CocoEvaluation(coco, entries)
-    ev.metrics_all = ev.metrics()
-    if ev.empty:  # nothing detected: no pycocotools run, zero AP everywhere
-        raise ValueError('a result file with no detection on the annotation file\'s images')
-    return ev
+    if ev.empty:  # pycocotools does not run on nothing: no per-class AP, no curve
+        raise ValueError(f'{name}: no detection on the images of the annotation file')
+    return ev, ev.metrics()
 
 
 def drop_member(batch: MemberBatch, m: int) -> MemberBatch:
@@ -177,7 +176,7 @@ def write_csv(path: str, header: Sequence[str], rows: List[Sequence]) -> None:
         w.writerows(rows)
 
 
-def member_table(evals: Dict[str, CocoEvaluation], args) -> tuple:
+def member_table(evals: Dict[str, CocoEvaluation], metrics: Dict[str, dict], args) -> tuple:
     """``(header, csv rows, markdown rows)`` of the metrics of every result set and each
     member's ΔAP to the ensemble."""
     header = ['name', *METRIC_NAMES, 'dAP_vs_ensemble', 'dAP_lo', 'dAP_hi']
@@ -185,7 +184,7 @@ def member_table(evals: Dict[str, CocoEvaluation], args) -> tuple:
     for name, ev in evals.items():
         d = (dict(diff=0.0, lo=0.0, hi=0.0) if name == ENSEMBLE else
              paired_bootstrap(ev, evals[ENSEMBLE], args.bootstrap))
-        values = [ev.metrics_all[k] for k in METRIC_NAMES]
+        values = [metrics[name][k] for k in METRIC_NAMES]
         rows.append([name, *(round(v, 6) for v in values),
                      *(round(d[k], 6) for k in ('diff', 'lo', 'hi'))])
         md.append([name, *(fmt(v) for v in values),
@@ -194,13 +193,13 @@ def member_table(evals: Dict[str, CocoEvaluation], args) -> tuple:
     return header, rows, md
 
 
-def write_report(args, coco, evals: Dict[str, CocoEvaluation], loo: List[dict],
-                 notes: List[str]) -> None:
+def write_report(args, coco, evals: Dict[str, CocoEvaluation], metrics: Dict[str, dict],
+                 loo: List[dict], notes: List[str]) -> None:
     """The CSV files, ``summary.md`` and ``pr_curve.png`` of ``--out-dir``."""
     from mmens.visualization import plot_pr_curves
     out = args.out_dir
     os.makedirs(out, exist_ok=True)
-    header, rows, md_rows = member_table(evals, args)
+    header, rows, md_rows = member_table(evals, metrics, args)
     write_csv(osp.join(out, 'members.csv'), header, rows)
     cat_ids = evals[ENSEMBLE].E.params.catIds
     names = [coco.cats[c]['name'] for c in cat_ids]
@@ -236,9 +235,11 @@ def main(argv=None) -> None:
     coco = load_coco(args.ann)
     batch = load_member_batch(coco, args.preds, args.names)
     fused = load_member_batch(coco, [args.fused], [ENSEMBLE]).members[0]
-    evals = {name: evaluate(coco, member_results(p))
-             for name, p in zip(batch.names, batch.members)}
-    evals[ENSEMBLE] = evaluate(coco, member_results(fused))
+    files = dict(zip(batch.names, args.preds), **{ENSEMBLE: args.fused})
+    done = {name: evaluate(coco, member_results(p), files[name])
+            for name, p in zip(batch.names + [ENSEMBLE], batch.members + [fused])}
+    evals = {name: ev for name, (ev, _) in done.items()}
+    metrics = {name: m for name, (_, m) in done.items()}
     notes = []
     warning = single_model_warning(coco, batch, args, evals[ENSEMBLE])
     if warning:
@@ -256,7 +257,7 @@ def main(argv=None) -> None:
                          f'{fmt(evals[ENSEMBLE].ap(everything))}: the leave-one-out table '
                          'is about the re-fused ensemble (give the rule that made --fused).')
         loo = leave_one_out(coco, batch, args, everyone)
-    write_report(args, coco, evals, loo, notes)
+    write_report(args, coco, evals, metrics, loo, notes)
     print(f'wrote {args.out_dir}/summary.md, members.csv, per_class_ap.csv, '
           'leave_one_out.csv and pr_curve.png')
 

@@ -15,7 +15,10 @@ Per detector (centernet-512, nanodet-416, yolofastestv2-352), COCO AP on the 80 
 - ``EnsembleTTAModel`` with learned view weights: the learned-weights ensemble (the first
   config of configs/learned/, as ``fit_ensemble.py --method learned``) fit by mmengine's
   Runner on the training folds of the two views, its weights applied to the held-out fold
-  (seeded 5-fold partition of ``cross_val.py``).
+  (seeded 5-fold partition of ``cross_val.py``): the weights alone (WBF 0.55 / avg), and
+  the config's default, weights and WBF thresholds chosen by its inner-CV search (what
+  ``EnsembleTTAModel(weights_from=...)`` applies from a ``fit_ensemble.py`` checkpoint).
+  Scores stay raw.
 
 Each row's AP minus mmdet's merge comes with its 95% paired bootstrap interval over images.
 The fixed rules (NMS, WBF) have nothing to fit: their out-of-fold results are their results.
@@ -106,34 +109,38 @@ def merged_results(tta: nn.Module, batch: MemberBatch, positions: Sequence[int])
     return results_to_coco(boxes, scores, labels, images, batch.img_ids, batch.cat_ids)
 
 
-def learned_weights(names: List[str], work_dir: str, fold: int, folds: int,
-                    seed: int) -> List[float]:
+def learned_weights(names: List[str], work_dir: str, fold: int, folds: int, seed: int,
+                    search: bool) -> tuple:
     """The view weights the learned-weights ensemble learns on a fold's training images
-    (the Runner, as tools/train.py and fit_ensemble.py): the weights alone, without the
-    config's other learned parts (score calibration, threshold search), which
-    ``EnsembleTTAModel`` does not apply."""
+    (the Runner, as tools/train.py and fit_ensemble.py), and its WBF thresholds: those of
+    its threshold search (inner CV on the training images) with ``search``, else 0.55 /
+    avg. Scores stay raw (``calibration='none'``, what ``EnsembleTTAModel`` fuses)."""
     options = {'model.members': names, 'train_dataloader.dataset.members': names,
-               'model.head.calibration': 'none',
-               'custom_hooks': []}  # the weights alone: no threshold search, no plots
-    cfg = fold_config(LEARNED, osp.join(work_dir, f'fold{fold}'),
+               'model.head.calibration': 'none',  # no theta plots either
+               'custom_hooks': [dict(type='FusionSearchHook')] if search else []}
+    cfg = fold_config(LEARNED, osp.join(work_dir, f'fold{fold}{"s" if search else ""}'),
                       dict(num_folds=folds, index=fold, seed=seed), options)
     model, _ = train_from_cfg(cfg)
-    return model.head.member_weights().tolist()
+    return model.head.member_weights().tolist(), model.fusion_cfg()
 
 
-def learned_results(batch: MemberBatch, folds: list, args, work_dir: str) -> tuple:
-    """Out-of-fold results of WBF with view weights learned on each fold's training
-    images, and the mean weights."""
+def learned_results(batch: MemberBatch, folds: list, args, work_dir: str,
+                    search: bool) -> tuple:
+    """Out-of-fold results of WBF with view weights (and, with ``search``, thresholds)
+    learned on each fold's training images, and a note of what was learned."""
     from mmens.models.tta import EnsembleTTAModel
-    results, weights = [], []
+    results, weights, chosen = [], [], []
     for k, (_, test) in enumerate(folds):
-        w = learned_weights(batch.names, work_dir, k, args.folds, args.seed)
+        w, fusion = learned_weights(batch.names, work_dir, k, args.folds, args.seed, search)
         weights.append(w)
-        results += merged_results(EnsembleTTAModel(Views(), weights=w), batch, test.tolist())
+        chosen.append(f"{fusion['iou_thr']}/{fusion['conf_type']}")
+        results += merged_results(EnsembleTTAModel(Views(), weights=w, fusion=fusion), batch,
+                                  test.tolist())
         print(f'{batch.names[0]}: fold {k + 1}/{len(folds)} weights '
-              f'{np.round(w, 3).tolist()}', file=sys.stderr)
+              f'{np.round(w, 3).tolist()} {fusion}', file=sys.stderr)
     mean = np.mean(weights, 0)
-    return results, f'mean weights {mean[0]:.2f} / {mean[1]:.2f}'
+    return results, (f'mean weights {mean[0]:.2f} / {mean[1]:.2f}'
+                     + (f"; thresholds per fold: {', '.join(chosen)}" if search else ''))
 
 
 def tuned_results(coco, batch: MemberBatch, folds: list) -> tuple:
@@ -176,7 +183,9 @@ def detector_rows(coco, det: str, args, work_dir: str) -> List[dict]:
         'EnsembleTTAModel (WBF, iou_thr/conf_type from the training folds)': tuned_results(
             coco, batch, folds),
         'EnsembleTTAModel (WBF 0.55/avg, learned view weights)': learned_results(
-            batch, folds, args, work_dir)}
+            batch, folds, args, work_dir, search=False),
+        'EnsembleTTAModel (fit_ensemble default: learned view weights and thresholds)':
+            learned_results(batch, folds, args, work_dir, search=True)}
     evals = {k: CocoEvaluation(coco, v[0]) for k, v in results.items()}
     rows = []
     for name, ev in evals.items():
