@@ -5,6 +5,8 @@ once: this path holds the masks of every member in memory); then the masks are r
 checked (one line per bad mask, naming member, file, entry and image),
 WBF fuses the boxes and each kept cluster's masks (:mod:`mmens.apis.mask_fusion`), and
 the boxes and masks are scored: bbox AP as without masks, ``segm`` AP next to it.
+Masks are fused with WBF only, in this process (``--workers`` is for box-only members),
+over all images (``--shard`` is refused).
 """
 import argparse
 import json
