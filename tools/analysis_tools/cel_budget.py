@@ -2,12 +2,15 @@
 
     python tools/analysis_tools/cel_budget.py --work-dir work_dirs/cel_budget
 
-For k = 1..N-1 members (unit costs) and time budgets (default 0.2 s and 0.4 s of member
-compute per image, from ``members.json``) it reports e2e-CEL (trained per fold with
+For k = 1..N-1 members (unit costs) and time budgets (default 0.2 s and 0.4 s per image;
+member seconds from ``members.json``) it reports e2e-CEL (trained per fold with
 ``tools/train.py``'s Runner path), the best fixed subset chosen on the same training folds
-(exhaustive), a random subset, and all-member fusion; all fuse with equal-weight WBF.
-Writes ``budget.md``, ``budget.csv``, ``budget.json``, ``ap_vs_budget.png`` and
-``selection_frequency.png`` into the work dir.
+(exhaustive), the two per-image oracles of ``cel_oracle.py`` (the ceilings of any selector
+among the same subsets), a random subset, and all-member fusion; all fuse with equal-weight
+WBF. e2e-CEL's seconds are what it runs per image: its probes, the members it selects (every
+member when its net reads them all: the k-mode's meta-features) and its selection net; a
+fixed subset's are its members'. Writes ``budget.md``, ``budget.csv``, ``budget.json``,
+``ap_vs_budget.png`` and ``selection_frequency.png`` into the work dir.
 
 Every method is scored out of fold on one split: e2e-CEL is trained on the training folds
 (the ``tools/train.py`` path) and the best fixed subset is chosen on the same training folds
@@ -23,7 +26,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from cel_out_of_fold import cel_out_of_fold, fuse_selected  # helper modules next to this tool
+from cel_oracle import SubsetTables, greedy_oracle, per_image_oracle  # helper modules
+from cel_out_of_fold import cel_out_of_fold, fuse_selected  # next to this tool
 from cross_val import fold_positions, subset_batch
 from mmengine.config import Config, DictAction
 from pycocotools.coco import COCO
@@ -73,7 +77,7 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
                   cfg_options: Optional[dict] = None,
                   progress: Optional[Callable[[str], None]] = None,
                   on_fold: Optional[Callable[[str, int, dict], None]] = None) -> Dict:
-    """Out-of-fold AP and mean member compute per image, per budget setting and method.
+    """Out-of-fold AP and mean compute per image, per budget setting and method.
 
     Args:
         batch (MemberBatch): all members on the split's images.
@@ -87,13 +91,14 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
             output)`` after each e2e-CEL fit.
 
     Returns:
-        dict with ``rows`` (setting, method, AP, seconds, members per image, ``differs``:
-        the fraction of images whose selection is not the best fixed subset of their fold) and
-        ``frequency`` (setting → how often each member was selected by e2e-CEL) and
-        ``cel_results`` (setting → e2e-CEL's out-of-fold COCO results, fit seconds per
-        fold, mean member seconds per image), ``best_fixed`` (setting → each fold's best
-        fixed subset) and ``warm_starts`` (setting → the subset each fold's training
-        started from, which should be the same).
+        dict with ``rows`` (setting, method, AP, seconds: the measured total per image,
+        members fused per image, ``differs``: the fraction of images whose selection is
+        not the best fixed subset of their fold; ΔAP to that subset with its interval),
+        ``frequency`` (setting → how often e2e-CEL fused each member), ``cel_results``
+        (setting → e2e-CEL's out-of-fold COCO results, fit seconds per fold, seconds per
+        image), ``best_fixed`` (setting → each fold's best fixed subset), ``warm_starts``
+        (setting → the subset each fold's training started from, which should be the
+        same) and ``probes`` (setting → the members e2e-CEL runs on every image).
     """
     cel_config(config)  # fail before any work
     fusion_cfg = dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg', **(fusion_cfg or {}))
@@ -105,35 +110,43 @@ def budget_report(batch: MemberBatch, coco: COCO, seconds: Sequence[float],
     subsets = sorted({s for ok in feasible.values() for s in ok} | {tuple(range(n))},
                      key=lambda s: (len(s), s))
     say(f'scoring {len(subsets)} fixed subsets')
-    evals = {s: CocoEvaluation(coco, fuse_fixed(batch, s, fusion_cfg), batch.img_ids,
-                               ap_only=True) for s in subsets}
+    tables = SubsetTables(coco, [fuse_fixed(batch, s, fusion_cfg) for s in subsets],
+                          batch.img_ids)
     report = dict(rows=[], frequency={}, members=list(batch.names), cel_results={},
-                  best_fixed={}, warm_starts={})
+                  best_fixed={}, warm_starts={}, probes={})
     for setting in settings:
         name = setting_name(setting)
-        baselines = fixed_and_random(batch, setting, feasible[name], evals, folds, sec, seed,
-                                     fusion_cfg)
+        say(f'{name}: the best fixed subset of each fold and the oracles')
+        base = subset_baselines(tables, subsets, feasible[name], folds)
         say(f'{name}: training e2e-CEL, {num_folds} folds')
         cel_res, cel_sel, per_fold = cel_out_of_fold(
             batch, config, setting, folds, osp.join(work_root, name.replace(' ', '')),
             seed, fusion_cfg, cfg_options, coco,
             None if on_fold is None else lambda k, out, name=name: on_fold(name, k, out))
-        best, chosen, fixed, rand, random_res = baselines
-        fixed_in = [evals[b].ap(train) for b, (train, _) in zip(best, folds)]
-        methods = [('e2e-CEL', cel_res, cel_sel,
-                    dict(train_AP=float(np.mean([f['train_AP'] for f in per_fold])))),
-                   ('best fixed subset', fixed, chosen,
-                    dict(train_AP=float(np.mean(fixed_in)))),
-                   ('random subset', random_res, rand.numpy(), None)]
-        report['rows'] += setting_rows(coco, batch.img_ids, name, methods, chosen, sec, seed)
+        cel_cost = np.zeros(len(batch.img_ids))  # [I] seconds run per image
+        for out, (_, test) in zip(per_fold, folds):
+            cel_cost[np.sort(test)] = out['cost']
+        methods = [('e2e-CEL', cel_res, cel_sel, cel_cost,
+                    dict(train_AP=float(np.mean([f['train_AP'] for f in per_fold]))))]
+        for method, choice, extra in base:
+            sel = choice_selection(choice, subsets, n)
+            methods.append((method, fuse_selected(batch, torch.as_tensor(
+                sel, dtype=torch.float32), **fusion_cfg), sel, sel @ sec, extra))
+        rand = random_selection(len(batch.img_ids), setting, sec, seed).numpy()
+        methods.append(('random subset', fuse_selected(batch, torch.as_tensor(
+            rand, dtype=torch.float32), **fusion_cfg), rand, rand @ sec, None))
+        report['rows'] += setting_rows(coco, batch.img_ids, name, methods, seed)
         report['frequency'][name] = cel_sel.mean(0).tolist()
         report['cel_results'][name] = dict(
             results=cel_res, fit_s=sum(f['fit_s'] for f in per_fold) / num_folds,
-            member_s=float((cel_sel @ sec).mean()))
-        report['best_fixed'][name] = [list(b) for b in best]
+            member_s=float(cel_cost.mean()))
+        report['best_fixed'][name] = [list(subsets[c]) for c in base[0][1][
+            [test[0] for _, test in folds]]]
         report['warm_starts'][name] = [f['warm_start'] for f in per_fold]
+        report['probes'][name] = per_fold[0]['probes']
     report['rows'].append(dict(setting='all', method='all-member fusion',
-                               AP=evals[tuple(range(n))].ap(np.arange(len(batch.img_ids))),
+                               AP=float(tables.fixed_ap([subsets.index(tuple(range(n)))],
+                                                        np.arange(len(batch.img_ids)))[0]),
                                seconds=float(sec.sum()), members=float(n)))
     return report
 
@@ -157,66 +170,70 @@ def fuse_fixed(batch: MemberBatch, subset: tuple, fusion_cfg: dict) -> List[dict
     return fuse_selected(batch, sel, **fusion_cfg)
 
 
-def fixed_and_random(batch: MemberBatch, setting: dict, feasible: List[tuple],
-                     evals: Dict[tuple, CocoEvaluation], folds: list, seconds: np.ndarray,
-                     seed: int, fusion_cfg: dict) -> tuple:
-    """The baselines of one setting: the best fixed subset chosen per training fold and
-    applied to its held-out fold, and a random subset per image. Returns each fold's best
-    subset, their selection ``[I, N]``, its results, the random selection ``[I, N]`` and
-    its results."""
-    best = [best_subset(feasible, evals, train) for train, _ in folds]
-    chosen = fixed_selection(best, folds, len(batch.img_ids), len(batch.names))  # [I, N]
-    fixed = fuse_selected(batch, torch.as_tensor(chosen, dtype=torch.float32), **fusion_cfg)
-    rand = random_selection(len(batch.img_ids), setting, seconds, seed)
-    return best, chosen, fixed, rand, fuse_selected(batch, rand, **fusion_cfg)
+def subset_baselines(tables: SubsetTables, subsets: List[tuple], feasible: List[tuple],
+                     folds: list) -> List[tuple]:
+    """``(method, choice [I] (index in subsets), extra columns)`` of the best fixed subset
+    (chosen on each fold's training images, applied to its held-out images) and of the two
+    oracles within the same feasible subsets, which start from it (so that an image moves
+    only where the oracle gains)."""
+    idx = np.array([subsets.index(s) for s in feasible], dtype=np.int64)
+    fixed = np.zeros(tables.num_images, dtype=np.int64)
+    train_ap = []
+    for train, test in folds:
+        aps = tables.fixed_ap(idx, train)  # [F] on the fold's training images
+        fixed[test] = idx[int(aps.argmax())]  # ties: the first, as the warm start
+        train_ap.append(float(aps.max()))
+    return [('best fixed subset', fixed, dict(train_AP=float(np.mean(train_ap)))),
+            ('oracle, by each image\'s AP', per_image_oracle(tables.per_image_ap(), idx,
+                                                             fixed), None),
+            ('oracle, by the dataset\'s AP', greedy_oracle(tables, idx, fixed), None)]
+
+
+def choice_selection(choice: np.ndarray, subsets: List[tuple], num_members: int
+                     ) -> np.ndarray:
+    """``[I, N]`` 0/1 of a per-image subset index ``choice [I]``."""
+    member_of = np.zeros((len(subsets), num_members))
+    for j, s in enumerate(subsets):
+        member_of[j, list(s)] = 1.0
+    return member_of[choice]
 
 
 def setting_rows(coco: COCO, img_ids: Sequence[int], name: str, methods: list,
-                 chosen: np.ndarray, seconds: np.ndarray, seed: int) -> List[dict]:
-    """One row per ``(method, results, selection [I, N], extra columns)``: AP, member
-    seconds and members per image, the fraction of images off the best fixed subset
-    ``chosen``; the first (e2e-CEL) also gets its paired bootstrap difference to the best
-    fixed subset."""
-    rows, ev = [], {}
-    for method, res, sel, extra in methods:
-        ev[method] = CocoEvaluation(coco, res, img_ids)
+                 seed: int) -> List[dict]:
+    """One row per ``(method, results, selection [I, N], seconds [I], extra columns)``:
+    AP, seconds and members fused per image, the fraction of images off the best fixed
+    subset (the second method); every other method also gets its paired bootstrap
+    difference to the best fixed subset."""
+    rows, ev = [], []
+    chosen = np.asarray(methods[1][2])
+    for method, res, sel, cost, extra in methods:
+        ev.append(CocoEvaluation(coco, res, img_ids))
         sel = np.asarray(sel)
-        rows.append(dict(setting=name, method=method, AP=ev[method].metrics()['AP'],
-                         seconds=float((sel @ seconds).mean()),
+        rows.append(dict(setting=name, method=method, AP=ev[-1].metrics()['AP'],
+                         seconds=float(np.mean(cost)), max_seconds=float(np.max(cost)),
                          members=float(sel.sum(1).mean()),
                          differs=float((sel != chosen).any(1).mean()), **(extra or {})))
-    b = paired_bootstrap(ev['e2e-CEL'], ev['best fixed subset'], 500, seed)
-    rows[0].update(delta_vs_fixed=b['diff'], ci_lo=b['lo'], ci_hi=b['hi'])
+    for row, e in zip(rows, ev):
+        if row['method'] != 'best fixed subset':
+            b = paired_bootstrap(e, ev[1], 500, seed)
+            row.update(delta_vs_fixed=b['diff'], ci_lo=b['lo'], ci_hi=b['hi'])
     return rows
-
-
-def best_subset(feasible_subsets: List[tuple], evals: Dict[tuple, CocoEvaluation],
-                positions: np.ndarray) -> tuple:
-    """The feasible fixed subset with the highest AP on ``positions`` (ties: the first)."""
-    return max(feasible_subsets, key=lambda s: evals[s].ap(positions))
-
-
-def fixed_selection(best: List[tuple], folds: list, num_images: int, num_members: int
-                    ) -> np.ndarray:
-    """``[I, N]`` 0/1: on each fold's held-out images, that fold's subset ``best[k]``."""
-    chosen = np.zeros((num_images, num_members))
-    for b, (_, test) in zip(best, folds):
-        chosen[np.ix_(test, list(b))] = 1.0
-    return chosen
 
 
 def write_budget_outputs(report: dict, work_dir: str) -> str:
     """Markdown and CSV tables, JSON, and the two plots; returns the Markdown table."""
     from mmens.visualization.plots import plot_budget_curve, plot_selection_frequency
     rows = report['rows']
-    lines = ['| budget | method | AP | ΔAP vs best fixed subset [95% CI] | member s / image '
-             '| members / image | images off the best fixed subset | AP on its training folds |',
+    lines = ['| budget | method | AP | ΔAP vs best fixed subset [95% CI] | s / image (mean, '
+             'max) | members fused / image | images off the best fixed subset '
+             '| AP on its training folds |',
              '|---|---|---|---|---|---|---|---|']
     for r in rows:
         delta = (f"{100 * r['delta_vs_fixed']:+.1f} [{100 * r['ci_lo']:+.1f}, "
                  f"{100 * r['ci_hi']:+.1f}]" if 'delta_vs_fixed' in r else '')
+        most = f", {r['max_seconds']:.3f}" if 'max_seconds' in r else ''
         lines.append(f"| {r['setting']} | {r['method']} | {100 * r['AP']:.1f} | {delta} | "
-                     f"{r['seconds']:.3f} | {r['members']:.2f} | "
+                     f"{r['seconds']:.3f}{most} | {r['members']:.2f} | "
                      f"{'' if r['setting'] == 'all' else format(r['differs'], '.0%')} | "
                      f"{format(100 * r['train_AP'], '.1f') if 'train_AP' in r else ''} |")
     table = '\n'.join(lines)

@@ -49,7 +49,9 @@ def cel_fold(batch: MemberBatch, config: str, setting: dict, folds: list, k: int
 
     Returns:
         dict: ``results`` (COCO-results of the held-out images), ``selection`` (``[I_k, N]``
-        0/1, held-out images in id order, batch member order), ``fit_s``, ``warm_start``
+        0/1: the members fused, held-out images in id order, batch member order), ``cost``
+        (``[I_k]`` seconds per image: the members run, probes included, and the selection
+        net), ``probes`` (names), ``selection_seconds`` (the net's), ``fit_s``, ``warm_start``
         (the subset training started from, batch member order) and, with ``coco``,
         ``train_AP``: the model's AP on its own training images (a diagnostic: below the
         best fixed subset's there, the training loss itself leads away from AP).
@@ -70,15 +72,23 @@ def cel_fold(batch: MemberBatch, config: str, setting: dict, folds: list, k: int
             packed = dict(part.packed)
             packed['members'] = remap[packed['members']]
             x = model.select(packed)[0]  # [I_part, N], model member order
+            # what the image costs: the members run (probes and selected; all of them
+            # when the net reads every member) and the selection net
+            cost = model.run_seconds(x).cpu().numpy()  # [I_part]
         x = x[:, remap].cpu().numpy()  # batch member order; rows: sorted images
-        return x, part, fuse_selected(part, torch.as_tensor(x, dtype=torch.float32),
-                                      **fusion_cfg)
+        return x, cost, part, fuse_selected(part, torch.as_tensor(x, dtype=torch.float32),
+                                            **fusion_cfg)
 
-    x, _, res = select_and_fuse(test)
-    out = dict(results=res, selection=x, fit_s=seconds,
-               warm_start=[b for b in range(n) if int(remap[b]) in model.warm_start_subset])
+    x, cost, _, res = select_and_fuse(test)
+    # train_cfg.warm_start=False (e.g. the seed's recipe) leaves no warm start subset
+    warm = getattr(model, 'warm_start_subset', None)
+    out = dict(results=res, selection=x, cost=cost, fit_s=seconds,
+               probes=[model.members[int(i)] for i in model.probe_index],
+               selection_seconds=float(model.selection_seconds),
+               warm_start=None if warm is None else [b for b in range(n)
+                                                     if int(remap[b]) in warm])
     if coco is not None:
-        _, part, res = select_and_fuse(train)
+        _, _, part, res = select_and_fuse(train)
         out['train_AP'] = CocoEvaluation(coco, res, part.img_ids, ap_only=True).ap(
             np.arange(len(part.img_ids)))
     return out
