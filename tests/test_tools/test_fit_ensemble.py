@@ -62,12 +62,24 @@ def fitted(stdout):
     return ckpt.group(1)
 
 
-def test_learned_fit_then_fuse_results_on_the_test_split(splits, tmp_path):
-    fit, test = splits['fit'], splits['test']
-    work = str(tmp_path / 'learned')
+@pytest.fixture(scope='module')
+def learned_fit(splits, tmp_path_factory):
+    """``fit_ensemble.py --method learned`` with no options on the fit half: (its output,
+    the checkpoint, the work dir)."""
+    fit = splits['fit']
+    work = str(tmp_path_factory.mktemp('learned'))
     proc = run([FIT, '--ann', fit['ann'], '--preds', *fit['preds'], '--method', 'learned',
                 '--work-dir', work])
-    ckpt = fitted(proc.stdout)
+    return proc, fitted(proc.stdout), work
+
+
+def test_learned_fit_then_fuse_results_on_the_test_split(splits, learned_fit, tmp_path):
+    fit, test = splits['fit'], splits['test']
+    proc, ckpt, work = learned_fit
+    # it printed the fusion thresholds it chose by inner CV and each member's weight
+    assert re.search(r'^fusion: iou_thr 0\.\d+, skip_box_thr [0-9.]+, conf_type \w+ '
+                     r'\(chosen by inner CV\)$', proc.stdout, re.M), proc.stdout[-3000:]
+    assert len(re.findall(r'^member \S+: weight \d\.\d\d', proc.stdout, re.M)) == 3
     assert ckpt == osp.join(work, 'epoch_1.pth') and osp.isfile(ckpt)
     assert osp.isfile(osp.join(work, 'fit_ensemble_learned.py'))
     # the printed command is the one that applies it
@@ -94,6 +106,72 @@ def test_learned_fit_then_fuse_results_on_the_test_split(splits, tmp_path):
     m = json.loads(m_test.read_text())
     best_member = max(v['AP'] for v in m['members'].values())
     assert m['fusion']['AP'] > best_member, m  # the learned fusion beats every member
+
+
+def test_fuse_results_and_the_runner_apply_thresholds_calibration_and_weights(
+        splits, learned_fit, tmp_path):
+    """The fitted checkpoint with other thresholds and a calibration written into it:
+    fuse_results --checkpoint and the Runner (tools/test.py's path: the config
+    fit_ensemble wrote, the checkpoint) give the same fused detections, which differ
+    from the fit's own."""
+    import pickle
+
+    from mmdet.evaluation import DumpDetResults
+    from mmengine.config import Config
+
+    from mmens.apis import load_coco
+    from mmens.evaluation.coco_eval import results_to_coco
+    from mmens.registry import RUNNERS
+    from mmens.utils import register_all_modules
+    fit = splits['fit']
+    _, ckpt, work = learned_fit
+    saved = safe_torch_load(ckpt, map_location='cpu')
+    state = saved['state_dict']
+    state.update(fusion_iou_thr=torch.tensor(0.7, dtype=torch.float64),
+                 fusion_skip_box_thr=torch.tensor(0.05, dtype=torch.float64),
+                 fusion_conf_type=torch.tensor(2))  # box_and_model_avg
+    cfg = Config.fromfile(osp.join(work, 'fit_ensemble_learned.py'))
+    if 'head.cal_shift' in state:
+        state['head.cal_shift'] = torch.tensor([0.5, -0.5, 1.0])
+    else:  # a calibration the default did not learn
+        cfg.model.head.calibration = 'platt'
+        state.update({'head.cal_log_slope': torch.tensor([0.3, -0.2, 0.1]),
+                      'head.cal_shift': torch.tensor([0.5, -0.5, 1.0])})
+        saved['meta']['cfg'] = cfg.pretty_text
+    other = str(tmp_path / 'other.pth')
+    torch.save(dict(meta=saved['meta'], state_dict=state), other)
+    outs = {}
+    for name, path in (('fit', ckpt), ('other', other)):
+        outs[name] = tmp_path / f'{name}.json'
+        fuse(['--ann', fit['ann'], '--preds', *fit['preds'], '--method', 'learned',
+              '--checkpoint', path, '--out', str(outs[name]), '--no-eval'])
+    by_fuse = json.loads(outs['other'].read_text())
+    assert by_fuse != json.loads(outs['fit'].read_text())
+    register_all_modules()
+    cfg.merge_from_dict(dict(load_from=other, work_dir=str(tmp_path / 'runner'),
+                             log_level='WARNING'))
+    runner = RUNNERS.build(cfg)
+    dump = str(tmp_path / 'runner.pkl')
+    runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=dump))
+    runner.test()
+    preds = pickle.load(open(dump, 'rb'))
+    coco = load_coco(fit['ann'])
+    img_ids = [p['img_id'] for p in preds]
+    cat_ids = [c['id'] for c in coco.dataset['categories']]
+    inst = [p['pred_instances'] for p in preds]
+    by_runner = results_to_coco(
+        torch.cat([i['bboxes'] for i in inst]), torch.cat([i['scores'] for i in inst]),
+        torch.cat([i['labels'] for i in inst]),
+        torch.cat([torch.full((len(i['scores']),), b) for b, i in enumerate(inst)]),
+        img_ids, cat_ids)
+
+    def key(e):
+        return e['image_id'], -e['score'], e['category_id'], e['bbox']
+    assert len(by_runner) == len(by_fuse)
+    for a, b in zip(sorted(by_runner, key=key), sorted(by_fuse, key=key)):
+        assert (a['image_id'], a['category_id']) == (b['image_id'], b['category_id'])
+        assert a['score'] == pytest.approx(b['score'], abs=2e-6)
+        assert a['bbox'] == pytest.approx(b['bbox'], abs=2e-3)
 
 
 def test_cel_fit_under_a_time_budget(splits, tmp_path):

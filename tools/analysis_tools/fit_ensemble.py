@@ -236,6 +236,28 @@ def load_train_tool():
     return module
 
 
+def print_learned(ckpt: str) -> None:
+    """Print what a learned fit chose, as the checkpoint holds it: the fusion thresholds
+    (inner CV), each member's WBF weight and score calibration."""
+    from mmens.apis.inference import load_ensemble_checkpoint
+    model = load_ensemble_checkpoint(ckpt)
+    if not hasattr(model, 'fusion_cfg') or not hasattr(model.head, 'member_weights'):
+        return
+    cfg = model.fusion_cfg()
+    print(f"fusion: iou_thr {cfg['iou_thr']:g}, skip_box_thr {cfg['skip_box_thr']:g}, "
+          f"conf_type {cfg['conf_type']}"
+          + (' (chosen by inner CV)' if bool(model.fusion_searched) else ''))
+    weights = model.head.member_weights().tolist()
+    calibrated = getattr(model.head, 'calibration', 'none') != 'none'
+    if calibrated:
+        slope = model.head.calibration_slope().tolist()
+        shift = model.head.calibration_shift().tolist()
+    for i, name in enumerate(model.members):
+        cal = (f', score sigmoid({slope[i]:.2f} logit(s) {shift[i]:+.2f})' if calibrated
+               else '')
+        print(f'member {name}: weight {weights[i]:.2f}{cal}')
+
+
 def check_paths(args: argparse.Namespace) -> None:
     """The files to read exist and the work dir can be written, before any work."""
     check_member_files(args.ann, args.preds)
@@ -279,6 +301,8 @@ def main(argv=None) -> None:
     if ckpt is None or not osp.isfile(ckpt):
         raise ValueError(f'training wrote no checkpoint in {args.work_dir} (check '
                          'default_hooks.checkpoint in the config)')
+    if args.method == 'learned':
+        print_learned(ckpt)
     budget = ('' if args.method != 'cel' else f' (k = {args.k})' if args.k is not None
               else f' (budget {args.budget_seconds} s per image, probes '
               f'{cfg.model.probes} included)')
