@@ -5,6 +5,11 @@ image, one array per member) to flat tensors in one go and splits packed
 results back per image. NumPy / list input gives NumPy output (computed on
 CPU); if any member array is a :class:`torch.Tensor`, everything runs on
 that tensor's device and torch tensors come back.
+
+NumPy arrays and plain Python lists are packed, checked and repaired by the
+compiled packer (``mmens/ops/csrc/pack_lists.cpp``) when the kernel is built
+and the backend is not ``'torch'``; anything it does not read (tensors, other
+dtypes, a mistake) goes through the Python packer, which names the mistake.
 """
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -12,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .packed import PackedDetections
+from . import kernel
+from .packed import CheckedDetections, PackedDetections, Repair
 from .validation import check_member_lists, member_arrays, member_sizes
 
 __all__ = ['PackedLists', 'pack_images', 'run_packed', 'unpack_images']
@@ -36,6 +42,31 @@ class PackedLists(NamedTuple):
     device: torch.device
     dtype: Any
     np_dtypes: List[Tuple[Any, Any, Any]]
+
+
+#: NumPy dtypes of pack_lists.cpp's dtype codes.
+_KINDS = tuple(np.dtype(k) for k in ('float64', 'float32', 'int64', 'int32'))
+
+
+def _pack_compiled(images: Sequence) -> Optional[PackedLists]:
+    """:func:`pack_images` by the compiled packer; ``None`` when it does not
+    read this input (or is not built, or the backend is ``'torch'``)."""
+    if kernel._ext is None or kernel.get_backend() == 'torch':
+        return None
+    r = kernel._ext.pack_lists(images)
+    if r is None:
+        return None
+    boxes, scores, labels, members, imgs, keep, counts, kinds, n = r
+    dets = CheckedDetections(boxes, scores, labels, members, imgs, n,
+                             len(images),
+                             repair=Repair(keep, counts[0], counts[1]))
+    k = kinds.numpy()  # [I, 3] dtype codes of the boxes, scores, labels
+    if len(k) and (k == k[0]).all():
+        np_dtypes = [tuple(_KINDS[c] for c in k[0].tolist())] * len(k)
+    else:
+        np_dtypes = [tuple(_KINDS[c] for c in row) for row in k.tolist()]
+    return PackedLists(dets, False, torch.device('cpu'), torch.float64,
+                       np_dtypes)
 
 
 def _result_type(arrays: List[np.ndarray]) -> np.dtype:
@@ -111,6 +142,9 @@ def pack_images(images: Sequence[Tuple[Sequence, Sequence, Sequence]],
         ValueError: ragged lists, inconsistent lengths / shapes, naming
             image, member and field.
     """
+    fast = _pack_compiled(images)
+    if fast is not None:
+        return fast
     num_members, bl, sl, ll = _split_members(images, report_image)
     num_images = len(images)
     bl, sl, ll = (member_arrays(x, f, num_members, report_image)

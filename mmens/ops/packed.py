@@ -5,7 +5,7 @@ from typing import Dict, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-__all__ = ['PackedDetections', 'select_images']
+__all__ = ['CheckedDetections', 'PackedDetections', 'Repair', 'select_images']
 
 
 class PackedDetections(NamedTuple):
@@ -61,6 +61,44 @@ class PackedDetections(NamedTuple):
         return cls(inputs['bboxes'] / wh.repeat(1, 2), inputs['scores'],
                    inputs['labels'], inputs['members'], inputs['images'],
                    num_members, inputs['image_sizes'].shape[0])
+
+
+class Repair(NamedTuple):
+    """The repair :func:`~mmens.ops.validation.repair_boxes` makes, done
+    already (by the list API's packer).
+
+    Attributes:
+        keep (Tensor[M]): bool, box has non-zero area after clipping.
+        clipped (Tensor[N]): boxes clipped to ``[0, 1]``, per member.
+        zero_area (Tensor[N]): boxes of zero area, per member.
+    """
+    keep: Tensor
+    clipped: Tensor
+    zero_area: Tensor
+
+
+class CheckedDetections(PackedDetections):
+    """:class:`PackedDetections` the list API's packer checked and repaired
+    (``mmens/ops/csrc/pack_lists.cpp``): boxes float64 already clipped,
+    labels long, every value within the input contract.
+
+    :func:`~mmens.ops.validation.validate_fusion` does not check them again
+    and :func:`~mmens.ops.validation.repair_boxes` takes :attr:`repair`.
+    The attribute is not copied: a modified copy (``_replace``, ``to``) is a
+    plain detections tuple to the checks, so it is checked in full.
+    """
+
+    def __new__(cls, *fields, repair: Repair):
+        self = super().__new__(cls, *fields)
+        self.repair = repair
+        return self
+
+    @classmethod
+    def _make(cls, iterable) -> PackedDetections:
+        return PackedDetections._make(iterable)
+
+    def __reduce__(self):  # pickled as plain detections (see _make)
+        return PackedDetections, tuple(self)
 
 
 def select_images(packed: Dict[str, Tensor],

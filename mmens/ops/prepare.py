@@ -71,7 +71,8 @@ def prepare_packed(dets: PackedDetections,
     labels = labels.long()
     if sizes is not None:
         boxes = normalize_boxes(boxes, sizes, images)
-    boxes, valid = repair_boxes(boxes, members)
+    # list API input comes repaired (and checked) by its packer
+    boxes, valid = repair_boxes(boxes, members, getattr(dets, 'repair', None))
     return Prepared(boxes, scores, labels, members, images, w, valid, dtype,
                     num_members, num_images)
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .packed import PackedDetections
+from .packed import PackedDetections, Repair
 
 __all__ = [
     'CONF_TYPES', 'LABEL_LIMIT', 'check_member_lists', 'check_packed',
@@ -358,6 +358,10 @@ def validate_fusion(dets: Any,
         argument, and the member, image and box where relevant.
     """
     check_params(**params)
+    if getattr(dets, 'repair', None) is not None and image_sizes is None:
+        # checked as the list API packed it (pack_lists.cpp); the weights not
+        w = check_weights(weights, dets.num_members, dets.boxes.device)
+        return dets, w, None
     dets = _packed_fields(dets)
     check_packed(dets, report_image)
     dev = dets.boxes.device
@@ -466,7 +470,8 @@ def check_packed(dets: PackedDetections, report_image: bool = True) -> None:
 
 
 def repair_boxes(boxes: Tensor,
-                 members: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                 members: Optional[Tensor] = None,
+                 done: Optional[Repair] = None) -> Tuple[Tensor, Tensor]:
     """Clip normalised boxes to ``[0, 1]`` and flag zero-area boxes.
 
     Mirrors ensemble-boxes' ``prefilter_boxes`` / ``prepare_boxes`` repair
@@ -477,11 +482,16 @@ def repair_boxes(boxes: Tensor,
         boxes (Tensor[M, 4]): normalised boxes (already validated).
         members (Tensor[M], optional): member of each box, to break the
             counts down per member in the warning.
+        done (Repair, optional): the repair, made already (the list API's
+            packer clips as it packs): only its warnings are left to give.
 
     Returns:
         tuple[Tensor[M, 4], Tensor[M]]: clipped boxes and a bool mask of
         boxes with non-zero area (the ones to keep).
     """
+    if done is not None:
+        _warn_repairs(done.clipped.tolist(), done.zero_area.tolist())
+        return boxes, done.keep
     if boxes.numel() == 0:
         return boxes, torch.ones(0, dtype=torch.bool, device=boxes.device)
     lo, hi = boxes.aminmax()
@@ -494,22 +504,40 @@ def repair_boxes(boxes: Tensor,
     else:
         n_out, n_zero = 0, int((~keep).sum())
 
-    def per_member(mask: Tensor) -> str:
-        if members is None:
+    def per_member(mask: Tensor) -> Optional[List[int]]:
+        return None if members is None else torch.bincount(
+            members[mask]).tolist()
+
+    if n_out:
+        boxes = clipped
+    _warn_repairs(per_member(outside) if n_out else [],
+                  per_member(~keep) if n_zero else [], n_out, n_zero)
+    return boxes, keep
+
+
+def _warn_repairs(clipped: Optional[List[int]],
+                  zero_area: Optional[List[int]],
+                  n_out: Optional[int] = None,
+                  n_zero: Optional[int] = None) -> None:
+    """The warnings of :func:`repair_boxes`: boxes clipped and boxes of zero
+    area, with their counts per member (lists, ``None``: no member break-down;
+    the totals default to their sums)."""
+
+    def per_member(cnt: Optional[List[int]]) -> str:
+        if cnt is None:
             return ''
-        cnt = torch.bincount(members[mask])
-        d = {i: c for i, c in enumerate(cnt.tolist()) if c}
+        d = {i: c for i, c in enumerate(cnt) if c}
         return f' (per member: {d})'
 
+    n_out = sum(clipped) if n_out is None else n_out
+    n_zero = sum(zero_area) if n_zero is None else n_zero
     if n_out:
         warnings.warn(
             f'mmens: clipped {n_out} box(es) with coordinates outside [0, 1]'
-            f'{per_member(outside)}; check that boxes are normalised',
-            stacklevel=3)
-        boxes = clipped
+            f'{per_member(clipped)}; check that boxes are normalised',
+            stacklevel=4)
     if n_zero:
         warnings.warn(
             f'mmens: skipped {n_zero} zero-area box(es)'
-            f'{per_member(~keep)}',
-            stacklevel=3)
-    return boxes, keep
+            f'{per_member(zero_area)}',
+            stacklevel=4)

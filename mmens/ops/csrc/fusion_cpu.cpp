@@ -854,10 +854,14 @@ std::vector<at::Tensor> soft_nms(const at::Tensor& boxes_t,
 
 }  // namespace
 
+// The list API's packer, in pack_lists.cpp.
+py::object pack_lists(py::handle images);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mmens compiled CPU fusion kernels (see mmens/ops/kernel.py)";
   m.def("wbf", &wbf, py::call_guard<py::gil_scoped_release>());
   m.def("nmw", &leader_op<nmw>, py::call_guard<py::gil_scoped_release>());
   m.def("nms", &leader_op<nms>, py::call_guard<py::gil_scoped_release>());
   m.def("soft_nms", &soft_nms, py::call_guard<py::gil_scoped_release>());
+  m.def("pack_lists", &pack_lists);  // reads Python objects: keeps the GIL
 }
