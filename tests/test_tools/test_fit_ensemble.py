@@ -8,6 +8,7 @@ import json
 import os
 import os.path as osp
 import re
+import shlex
 import subprocess
 import sys
 
@@ -284,3 +285,30 @@ def test_argument_and_file_errors_in_process(splits, tmp_path):
         with pytest.raises(ValueError, match=re.escape(msg)):
             main(base + args)
     assert not (tmp_path / 'w').exists()
+
+
+def test_fixed_rule_settings_by_ap_and_the_printed_command_applies_them(splits, tmp_path,
+                                                                        capsys):
+    fit = splits['fit']
+    main = load_tool('fit_ensemble').main
+    fit_tool = load_tool('fit_ensemble')
+    main(['--ann', fit['ann'], '--preds', *fit['preds'], '--method', 'nms',
+          '--work-dir', str(tmp_path / 'nms')])
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / 'nms' / 'fit_ensemble_nms.json').read_text())
+    tried = [t['ap'] for t in saved['tried']]
+    assert [dict(iou_thr=t['iou_thr']) for t in saved['tried']] == fit_tool.FIXED_GRIDS['nms']
+    assert saved['ap'] == max(tried) and saved['iou_thr'] == saved['tried'][
+        tried.index(max(tried))]['iou_thr']
+    assert re.search(rf"^nms: iou_thr {saved['iou_thr']} \(COCO AP ", out, re.M), out
+    # the printed fuse_results command gives that AP
+    cmd = shlex.split(out.strip().splitlines()[-1])
+    assert cmd[:2] == ['python', FUSE] and cmd[cmd.index('--iou-thr') + 1] == str(
+        saved['iou_thr'])
+    metrics = tmp_path / 'm.json'
+    fuse(cmd[2:cmd.index('--out')] + ['--metrics-out', str(metrics)])
+    assert json.loads(metrics.read_text())['fusion']['AP'] == pytest.approx(saved['ap'],
+                                                                            abs=6e-4)
+    with pytest.raises(ValueError, match='--config / --cfg-options are for --method learned'):
+        main(['--ann', fit['ann'], '--preds', *fit['preds'], '--method', 'soft_nms',
+              '--work-dir', str(tmp_path / 's'), '--cfg-options', 'a=1'])

@@ -1,4 +1,4 @@
-"""Learn an ensemble (learned fusion or e2e-CEL) from COCO-results files, without a config.
+"""Learn an ensemble (learned fusion or e2e-CEL), or tune a fixed rule, from COCO-results files.
 
 Examples::
 
@@ -8,6 +8,8 @@ Examples::
     python tools/analysis_tools/fit_ensemble.py --ann GT.json --preds A.json B.json C.json \\
         --method cel --budget-seconds 0.2 --member-seconds 0.17 0.17 0.004 \\
         --work-dir work_dirs/fit-cel
+    python tools/analysis_tools/fit_ensemble.py --ann GT.json --preds A.json B.json \\
+        --method soft_nms --work-dir work_dirs/fit-soft-nms
 
 The recommended config of the method (the first of ``configs/learned/`` or
 ``configs/cel/``, or ``--config``) is pointed at the annotation and prediction files
@@ -20,6 +22,13 @@ selected members and the selection net. ``--cfg-options`` then override anything
 The resolved config is written to ``<work-dir>/fit_ensemble_<method>.py`` and trained
 through ``tools/train.py``'s code path (mmengine's Runner). The checkpoint it writes
 drives ``fuse_results.py --method learned|cel --checkpoint`` on other (unlabelled) files.
+
+``--method learned`` also chooses WBF's ``iou_thr``, ``skip_box_thr`` and ``conf_type``
+by inner cross-validation (the config's ``FusionSearchHook``) and prints them with each
+member's weight. The fixed rules ``--method wbf|nms|soft_nms`` train nothing: their
+settings (WBF's thresholds, NMS' ``iou_thr``, soft-NMS' ``sigma`` and ``thresh``) are the
+ones of :data:`FIXED_GRIDS` with the highest COCO AP on the labelled files, printed with
+the ``fuse_results.py`` command that applies them.
 
 Bad files give the same one-line errors as ``fuse_results.py`` (they are validated by
 the same code before training starts).
@@ -44,6 +53,16 @@ from mmens.utils.runner_args import add_runner_args, check_cfg_options, parse_ru
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 METHODS = dict(learned='learned', cel='cel')  # method -> folder of configs/
 FUSE_RESULTS = 'tools/analysis_tools/fuse_results.py'
+#: the fixed rules whose settings are chosen by COCO AP on the labelled images (nothing is
+#: fitted, so no inner CV is needed): the settings tried, the rule's default first (it
+#: wins ties)
+FIXED_GRIDS = dict(
+    nms=[dict(iou_thr=t) for t in (0.5, 0.3, 0.4, 0.6, 0.7)],
+    soft_nms=[dict(sigma=s, thresh=t) for s in (0.5, 0.05, 0.1, 0.3, 1.0)
+              for t in (0.001, 0.01)],
+    wbf=[dict(iou_thr=i, skip_box_thr=s, conf_type=c) for i in (0.55, 0.45, 0.65, 0.75)
+         for s in (0.0, 0.02) for c in ('avg', 'max', 'box_and_model_avg',
+                                        'absent_model_aware_avg')])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--preds', nargs='+', required=True,
                    help='one COCO-results JSON per member, on the images of --ann')
     p.add_argument('--names', nargs='+', help='member names (default: file stems)')
-    p.add_argument('--method', required=True, choices=sorted(METHODS))
+    p.add_argument('--method', required=True, choices=sorted(METHODS) + sorted(FIXED_GRIDS),
+                   help='learned / cel: train (the config of configs/<method>/); wbf, nms, '
+                   'soft_nms: choose the rule\'s thresholds (and sigma) by COCO AP')
     p.add_argument('--k', type=int, help='cel: members per image')
     p.add_argument('--budget-seconds', type=float,
                    help='cel: member compute per image, in seconds')
@@ -258,6 +279,48 @@ def print_learned(ckpt: str) -> None:
         print(f'member {name}: weight {weights[i]:.2f}{cal}')
 
 
+def tune_fixed(args: argparse.Namespace, names: List[str]) -> None:
+    """A fixed rule (``--method wbf|nms|soft_nms``): every setting of
+    :data:`FIXED_GRIDS` fuses the labelled files, the one with the highest COCO AP (fast
+    COCO AP) is printed, written to ``<work-dir>/fit_ensemble_<method>.json`` and given as
+    the ``fuse_results.py`` command that applies it."""
+    import numpy as np
+
+    from mmens.apis.inference import build_fixed_ensemble, fuse_batch_arrays
+    from mmens.evaluation.coco_eval import CocoEvaluation
+    if args.config is not None or args.cfg_options is not None:
+        raise ValueError(f'--config / --cfg-options are for --method learned or cel, not '
+                         f'{args.method} (a fixed rule has no config to train)')
+    coco = load_coco(args.ann)
+    batch = load_member_batch(coco, args.preds, names, repair=args.repair)
+    every = np.arange(len(batch.img_ids))
+    aps = []
+    for setting in FIXED_GRIDS[args.method]:
+        dets, _ = fuse_batch_arrays(build_fixed_ensemble(names, args.method, **setting),
+                                    batch)
+        aps.append(CocoEvaluation(coco, dets, batch.img_ids, ap_only=True).ap(every))
+    best = int(np.argmax(aps))  # the first maximum: the default wins ties
+    chosen = FIXED_GRIDS[args.method][best]
+    shown = ', '.join(f'{k} {v}' for k, v in chosen.items())
+    print(f'{args.method}: {shown} (COCO AP {100 * aps[best]:.1f} on the '
+          f'{len(batch.img_ids)} images of --ann; {len(aps)} settings tried, the default '
+          f'{100 * aps[0]:.1f})')
+    os.makedirs(args.work_dir, exist_ok=True)
+    out = osp.join(args.work_dir, f'fit_ensemble_{args.method}.json')
+    with open(out, 'w', encoding='utf-8') as f:
+        json.dump(dict(method=args.method, **chosen, ap=aps[best],
+                       tried=[dict(s, ap=a) for s, a in zip(FIXED_GRIDS[args.method], aps)]),
+                  f, indent=1)
+    q = shlex.quote
+    flags = ' '.join(f"--{k.replace('_', '-')} {v}" for k, v in chosen.items())
+    print(f'settings: {out}')
+    print('fuse files of the same members with it (swap in the test split\'s files; '
+          '--no-eval when they have no labels):')
+    print(f'  python {FUSE_RESULTS} --ann {q(args.ann)} --preds '
+          f'{" ".join(q(p) for p in args.preds)} --names {" ".join(q(n) for n in names)} '
+          f'--method {args.method} {flags} --out fused.json')
+
+
 def check_paths(args: argparse.Namespace) -> None:
     """The files to read exist and the work dir can be written, before any work."""
     check_member_files(args.ann, args.preds)
@@ -275,6 +338,8 @@ def main(argv=None) -> None:
     check_paths(args)
     seconds = member_seconds(args, names)
     check_budget(args, names, seconds)
+    if args.method in FIXED_GRIDS:
+        return tune_fixed(args, names)
     cfg = read_config(args)
     # the files are validated as fuse_results.py does (same code, same one-line errors)
     coco = load_coco(args.ann)
