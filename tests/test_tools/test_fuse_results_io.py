@@ -82,8 +82,8 @@ def test_make_coco_load_is_seeded_valid_and_unique(tmp_path):
 
 
 def test_fuse_results_script_as_in_process(tmp_path):
-    """As a script: the same file as in process, and a bad member file stops with the
-    same single line."""
+    """As a script (the member files prefetched during the imports): the same file as in
+    process, and a bad member file stops with the same single line."""
     import subprocess
     import sys
     from conftest import ROOT
@@ -93,7 +93,8 @@ def test_fuse_results_script_as_in_process(tmp_path):
     proc = subprocess.run(args + ['--preds', *PREDS, '--out', str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r'seconds: start-up \d+\.\d\d, .*read \d+\.\d\d, fuse ', proc.stdout)
+    assert re.search(r'seconds: start-up \d+\.\d\d, .*read \d+\.\d\d \(prefetched\), fuse ',
+                     proc.stdout), proc.stdout
     ref = tmp_path / 'ref.json'
     load_tool('fuse_results').main(['--ann', ANN, '--method', 'wbf', '--no-eval', '--preds',
                                     *PREDS, '--out', str(ref)])

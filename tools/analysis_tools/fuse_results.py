@@ -28,11 +28,16 @@ is I modulo N (one job of a SLURM array, say); the shards' outputs, their entrie
 image-id order (stable), make up the unsharded output byte for byte. A shard is not
 evaluated: ``--shard`` needs ``--no-eval`` (evaluate the merged file).
 
+Run as a script with a fixed rule, a thread reads the member files while the main thread
+imports torch & co. (:class:`Prefetch`; the decoder and the compiled checks release the GIL);
+its errors are raised by ``main``, in their turn.
+
 The last line splits the wall time: start-up (the imports), annotations, model (the fixed
 rule, or the checkpoint's model with the imports of mmdet & co.), read (decoding and
-validating the member files), fuse (fusing, ranking the top 100 per image and writing
-each chunk; ``fused ... in`` gives the seconds of ``model.fuse`` and the ranking alone,
-summed over the workers), evaluate (without ``--no-eval``), and the total.
+validating the member files; "prefetched": what was left of it after the start-up), fuse
+(fusing, ranking the top 100 per image and writing each chunk; ``fused ... in`` gives the
+seconds of ``model.fuse`` and the ranking alone, summed over the workers), evaluate (without
+``--no-eval``), and the total.
 """
 import time
 
@@ -40,6 +45,7 @@ T_START = time.perf_counter()  # before the imports: they are part of the wall t
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import importlib.util  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
@@ -47,8 +53,9 @@ import os  # noqa: E402
 import os.path as osp  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple  # noqa: E402
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple  # noqa: E402
 
 # Before torch starts OpenMP: idle threads sleep instead of spinning. With a spinning
 # barrier, a core held by any other process stretched the fusion from about 1 s to 3-16 s
@@ -159,6 +166,129 @@ def check_args(args: argparse.Namespace) -> None:
             check_output_file(getattr(args, opt), '--' + opt.replace('_', '-'))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def shard_images(images: List[dict], img_ids, shard: Optional[Tuple[int, int]]):
+    """The positions (in ``img_ids``, sorted) of the images to fuse, in that order: all,
+    or ``--shard I/N``'s, whose index in the annotation file's image order is I modulo N."""
+    import numpy as np  # imported by now; this module imports it after the prefetch starts
+    if shard is None:
+        return np.arange(len(img_ids))
+    i, n = shard
+    in_file_order = np.searchsorted(img_ids, [im['id'] for im in images])
+    return np.sort(in_file_order[i::n])
+
+
+def chunk_layout(img_ids, selected, chunk: int) -> tuple:
+    """``(chunk of each image [I] int32 (-1: not selected), its index in its chunk [I],
+    the number of chunks)`` for ``selected`` (positions in ``img_ids``) by ``chunk``."""
+    import numpy as np
+    chunk_of = np.full(len(img_ids), -1, dtype=np.int32)
+    chunk_of[selected] = np.arange(len(selected)) // chunk
+    local = np.zeros(len(img_ids), dtype=np.int64)
+    local[selected] = np.arange(len(selected)) % chunk
+    return chunk_of, local, -(-len(selected) // chunk)
+
+
+def read_member_files(args: argparse.Namespace, images: List[dict], cat_ids: List[int],
+                      layout: tuple, read) -> list:
+    """Every member file decoded and validated a block at a time by ``read``
+    (``read_member_columns``), ``--workers`` files at once (the decoder releases the GIL),
+    by chunk (``layout``, other shards' images left out); a bad file raises its error in
+    file order."""
+    sizes = {im['id']: (im['width'], im['height']) for im in images}
+    names = member_names(args)
+    workers = args.workers or min(usable_cores(), 8)
+    with ThreadPoolExecutor(max(1, min(workers, len(names)))) as pool:
+        jobs = [pool.submit(read, f, n, sizes, cat_ids, args.repair, layout[::2])
+                for f, n in zip(args.preds, names)]
+        try:
+            return [job.result() for job in jobs]
+        except ValueError:
+            for job in jobs:
+                job.cancel()
+            raise
+
+
+def _coco_results():
+    """``mmens.datasets.coco_results`` (numpy, msgspec, orjson and the compiled decoder),
+    loaded from its file: as a submodule, importing it would first import ``mmens``
+    (torch), the very start-up that the prefetch overlaps."""
+    location = importlib.util.find_spec('mmens').submodule_search_locations[0]
+    spec = importlib.util.spec_from_file_location(
+        '_mmens_coco_results', osp.join(location, 'datasets', 'coco_results.py'))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+class Prefetch(threading.Thread):
+    """Run as a script with a fixed rule, the member files are read while this process
+    imports torch & co. (a thread: the decoder and the compiled checks release the GIL):
+    the annotation file's images and categories (msgspec), the chunk layout, then
+    :func:`read_member_files`. :meth:`members` gives them to ``main`` if its layout is
+    the same, raises a bad member file's error there, in its turn; anything else that
+    fails here is redone by ``main``, whose errors are the ones of the tool."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(daemon=True)
+        self.args, self.key, self.value, self.error = args, None, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            import msgspec
+            import numpy as np
+            read = _coco_results().read_member_columns
+            with open(self.args.ann, 'rb') as f:
+                ann = msgspec.json.decode(f.read(), type=Dict[str, Any])
+            images = ann['images']
+            cat_ids = sorted(c['id'] for c in ann['categories'])
+            img_ids = np.array(sorted(im['id'] for im in images), dtype=np.int64)
+            selected = shard_images(images, img_ids, parse_shard(self.args.shard))
+            self.key = (img_ids, selected, cat_ids)
+            layout = chunk_layout(img_ids, selected, self.args.chunk)
+        except Exception:  # noqa: BLE001 (main reads the annotation file and says what)
+            return
+        try:
+            self.value = read_member_files(self.args, images, cat_ids, layout, read)
+        except ValueError as e:  # a bad member file: raised by main, in its turn
+            self.error = e
+        except Exception:  # noqa: BLE001 (main reads the files again)
+            self.key = None
+
+    def members(self, img_ids, selected, cat_ids) -> Optional[list]:
+        """The members read here, if they were read for this layout (else None)."""
+        self.join()
+        if self.key is None or not (np.array_equal(self.key[0], img_ids) and np.array_equal(
+                self.key[1], selected) and self.key[2] == list(cat_ids)):
+            return None
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def start_prefetch(argv: Optional[List[str]]) -> Optional[Prefetch]:
+    """A :class:`Prefetch` for the command line ``argv`` (a fixed rule; None otherwise, or
+    when a file is missing: main says so)."""
+    try:
+        args = parse_args(argv)
+    except SystemExit:
+        return None  # argparse's error (or --help): main prints it
+    if args.method not in FIXED or not all(osp.isfile(f) for f in [args.ann, *args.preds]):
+        return None
+    return Prefetch(args)
+
+
+# Before torch & co. are imported: the prefetch reads while they are.
+PREFETCH = start_prefetch(sys.argv[1:]) if __name__ == '__main__' else None
+
 # What every method needs (torch, pycocotools, no OpenMMLab package): the fixed rules run
 # on these alone, and a trained ensemble imports mmdet & co. in load_ensemble().
 import numpy as np  # noqa: E402
@@ -241,33 +371,26 @@ class ChunkPlan:
 
     def __init__(self, img_ids: np.ndarray, selected: np.ndarray, chunk: int) -> None:
         self.img_ids, self.selected, self.chunk = img_ids, selected, chunk
-        self.n_chunks = -(-len(selected) // chunk)
-        self.chunk_of = np.full(len(img_ids), -1, dtype=np.int32)  # -1: not selected
-        self.chunk_of[selected] = np.arange(len(selected)) // chunk
-        self.local = np.zeros(len(img_ids), dtype=np.int64)  # image in its chunk
-        self.local[selected] = np.arange(len(selected)) % chunk
+        self.layout = chunk_layout(img_ids, selected, chunk)
+        self.chunk_of, self.local, self.n_chunks = self.layout
         self.data: Optional[Members] = None
+        self.prefetched = False  # read while the modules were imported
 
-    def read(self, args: argparse.Namespace, coco, cat_ids) -> Members:
-        """Every member file decoded and validated a block at a time, ``--workers`` files
-        at once (the decoder and numpy release the GIL), the images of other shards left
-        out; a bad file raises its error in file order."""
-        sizes = {im['id']: (im['width'], im['height']) for im in coco.dataset['images']}
+    def read(self, args: argparse.Namespace, coco, cat_ids,
+             prefetch: Optional[Prefetch] = None) -> Members:
+        """The member files (:func:`read_member_files`), or the prefetch's."""
         cat_ids = list(cat_ids) if cat_ids is not None else sorted(coco.getCatIds())
         names = member_names(args)
-        with ThreadPoolExecutor(max(1, min(args.workers, len(names)))) as pool:
-            jobs = [pool.submit(read_member_columns, f, n, sizes, cat_ids, args.repair,
-                                (self.chunk_of, self.n_chunks))
-                    for f, n in zip(args.preds, names)]
-            try:
-                members = [job.result() for job in jobs]
-            except ValueError:
-                for job in jobs:
-                    job.cancel()
-                raise
+        images = coco.dataset['images']
+        members = prefetch.members(self.img_ids, self.selected, cat_ids) if prefetch else None
+        self.prefetched = members is not None
+        if members is None:
+            members = read_member_files(args, images, cat_ids, self.layout,
+                                        read_member_columns)
         for m in members:
             if m.report:
                 print(f"member '{m.name}': repaired {m.report}")
+        sizes = {im['id']: (im['width'], im['height']) for im in images}
         wh = np.array([sizes[i] for i in self.img_ids.tolist()], dtype=np.float32)
         label_of = index_in(np.unique(np.asarray(cat_ids, dtype=np.int64)), cat_ids)
         self.data = Members(names, members, self.img_ids, wh.reshape(-1, 2), cat_ids,
@@ -292,16 +415,6 @@ class ChunkPlan:
         return part, self.data.img_ids[images]
 
 
-def shard_images(coco, img_ids: np.ndarray, shard: Optional[Tuple[int, int]]) -> np.ndarray:
-    """The positions (in ``img_ids``, sorted) of the images to fuse, in that order: all,
-    or ``--shard I/N``'s, whose index in the annotation file's image order is I modulo N."""
-    if shard is None:
-        return np.arange(len(img_ids))
-    i, n = shard
-    in_file_order = np.searchsorted(img_ids, [im['id'] for im in coco.dataset['images']])
-    return np.sort(in_file_order[i::n])
-
-
 _JOB: dict = {}  # the model and the plan, for :func:`fuse_chunk` (forked workers inherit it)
 
 
@@ -323,13 +436,6 @@ def fuse_chunk(c: int) -> tuple:
     sel = None if sel is None else sel[:, job['remap'].to(sel.device)].float().cpu()
     text = results_text(*fused) if job['write'] and len(fused.score) else None
     return (fused if job['keep'] else None), len(fused.score), text, seconds, sel
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    if hasattr(os, 'sched_getaffinity'):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _fuse_worker(conn, first: int, step: int) -> None:
@@ -470,8 +576,10 @@ def main(argv=None) -> None:
     t_model = time.perf_counter() - t0
     t0 = time.perf_counter()
     img_ids = np.array(sorted(im['id'] for im in coco.dataset['images']), dtype=np.int64)
-    plan = ChunkPlan(img_ids, shard_images(coco, img_ids, args.shard), args.chunk)
-    data = plan.read(args, coco, cat_ids)
+    images = coco.dataset['images']
+    plan = ChunkPlan(img_ids, shard_images(images, img_ids, args.shard), args.chunk)
+    data = plan.read(args, coco, cat_ids, PREFETCH if argv is None and cat_ids is None
+                     else None)
     if any(m.has_masks for m in data.members):  # seen by the decoder: no scan of box files
         from mask_path import files_with_masks, fuse_masks  # noqa: E402 (torch imported)
         if files_with_masks(args):  # members with instance masks: their path (mask_path.py)
@@ -502,7 +610,8 @@ def main(argv=None) -> None:
     start = T_START if argv is None else t_main  # in process (tests), the imports are old
     if argv is None:
         phases = {'start-up': T_IMPORTED - T_START, **phases}
-    print('seconds: ' + ', '.join(f'{k} {v:.2f}' for k, v in phases.items())
+    note = dict(read=' (prefetched)' if plan.prefetched else '')
+    print('seconds: ' + ', '.join(f'{k} {v:.2f}{note.get(k, "")}' for k, v in phases.items())
           + f', total {time.perf_counter() - start:.2f}')
 
 
