@@ -246,10 +246,15 @@ class Prefetch(threading.Thread):
             import msgspec
             import numpy as np
             read = _coco_results().read_member_columns
+
+            class ImagesAndCategories(msgspec.Struct):  # the annotations parsed over
+                images: List[Dict[str, Any]]
+                categories: List[Dict[str, Any]]
+
             with open(self.args.ann, 'rb') as f:
-                ann = msgspec.json.decode(f.read(), type=Dict[str, Any])
-            images = ann['images']
-            cat_ids = sorted(c['id'] for c in ann['categories'])
+                ann = msgspec.json.decode(f.read(), type=ImagesAndCategories)
+            images = ann.images
+            cat_ids = sorted(c['id'] for c in ann.categories)
             img_ids = np.array(sorted(im['id'] for im in images), dtype=np.int64)
             selected = shard_images(images, img_ids, parse_shard(self.args.shard))
             self.key = (img_ids, selected, cat_ids)
