@@ -95,11 +95,10 @@ class FusionSearchHook(Hook):
         if not 0 <= confidence <= 1:
             raise ValueError(f'FusionSearchHook: confidence must be in [0, 1], got '
                              f'{confidence!r}')
-        evaluator = functools.partial(fused_aps, num_bootstrap=int(num_bootstrap),
-                                      seed=int(seed))
-        self.search = FusionSearch(evaluator, tuple(float(v) for v in iou_thrs),
+        self.search = FusionSearch(functools.partial(fused_aps, seed=int(seed)),
+                                   tuple(float(v) for v in iou_thrs),
                                    tuple(float(v) for v in skip_box_thrs), tuple(conf_types),
-                                   num_folds, int(seed), float(confidence))
+                                   num_folds, int(seed), int(num_bootstrap), float(confidence))
 
     def before_train(self, runner) -> None:
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model

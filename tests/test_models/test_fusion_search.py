@@ -94,13 +94,13 @@ def test_search_scores_every_candidate_on_every_image_and_takes_the_best():
     model = detector(max_iter=10)
     seen = []
 
-    def evaluator(m, candidates, sizes, smp):  # the 6th candidate has the best AP
+    def evaluator(m, candidates, sizes, smp, num_bootstrap=0):  # the 6th is the best
         seen.append([sorted(set(c[3].tolist())) for c in candidates])
         return [0.9 if k == 5 else 0.1 for k in range(len(candidates))]
 
     # the model's values (0.55, 0.0, 'avg') come first: 2 x 1 x 3 candidates
     search = FusionSearch(evaluator, (0.55, 0.7), (0.0, ), ('avg', 'max', 'box_and_model_avg'),
-                          num_folds=2)
+                          num_folds=2, num_bootstrap=0)
     model.fusion_search = search
     model.train()
     clusters, _ = model.loss_inputs(packed, samples)  # searched, then the clusters
@@ -149,15 +149,19 @@ def test_search_keeps_the_config_values_unless_clearly_better():
     packed, samples = batch(num_images=4)
     model = detector(max_iter=5)
     model.set_fusion_cfg(0.6, 0.0, 'avg')
-    gains = {}
+    resampled = []
 
-    def evaluator(m, candidates, sizes, smp):  # [AP, 4 resamples]; candidate 0 = config
-        return [[0.5] * 5] + [[0.5 + gains.get(k, 0.0)] + [0.5 + gains.get(k, 0.0) * r
-                              for r in (1, 1, 1, -1)] for k in range(1, len(candidates))]
+    def evaluator(m, candidates, sizes, smp, num_bootstrap=0):  # candidate 0: the config
+        if not num_bootstrap:
+            return [0.5] + [0.6] * (len(candidates) - 1)
+        resampled.append((len(candidates), num_bootstrap))
+        return [[0.5] * 5, [0.6, 0.6, 0.6, 0.6, 0.4]]  # better in 3 of 4 resamples
 
-    search = FusionSearch(evaluator, (0.7, ), (0.0, ), ('avg', ), num_folds=2)
-    gains[1] = 0.1  # better in 3 of 4 resamples: below confidence 0.9, the config stays
+    search = FusionSearch(evaluator, (0.7, ), (0.0, ), ('avg', ), num_folds=2,
+                          num_bootstrap=4)
+    # better in 3 of 4 resamples: below confidence 0.9, the config's values stay
     assert search_fusion(model, packed, samples, search)[0]['iou_thr'] == 0.6
+    assert resampled == [(2, 4)]  # the config's values and the best, resampled
     table = search_fusion(model, packed, samples, search)[1]
     assert [c for c, _ in table] == [(0.6, 0.0, 'avg'), (0.7, 0.0, 'avg')]
     search = search._replace(confidence=0.75)

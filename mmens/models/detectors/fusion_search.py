@@ -21,11 +21,11 @@ from torch import Tensor
 from mmens.ops.packed import select_images
 from ..utils import cluster_targets
 
-#: ``(model, candidates, image_sizes, samples) -> [AP of each candidate]``: each candidate
-#: is a fused ``(boxes [K, 4] normalised, scores [K], labels [K], images [K])`` of all the
-#: images of ``image_sizes [B, 2]``, scored against the samples' ground truth; an AP is a
-#: float or ``[1 + S]``: the AP, then its AP on S bootstrap resamples of the images (the
-#: same resamples for every candidate)
+#: ``(model, candidates, image_sizes, samples, num_bootstrap=0) -> [AP of each candidate]``:
+#: each candidate is a fused ``(boxes [K, 4] normalised, scores [K], labels [K], images
+#: [K])`` of all the images of ``image_sizes [B, 2]``, scored against the samples' ground
+#: truth; with ``num_bootstrap`` an AP is ``[1 + num_bootstrap]``: the AP, then its AP on
+#: bootstrap resamples of the images (the same resamples for every candidate)
 FusionEvaluator = Callable[..., List[float]]
 
 #: the keys of a packed batch that are per box (what select_images splits)
@@ -43,10 +43,12 @@ class FusionSearch(NamedTuple):
             the first in grid order).
         num_folds (int): inner folds (at most the number of images).
         seed (int): seed of the inner split.
-        confidence (float): with bootstrap APs, the best candidate replaces the first
-            (the config's values) only if it beats it in at least this share of the
-            resamples; the AP surface is flat on small training sets, where the plain
-            maximum of many candidates chases noise (docs/experiments.md).
+        num_bootstrap (int): paired bootstrap resamples of the images (0: the plain
+            maximum).
+        confidence (float): the best candidate replaces the first (the config's values)
+            only if it beats it in at least this share of the resamples: the AP surface is
+            flat on small training sets, where the plain maximum of many candidates chases
+            noise (docs/experiments.md).
     """
     evaluator: FusionEvaluator
     iou_thrs: Sequence[float]
@@ -54,6 +56,7 @@ class FusionSearch(NamedTuple):
     conf_types: Sequence[str]
     num_folds: int = 4
     seed: int = 0
+    num_bootstrap: int = 100
     confidence: float = 0.9
 
 
@@ -167,10 +170,14 @@ def search_fusion(model, batch_inputs: dict, samples: Sequence, search: FusionSe
                     pooled[(iou_thr, skip, conf)].append(
                         (boxes, fused.to(boxes.dtype), cl.labels, held[cl.image_index]))
     fused = [tuple(torch.cat(col) for col in zip(*pooled[c])) for c in cands]
-    aps = np.stack([np.atleast_1d(np.asarray(a, dtype=np.float64))
-                    for a in search.evaluator(model, fused, sizes, samples)])  # [K, 1 + S]
-    best = int(np.argmax(aps[:, 0]))  # the first maximum
-    if aps.shape[1] > 1 and (aps[best, 1:] > aps[0, 1:]).mean() < search.confidence:
-        best = 0  # not clearly better than the config's values
+    aps = [float(np.atleast_1d(a)[0]) for a in search.evaluator(model, fused, sizes,
+                                                                  samples)]
+    best = int(np.argmax(aps))  # the first maximum
+    if best and search.num_bootstrap:  # resampled: the config's values and the best only
+        ref, top = (np.asarray(a, dtype=np.float64)[1:] for a in search.evaluator(
+            model, [fused[0], fused[best]], sizes, samples,
+            num_bootstrap=search.num_bootstrap))
+        if (top > ref).mean() < search.confidence:
+            best = 0  # not clearly better than the config's values
     return (dict(iou_thr=cands[best][0], skip_box_thr=cands[best][1],
-                 conf_type=cands[best][2]), list(zip(cands, aps[:, 0].tolist())))
+                 conf_type=cands[best][2]), list(zip(cands, aps)))
