@@ -7,9 +7,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
 from .coco_eval import METRIC_NAMES, CocoEvaluation, _ap
+from .fast_coco_ap import pool_tables, resample_aps
 
 
 def coco_segm_metrics(coco_gt: COCO, results: List[dict],
@@ -35,14 +36,18 @@ def coco_segm_metrics(coco_gt: COCO, results: List[dict],
 
 class SegmEvaluation(CocoEvaluation):
     """:class:`~mmens.evaluation.coco_eval.CocoEvaluation` of masks (``segm``):
-    ``COCOeval.evaluate()`` once, then :meth:`metrics` over any multiset of images
-    (pycocotools' ``accumulate``; no compiled AP for masks, so no ``ap_only``). The
-    entries' ``bbox`` is left out, as in :func:`coco_segm_metrics`."""
+    ``COCOeval.evaluate()`` once; :meth:`metrics` over any multiset of images, and
+    :meth:`ap` / ``bootstrap_aps`` (so :func:`~mmens.evaluation.coco_eval.paired_bootstrap`)
+    from the compiled accumulator of :mod:`.fast_coco_ap`, fed with pycocotools' own
+    matches of the masks (``evalImgs``). The entries' ``bbox`` is left out, as in
+    :func:`coco_segm_metrics`."""
 
     def __init__(self, coco_gt: COCO, results: List[dict],
                  img_ids: Optional[Sequence[int]] = None) -> None:
         self.img_ids = list(img_ids) if img_ids is not None else sorted(coco_gt.getImgIds())
         self.ap_only, self.empty = False, not results
+        self._source, self._pooled = None, None
+        self._params = Params(iouType='segm')
         if self.empty:
             return
         dts = [{k: v for k, v in r.items() if k != 'bbox'} for r in results]
@@ -53,19 +58,35 @@ class SegmEvaluation(CocoEvaluation):
         self._eval_imgs = self.E.evalImgs
         self._params = copy.deepcopy(self.E._paramsEval)
 
+    def _resample(self, samples: np.ndarray) -> np.ndarray:
+        if self.empty:
+            return np.zeros(len(samples))
+        if self._pooled is None:
+            self._pooled = pool_tables(_tables(self._eval_imgs, self._params))
+        return resample_aps(self._pooled, self._params.recThrs, samples)
 
-def segm_bootstrap(a: SegmEvaluation, b: SegmEvaluation, num_samples: int = 100,
-                   seed: int = 0, alpha: float = 0.05) -> Dict[str, float]:
-    """Paired bootstrap over images of mask ``AP(a) - AP(b)``, as
-    :func:`~mmens.evaluation.coco_eval.paired_bootstrap` (the same resamples of
-    ``RandomState(seed)``), with pycocotools' ``accumulate`` per resample."""
-    if a.img_ids != b.img_ids:
-        raise ValueError('segm_bootstrap: both evaluations must cover the same images')
-    n = len(a.img_ids)
-    rng = np.random.RandomState(seed)
-    samples = [rng.randint(0, n, n) for _ in range(num_samples)]
-    diffs = np.array([a.metrics(s)['AP'] - b.metrics(s)['AP'] for s in samples])
-    point = a.metrics()['AP'] - b.metrics()['AP']
-    lo, hi = np.percentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return dict(diff=float(point), lo=float(lo), hi=float(hi),
-                p_better=float((diffs > 0).mean()))
+
+def _tables(eval_imgs: list, params: Params) -> List[Optional[dict]]:
+    """:func:`~mmens.evaluation.fast_coco_ap.coco_ap_tables` from pycocotools'
+    ``evalImgs`` (area 'all', 100 detections): per category, each image's detections in
+    descending score, true and false positives per IoU threshold (a detection matched to
+    an ignored ground truth is neither), and the ground truths not ignored."""
+    n_area, n_img = len(params.areaRng), len(params.imgIds)
+    tables: List[Optional[dict]] = []
+    for k in range(len(params.catIds)):
+        ims = eval_imgs[k * n_area * n_img:k * n_area * n_img + n_img]  # area 'all' first
+        if all(e is None for e in ims):
+            tables.append(None)
+            continue
+        ims = [e or dict(dtScores=[], dtMatches=np.zeros((len(params.iouThrs), 0)),
+                         dtIgnore=np.zeros((len(params.iouThrs), 0), bool),
+                         gtIgnore=np.zeros(0)) for e in ims]
+        count = np.array([len(e['dtScores']) for e in ims], dtype=np.int64)
+        matched = np.concatenate([e['dtMatches'] for e in ims], 1) != 0  # [T, D]
+        ignored = np.concatenate([e['dtIgnore'] for e in ims], 1).astype(bool)
+        tables.append(dict(
+            scores=np.concatenate([np.asarray(e['dtScores'], np.float64) for e in ims]),
+            tp=matched & ~ignored, fp=~matched & ~ignored, start=np.cumsum(count) - count,
+            count=count, npig=np.array([int(np.count_nonzero(np.asarray(e['gtIgnore']) == 0))
+                                        for e in ims], dtype=np.int64)))
+    return tables

@@ -6,14 +6,16 @@
 Every file's entries carry ``segmentation`` (as ``fuse_results.py --out`` writes them for
 members with masks). Prints the mask AP of each file and, per member, the 95% interval of
 ``AP(fused) - AP(member)`` over bootstrap resamples of the images (the same resamples for
-every member: paired), with the share of resamples where the fusion wins.
+every member: paired; the compiled accumulator of ``mmens.evaluation.fast_coco_ap``), with
+the share of resamples where the fusion wins.
 """
 import argparse
 import json
 import os.path as osp
 
 from mmens.apis.member_files import load_coco
-from mmens.evaluation.segm_eval import SegmEvaluation, segm_bootstrap
+from mmens.evaluation.coco_eval import paired_bootstrap
+from mmens.evaluation.segm_eval import SegmEvaluation
 from mmens.utils.cli import run_cli
 from mmens.utils.paths import check_member_files
 
@@ -23,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--ann', required=True, help='COCO annotations with segmentation')
     p.add_argument('--fused', required=True, help='the fused COCO-results file (masks)')
     p.add_argument('--members', nargs='+', required=True, help='member files (masks)')
-    p.add_argument('--samples', type=int, default=100, help='bootstrap resamples')
+    p.add_argument('--samples', type=int, default=500, help='bootstrap resamples')
     p.add_argument('--seed', type=int, default=0)
     return p.parse_args(argv)
 
@@ -39,7 +41,7 @@ def main(argv=None) -> None:
     print(f"{osp.basename(args.fused):24}{fused.metrics()['AP']:9.4f}")
     for path in args.members:
         member = SegmEvaluation(coco, json.load(open(path)))
-        b = segm_bootstrap(fused, member, args.samples, args.seed)
+        b = paired_bootstrap(fused, member, args.samples, args.seed)
         print(f"{osp.basename(path):24}{member.metrics()['AP']:9.4f}"
               f"{b['diff']:+14.4f} [{b['lo']:+.4f}, {b['hi']:+.4f}]{b['p_better']:10.2f}")
 
