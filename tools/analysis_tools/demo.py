@@ -11,6 +11,10 @@ plots into the work dir.
 
     python tools/analysis_tools/demo.py --work-dir work_dirs/demo
 
+e2e-CEL's seconds per image are what it runs: its probe, the members it selects (every
+member in the k-mode, whose net reads them all) and its selection net. A second table sets
+each budget row against the best fixed subset within the same seconds (chosen on the training
+folds) and against the per-image oracles of ``cel_oracle.py``, the ceilings of any selector.
 The full e2e-CEL budget study (k = 1..5, both time budgets) is
 ``tools/analysis_tools/cel_budget.py``.
 """
@@ -25,8 +29,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
 import numpy as np
+import torch
 
-from cel_out_of_fold import cel_fold  # helper modules next to this tool
+from cel_budget import (choice_selection, feasible_by_setting, fuse_fixed,  # helper
+                        setting_rows, subset_baselines)  # modules next to this tool
+from cel_oracle import SubsetTables
+from cel_out_of_fold import cel_fold, fuse_selected
 from cross_val import fold_positions, runner_fold
 from fusion_baselines import (grid_wbf_out_of_fold, run_ensemble_boxes_wbf, run_fixed,
                               weight_grid)
@@ -40,10 +48,15 @@ from mmens.visualization import draw_examples, plot_ap_bars, plot_theta
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DATA = osp.join(ROOT, 'data', 'coco_real')
 REFERENCE = 'WBF, grid-searched weights'
-CEL_CONFIG = osp.join(ROOT, 'configs', 'cel', 'cel_budget-0.4s_6members_coco-real-val.py')
-#: the e2e-CEL rows: (table name, selector setting)
-CEL_ROWS = [('e2e-CEL, k = 3 members', dict(k=3)),
-            ('e2e-CEL, 0.4 s member budget', dict(budget=0.4))]
+#: the e2e-CEL rows: (table name, config in configs/cel, selector setting); a budget covers
+#: the probe, the selected members and the selection net
+CEL_ROWS = [('e2e-CEL, k = 3, accuracy mode (reads all 6)', 'cel_k3_6members_coco-real-val.py',
+             dict(k=3)),
+            ('e2e-CEL, 0.2 s budget', 'cel_small-budget-0.2s_6members_coco-real-val.py',
+             dict(budget=0.2)),
+            ('e2e-CEL, 0.4 s budget', 'cel_budget-0.4s_6members_coco-real-val.py',
+             dict(budget=0.4))]
+BUDGETS = [s['budget'] for _, _, s in CEL_ROWS if 'budget' in s]
 #: the learned rows: (table name, config); the first is the default
 LEARNED = [('learned WBF weights (default)', 'learned-weights_6members_coco-real-val.py'),
            ('Θ global (seed J)', 'learned_theta-global_6members_coco-real-val.py'),
@@ -100,15 +113,18 @@ def _init_worker(work_dir: str) -> None:
                                    'w', buffering=1, encoding='utf-8')
     quiet()
     register_all_modules()  # default scope 'mmens', as the configs'
-    _WORKER['coco'], _WORKER['batch'], _ = load_split('val')
+    _WORKER['coco'], _WORKER['batch'], _WORKER['seconds'] = load_split('val')
 
 
 def _run_job(job: tuple, work_dir: str, folds: list, num_folds: int, seed: int):
-    """One job: ('grid',), ('learned', name, config, k) or ('cel', name, setting, k)."""
+    """One job: ('grid',), ('subsets',), ('learned', name, config, k) or ('cel', name,
+    (config, setting), k)."""
     coco, batch = _WORKER['coco'], _WORKER['batch']
     if job[0] == 'grid':
         res, weights, sec = grid_wbf_out_of_fold(batch, coco, folds, weight_grid(batch.names))
         return dict(results=res, fit_s=sec / num_folds, weights=weights)
+    if job[0] == 'subsets':
+        return budget_baselines(batch, coco, folds, _WORKER['seconds'])
     kind, name, what, k = job
     if kind == 'learned' and what is None:
         out = theta_wbf_fold(batch, coco, folds, k, seed, osp.join(work_dir, 'runs', 'theta-wbf'))
@@ -118,17 +134,32 @@ def _run_job(job: tuple, work_dir: str, folds: list, num_folds: int, seed: int):
                                       osp.join(work_dir, 'runs', what[:-3]), k, num_folds,
                                       seed)
         return dict(results=res, fit_s=sec, theta=model.head.theta_table().tolist())
-    out = cel_fold(batch, CEL_CONFIG, what, folds, k,
+    out = cel_fold(batch, osp.join(ROOT, 'configs', 'cel', what[0]), what[1], folds, k,
                    osp.join(work_dir, 'runs', 'cel', name.split(', ')[1].replace(' ', '')),
                    seed, FUSION)
     return dict(results=out['results'], fit_s=out['fit_s'], selection=out['selection'],
-                test=folds[k][1])
+                cost=out['cost'], test=folds[k][1])
 
 
-def run_fits(pool, work_dir: str, folds: list, args, seconds: dict, names: list) -> dict:
-    """Every fitted method out of fold: results, fit seconds per fold, member seconds."""
+def budget_baselines(batch, coco, folds: list, seconds: dict) -> dict:
+    """Per budget: ``(method, selection [I, N], extra columns)`` of the best fixed subset
+    within the budget (chosen on the training folds) and of the two oracles."""
+    sec = np.array([seconds[n] for n in batch.names])
+    feasible = feasible_by_setting([dict(budget=b) for b in BUDGETS], len(sec), sec)
+    subsets = sorted({s for ok in feasible.values() for s in ok}, key=lambda s: (len(s), s))
+    tables = SubsetTables(coco, [fuse_fixed(batch, s, FUSION) for s in subsets],
+                          batch.img_ids)
+    return {b: [(method, choice_selection(choice, subsets, len(sec)), extra)
+                for method, choice, extra in subset_baselines(
+                    tables, subsets, feasible[f'{b:g} s'], folds)] for b in BUDGETS}
+
+
+def run_fits(pool, work_dir: str, folds: list, args, seconds: dict, names: list) -> tuple:
+    """Every fitted method out of fold (results, fit seconds per fold, seconds per image;
+    e2e-CEL also its selection and seconds per image), and :func:`budget_baselines`."""
     # the longest first, so that the two processes finish together
-    jobs = [('cel', name, setting, k) for name, setting in CEL_ROWS for k in range(args.folds)]
+    jobs = [('subsets', )] + [('cel', name, (cfg, setting), k) for name, cfg, setting in CEL_ROWS
+                              for k in range(args.folds)]
     jobs += [('grid', )] + [('learned', name, cfg, k) for name, cfg in LEARNED[::-1]
                             for k in range(args.folds)]
     done: dict = {}
@@ -139,8 +170,8 @@ def run_fits(pool, work_dir: str, folds: list, args, seconds: dict, names: list)
             i = futures[future]
             done[i] = future.result()
             job = jobs[i]
-            bar.step(REFERENCE if job[0] == 'grid' else f'{job[1]}, fold {job[3]}: '
-                     f"{done[i]['fit_s']:.1f} s")
+            bar.step({'grid': REFERENCE, 'subsets': 'fixed subsets and oracles'}.get(
+                job[0]) or f"{job[1]}, fold {job[3]}: {done[i]['fit_s']:.1f} s")
     done = {jobs[i][:2] + jobs[i][3:]: v for i, v in done.items()}  # (kind, name[, k])
     entries = {}
     all_s = sum(seconds.values())
@@ -151,15 +182,17 @@ def run_fits(pool, work_dir: str, folds: list, args, seconds: dict, names: list)
                              fit_s=float(np.mean([p['fit_s'] for p in parts])),
                              member_s=all_s,
                              theta=np.mean([p['theta'] for p in parts], 0).tolist())
-    cost = np.array([seconds[n] for n in names])
-    for name, setting in CEL_ROWS:
+    for name, _, _ in CEL_ROWS:
         parts = [done[('cel', name, k)] for k in range(args.folds)]
-        selection = np.concatenate([p['selection'] for p in parts])  # [I, N]
+        num_images = sum(len(p['test']) for p in parts)
+        selection = np.zeros((num_images, len(names)))  # [I, N], image order
+        cost = np.zeros(num_images)  # [I] seconds run per image
+        for p in parts:
+            selection[np.sort(p['test'])], cost[np.sort(p['test'])] = p['selection'], p['cost']
         entries[name] = dict(results=sum((p['results'] for p in parts), []),
                              fit_s=float(np.mean([p['fit_s'] for p in parts])),
-                             member_s=float((selection @ cost).mean()),
-                             members=float(selection.sum(1).mean()))
-    return entries
+                             member_s=float(cost.mean()), selection=selection, cost=cost)
+    return entries, done[('subsets', )]
 
 
 def main(argv=None) -> None:
@@ -200,16 +233,17 @@ def main(argv=None) -> None:
     ctx = get_context('spawn')  # a fresh interpreter: no torch threads copied by fork
     with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(wd, )) as pool:
-        fitted = run_fits(pool, wd, folds, args, seconds, batch.names)
+        fitted, baselines = run_fits(pool, wd, folds, args, seconds, batch.names)
         for name, e in fitted.items():
             e['kind'] = 'fixed' if name == REFERENCE else 'learned'
-        order = list(entries) + [REFERENCE] + [n for n, _ in LEARNED] + [n for n, _ in
+        order = list(entries) + [REFERENCE] + [n for n, _ in LEARNED] + [n for n, _, _ in
                                                                         CEL_ROWS]
         entries = {n: {**entries, **fitted}[n] for n in order}
         log(f'[4/4] COCO evaluation and paired bootstrap ({args.bootstrap} resamples)')
         rows = evaluate(pool, entries, args)
     table = write_report(rows, wd)
     log(table)
+    log(budget_table(entries, baselines, coco, batch, seconds, args, wd))
     write_outputs(entries, coco, batch, wd, args)
     log(f'wrote results.md, results.csv, fused/*.json and the plots to {wd} '
         f'({time.time() - t_start:.0f} s)')
@@ -241,6 +275,35 @@ def evaluate(pool, entries: dict, args) -> list:
     return [dict(method=name, kind=e['kind'], ci=out[name][1], ms=e.get('ms'),
                  fit_s=e.get('fit_s'), member_s=e['member_s'], **out[name][0])
             for name, e in entries.items()]
+
+
+def budget_table(entries: dict, baselines: dict, coco, batch, seconds: dict, args,
+                 wd: str) -> str:
+    """e2e-CEL at each budget against the best fixed subset within the same seconds and
+    the two oracles; appended to ``results.md``, and returned as Markdown."""
+    sec = np.array([seconds[n] for n in batch.names])
+    rows = []
+    for name, _, setting in CEL_ROWS:
+        if 'budget' not in setting:
+            continue
+        e = entries[name]
+        methods = [('e2e-CEL', e['results'], e['selection'], e['cost'], None)]
+        for method, sel, extra in baselines[setting['budget']]:
+            methods.append((method, fuse_selected(batch, torch.as_tensor(
+                sel, dtype=torch.float32), **FUSION), sel, sel @ sec, extra))
+        rows += setting_rows(coco, batch.img_ids, f"{setting['budget']:g} s", methods,
+                             args.seed)
+    lines = ['| budget | method | AP | ΔAP vs best fixed subset [95% CI] | s / image: mean, '
+             'max (probe + members + net) | members fused / image |', '|---|---|---|---|---|---|']
+    for r in rows:
+        delta = (f"{100 * r['delta_vs_fixed']:+.1f} [{100 * r['ci_lo']:+.1f}, "
+                 f"{100 * r['ci_hi']:+.1f}]" if 'delta_vs_fixed' in r else '')
+        lines.append(f"| {r['setting']} | {r['method']} | {100 * r['AP']:.1f} | {delta} | "
+                     f"{r['seconds']:.3f}, {r['max_seconds']:.3f} | {r['members']:.2f} |")
+    table = '\n'.join(lines)
+    with open(osp.join(wd, 'results.md'), 'a', encoding='utf-8') as f:
+        f.write('\n' + table + '\n')
+    return table
 
 
 def write_outputs(entries: dict, coco, batch, wd: str, args) -> None:
