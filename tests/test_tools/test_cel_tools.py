@@ -18,9 +18,16 @@ FAST = ['train_cfg.steps=5', 'model.selector.num_samples=20']
 
 
 def train_in_process(argv):
-    """tools/train.py's ``train`` on ``argv``: the runner after training."""
+    """tools/train.py's ``train`` on ``argv``, on one thread as ``run`` gives the tools (the
+    sums then add up in the same order): the runner after training."""
+    import torch
     train = load_tool('fit_ensemble').load_train_tool()
-    return train.train(train.parse_args(argv))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train.train(train.parse_args(argv))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def subset_files(folder, num_images):
