@@ -39,6 +39,10 @@ def test_thresholds_are_saved_buffers_and_drive_the_fusion():
     other = detector()
     other.load_state_dict(state)
     assert other.fusion_cfg() == dict(iou_thr=0.7, skip_box_thr=0.3, conf_type='max')
+    old = {k: v for k, v in state.items() if not k.startswith('fusion_')}
+    older = detector()  # a checkpoint from before the buffers: the config's values
+    older.load_state_dict(old)
+    assert older.fusion_cfg() == dict(iou_thr=0.55, skip_box_thr=0.0, conf_type='avg')
     packed, _ = batch()
     other.eval()
     clusters = other.extract_feat(packed)

@@ -65,6 +65,14 @@ class EnsembleDetector(BaseEnsembleDetector):
         self.train_cfg = dict(dict(iou_thr=0.5), **(train_cfg or {}))
         self.fusion_search: Optional[FusionSearch] = None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint saved before the thresholds were buffers was trained and tested
+        # with its config's matching values: those are its thresholds
+        for name in ('fusion_iou_thr', 'fusion_skip_box_thr', 'fusion_conf_type',
+                     'fusion_searched'):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def fusion_cfg(self) -> dict:
         """WBF's ``iou_thr``, ``skip_box_thr`` and ``conf_type`` (Python values)."""
         return dict(iou_thr=float(self.fusion_iou_thr),
