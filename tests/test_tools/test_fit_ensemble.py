@@ -117,7 +117,6 @@ def test_fuse_results_and_the_runner_apply_thresholds_calibration_and_weights(
     from the fit's own."""
     import pickle
 
-    from mmdet.evaluation import DumpDetResults
     from mmengine.config import Config
 
     from mmens.apis import load_coco
@@ -149,12 +148,11 @@ def test_fuse_results_and_the_runner_apply_thresholds_calibration_and_weights(
     by_fuse = json.loads(outs['other'].read_text())
     assert by_fuse != json.loads(outs['fit'].read_text())
     register_all_modules()
+    dump = str(tmp_path / 'runner.pkl')
     cfg.merge_from_dict(dict(load_from=other, work_dir=str(tmp_path / 'runner'),
                              log_level='WARNING'))
-    runner = RUNNERS.build(cfg)
-    dump = str(tmp_path / 'runner.pkl')
-    runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=dump))
-    runner.test()
+    cfg.test_evaluator = dict(type='DumpDetResults', out_file_path=dump)  # no COCO eval
+    RUNNERS.build(cfg).test()
     preds = pickle.load(open(dump, 'rb'))
     coco = load_coco(fit['ann'])
     img_ids = [p['img_id'] for p in preds]
