@@ -410,6 +410,10 @@ void cluster_group(Greedy& g, Scratch& sc, i64 gi, i64 s, i64 e,
   i64 ncl = 0;
   for (i64 p = s; p < e; ++p) {
     const i64 j = lay.idx[p];
+    if (p + 3 < e) {  // boxes are visited by rank: fetch ahead of the misses
+      __builtin_prefetch(boxes + 4 * lay.idx[p + 3]);
+      __builtin_prefetch(ws + lay.idx[p + 3]);
+    }
     const double* b = boxes + 4 * j;
     const double area_b =
         std::max(b[2] - b[0], 0.0) * std::max(b[3] - b[1], 0.0);
@@ -485,6 +489,7 @@ struct OutKey {
   i64 first;
   i64 rank;
   i64 slot;
+  i64 group;
   bool operator<(const OutKey& o) const {
     if (score != o.score) return score < o.score;
     if (first != o.first) return first > o.first;
@@ -505,7 +510,8 @@ std::vector<i64> image_offsets(const Layout& lay, const std::vector<i64>& ncl,
   return off;
 }
 
-// Sorts each image's clusters and calls write(out_position, slot).
+// Sorts each image's clusters and calls write(out_position, slot, group,
+// image).
 template <typename Score, typename Write>
 void write_sorted(const Layout& lay, const std::vector<i64>& ncl,
                   const std::vector<i64>& off, i64 num_images, i64 work,
@@ -519,12 +525,22 @@ void write_sorted(const Layout& lay, const std::vector<i64>& ncl,
       for (i64 gi = lay.img_group[i]; gi < lay.img_group[i + 1]; ++gi)
         for (i64 c = 0; c < ncl[gi]; ++c) {
           const i64 slot = lay.gstart[gi] + c;
-          keys.push_back({desc_key(score(slot, gi)), lay.gfirst[gi], c, slot});
+          keys.push_back(
+              {desc_key(score(slot, gi)), lay.gfirst[gi], c, slot, gi});
         }
       std::sort(keys.begin(), keys.end());
-      for (size_t r = 0; r < keys.size(); ++r) write(off[i] + r, keys[r].slot);
+      for (size_t r = 0; r < keys.size(); ++r)
+        write(off[i] + r, keys[r].slot, keys[r].group, i);
     }
   }
+}
+
+// A packed box with the label of the cluster in slot of group gi: its
+// leader (class-agnostic groups mix labels), else any box of the group, the
+// group's first, one load per group rather than a chain of them per cluster.
+inline i64 group_box(const Layout& lay, const Greedy& g, i64 slot, i64 gi,
+                     bool class_agnostic) {
+  return class_agnostic ? lay.idx[g.leader[slot]] : lay.gfirst[gi];
 }
 
 // Output tensors of WBF / NMW: nout fused boxes, scores, labels, images.
@@ -539,12 +555,12 @@ struct FusedOut {
         images(at::empty({nout}, at::TensorOptions().dtype(at::kLong))),
         pb(boxes.data_ptr<double>()), ps(scores.data_ptr<double>()),
         pl(labels.data_ptr<i64>()), pi(images.data_ptr<i64>()) {}
-  // Row r: the box, the score, and the label and image of packed box lead.
-  void set(i64 r, const double* box, double score, i64 lead, const Dets& d) {
+  // Row r: the box, the score, the label and the image.
+  void set(i64 r, const double* box, double score, i64 label, i64 image) {
     for (int t = 0; t < 4; ++t) pb[4 * r + t] = box[t];
     ps[r] = score;
-    pl[r] = d.labels[lead];
-    pi[r] = d.images[lead];
+    pl[r] = label;
+    pi[r] = image;
   }
 };
 
@@ -592,8 +608,9 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
   write_sorted(
       lay, g.ncl, off, num_images, k,
       [&](i64 slot, i64) { return score[slot]; },
-      [&](i64 r, i64 slot) {
-        out.set(r, &g.ref[4 * slot], score[slot], lay.idx[g.leader[slot]], d);
+      [&](i64 r, i64 slot, i64 gi, i64 i) {
+        out.set(r, &g.ref[4 * slot], score[slot],
+                d.labels[group_box(lay, g, slot, gi, class_agnostic)], i);
         if (with_clusters) out_of_slot[slot] = r;
       });
   if (!with_clusters) return {out.boxes, out.scores, out.labels, out.images, bidx, bcl};
@@ -614,6 +631,7 @@ struct LeaderClusters {
   Dets d;
   Layout lay;
   Greedy g;
+  bool class_agnostic;
 };
 
 // The Python entry of a leader-clustering op: checks, clusters, then calls
@@ -631,7 +649,8 @@ std::vector<at::Tensor> leader_op(const at::Tensor& boxes_t,
   Layout lay = build_layout(d.labels, d.images, d.keep, d.scores, d.m,
                             num_images, class_agnostic);
   Greedy g = run_greedy(lay, d.boxes, d.scores, nullptr, nullptr, iou_thr);
-  return Op(LeaderClusters{d, std::move(lay), std::move(g)}, num_images);
+  return Op(LeaderClusters{d, std::move(lay), std::move(g), class_agnostic},
+            num_images);
 }
 
 // NMW: clusters matched against their first box; the fused box is the mean
@@ -669,9 +688,11 @@ std::vector<at::Tensor> nmw(const LeaderClusters& lc, i64 num_images) {
     return f32(ws[lay.idx[g.leader[slot]]]);
   };
   write_sorted(lay, g.ncl, off, num_images, k, lead_score,
-               [&](i64 r, i64 slot) {
+               [&](i64 r, i64 slot, i64 gi, i64 i) {
                  out.set(r, &fused[4 * slot], lead_score(slot, 0),
-                         lay.idx[g.leader[slot]], d);
+                         d.labels[group_box(lay, g, slot, gi,
+                                            lc.class_agnostic)],
+                         i);
                });
   return {out.boxes, out.scores, out.labels, out.images};
 }
