@@ -84,3 +84,20 @@ def test_rejects_bad_arguments():
         bf.parse_args(['--sizes', '300', '1000', '--size-images', '1', '2', '3'])
     with pytest.raises(SystemExit):
         bf.parse_args(['--images', '0'])
+
+
+def test_cpu_clock_at_one_thread_only(capsys):
+    bf = _tool()
+    for bad in (['--clock', 'cpu'], ['--clock', 'cpu', '--threads', '1', '2']):
+        with pytest.raises(SystemExit):
+            bf.parse_args(bad)
+    _, timing = _parts()[2:]
+    try:
+        bf.main(['--images', '4', '--sizes', '--coco-images', '0', '--methods', 'wbf',
+                 '--repeat', '1', '--threads', '1', '--clock', 'cpu'])
+        assert timing._clock['now'] is timing.CLOCKS['cpu']
+    finally:
+        timing.set_clock('wall')
+    out = capsys.readouterr().out
+    assert "times are the process' CPU time (--clock cpu)" in out
+    assert out.rstrip().endswith('all outputs equal')

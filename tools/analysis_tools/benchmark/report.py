@@ -114,6 +114,11 @@ def cpu_name() -> str:
     return f'{name or "CPU"} × {os.cpu_count()} cores'
 
 
+def _clock_note(args) -> str:
+    return ('the process\' CPU time (--clock cpu)' if getattr(args, 'clock', 'wall') == 'cpu'
+            else 'wall time')
+
+
 def _intro(args, argv, wall: float) -> List[str]:
     """The command and the conditions of the run, above the tables."""
     make = not (sys.argv[1:] if argv is None else argv)
@@ -124,8 +129,8 @@ def _intro(args, argv, wall: float) -> List[str]:
         'single-threaded) against mmens batched over all images in one call (list API, '
         'packing included; packed API: input already packed); speed-up = ensemble-boxes '
         'ms/image / mmens list API ms/image; outputs compared with ensemble-boxes on the '
-        f'images shown. {revision()}, torch {torch.__version__}, {cpu_name()}, device '
-        f'{args.device}, {backend_note(args.device)}; load average {args.load_avg} at the '
+        f'images shown; times are {_clock_note(args)}. {revision()}, torch '
+        f'{torch.__version__}, {cpu_name()}, device {args.device}, {backend_note(args.device)}; load average {args.load_avg} at the '
         f'start, {load_average()} at the end (a busy machine slows the all-threads runs '
         f'most); wall time {wall / 60:.1f} min.', '']
 
