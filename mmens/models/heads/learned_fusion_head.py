@@ -50,7 +50,8 @@ class LearnedFusionHead(BaseModule):
         init_theta (float): initial θ (all members equal; not ``'wbf'``).
         anchor_weights (list[float], optional): ``'wbf'``: the matching weights and Θ's
             start and shrinkage target (normalised to ΣΘ = 1; default equal).
-        shrink (float): ``'wbf'``: λ of ``λ/2 Σ_i (log θ_i − log θ0_i)²``.
+        shrink (float): ``'wbf'``: λ of ``λ/2 Σ_i (log θ_i − log θ0_i)²`` (default: the
+            value inner CV chose most often, docs/experiments.md).
         conf_type (str): ``'wbf'``: WBF's ``conf_type`` (that of the model's matching).
     """
 
@@ -66,7 +67,7 @@ class LearnedFusionHead(BaseModule):
                  loss_cls: float = 1.0,
                  init_theta: Optional[float] = None,
                  anchor_weights: Optional[Sequence[float]] = None,
-                 shrink: float = 1.0,
+                 shrink: float = 0.01,
                  conf_type: str = 'avg',
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
