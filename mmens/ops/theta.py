@@ -2,8 +2,8 @@
 
 Shapes: C clusters, N members. ``y_hat`` is ``Tensor[C, N, 5]`` (x1, y1, x2, y2,
 score; coords normalised), ``mask`` is ``Tensor[C, N]`` bool. Θ is either one
-shared ``Tensor[N]`` or per-cluster rows ``Tensor[C, N]`` (a per-class table
-gathered by label, or a net's output).
+shared ``Tensor[N]`` or per-cluster rows ``Tensor[C, N]`` (e.g. a net's output).
+:func:`wbf_theta_fuse` is Θ on the WBF form: WBF's own box and score with weights Θ.
 
 Parameterisations of Θ = f(φ) (:func:`theta_from_phi`):
 
