@@ -14,12 +14,11 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from mmens.datasets.coco_masks import masks_to_rles, read_member_masks
+from mmens.datasets.coco_masks import read_member_masks
 from mmens.evaluation.coco_eval import arrays_to_results, results_to_arrays
 from mmens.evaluation.fast_coco_ap import DetectionArrays
-from mmens.ops import PackedDetections, match_boxes
-from mmens.ops.masks import (MaskRuns, cluster_regions, fuse_cluster_masks,
-                             rle_encode_counts, runs_to_counts)
+from mmens.models.mask_fusion import encode_runs, fuse_packed_masks
+from mmens.ops.masks import MaskRuns
 from .inference import member_remap
 from .member_files import MemberBatch, member_results
 
@@ -34,50 +33,6 @@ def load_batch_masks(batch: MemberBatch, files: Sequence[str]) -> MaskRuns:
         sizes[i] = tuple(im)
     return MaskRuns.cat([read_member_masks(f, m.name, sizes, m.image_ids)
                          for f, m in zip(files, batch.members)])
-
-
-def encode_runs(runs: MaskRuns, heights: torch.Tensor, widths: torch.Tensor) -> List[dict]:
-    """COCO ``segmentation`` RLE dicts of masks (``heights``, ``widths``: ``[J]``)."""
-    counts, offsets = runs_to_counts(runs, heights * widths)
-    texts = rle_encode_counts(counts.cpu().numpy(), offsets.cpu().numpy())
-    return masks_to_rles(texts, heights.tolist(), widths.tolist())
-
-
-@torch.no_grad()
-def fuse_packed_masks(model, part: Dict[str, torch.Tensor], runs: MaskRuns,
-                      mask_thr: float = 0.5, vote: bool = False, max_per_img: int = 100
-                      ) -> Tuple[tuple, List[dict]]:
-    """WBF with masks of a packed batch (``part``: ``bboxes`` pixels, ``scores``,
-    ``labels``, ``members`` in the model's order, ``images``, ``image_sizes``; ``runs``: a
-    mask per box), for any ``model`` with ``members``, ``weights`` and WBF's
-    ``fusion_cfg`` (``FixedEnsemble``, ``MaskFusionDetector``).
-
-    Returns:
-        tuple: ``(boxes [K, 4] pixels, scores [K], labels [K], images [K])`` by image, then
-        score (at most ``max_per_img`` per image), and ``K`` RLE ``segmentation`` dicts.
-    """
-    sizes = part['image_sizes']
-    dets = PackedDetections.from_batch_inputs(part, len(model.members))
-    cl = match_boxes(dets, weights=model.weights, **model.fusion_cfg)
-    images = cl.image_index  # [C] by image, then score descending
-    counts = torch.bincount(images, minlength=len(sizes))  # [B]
-    first = torch.cumsum(counts, 0) - counts  # [B]
-    rank = torch.arange(len(images), device=images.device) - first[images]  # [C]
-    kept = rank < max_per_img  # [C] WBF's top max_per_img per image, as fuse_results
-    new_id = torch.cumsum(kept.long(), 0) - 1
-    valid = cl.box_cluster >= 0  # [M]
-    box_cluster = torch.full_like(cl.box_cluster, -1)  # [M] kept cluster of each box
-    box_cluster[valid] = torch.where(kept[cl.box_cluster[valid]],
-                                     new_id[cl.box_cluster[valid]], -1)
-    images = images[kept]
-    wh = sizes[images]  # [K, 2]
-    boxes = cl.fused_boxes[kept] * wh.repeat(1, 2)  # [K, 4] pixels
-    regions = cluster_regions(part['bboxes'], box_cluster, len(images), wh, runs)
-    weights = part['scores'].double() * model.weights.double()[part['members']]  # WBF's
-    fused = fuse_cluster_masks(runs, box_cluster, weights, regions, wh[:, 1].long(),
-                               mask_thr=mask_thr, vote=vote)
-    rles = encode_runs(fused, wh[:, 1].long(), wh[:, 0].long())
-    return (boxes, cl.fused_scores[kept], cl.labels[kept], images), rles
 
 
 def fuse_masks_batch(model, batch: MemberBatch, runs: MaskRuns, chunk: int = 256,

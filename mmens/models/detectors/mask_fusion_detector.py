@@ -6,7 +6,7 @@ import torch
 from mmdet.structures import SampleList
 from mmengine.structures import InstanceData
 
-from mmens.apis.mask_fusion import fuse_packed_masks
+from mmens.models.mask_fusion import fuse_packed_masks
 from mmens.ops.masks import MaskRuns
 from mmens.registry import MODELS
 from .fusion_detector import FusionDetector
