@@ -32,18 +32,22 @@ __all__ = ['file_has_masks', 'read_member_masks', 'masks_to_rles']
 _KEY = b'"segmentation"'
 
 
-def file_has_masks(path: str) -> bool:
+def file_has_masks(path: str, scan: bool = False) -> bool:
     """Whether the first entry of the COCO-results file ``path`` carries
     ``"segmentation"``: a file's masks are all or none (:func:`read_member_masks` refuses
     an entry without), so the first entry decides. Only the bytes up to the first ``}``
     are scanned: an entry holds no other object than an RLE ``segmentation`` (whose key
     comes first), and no string of a results file holds a ``}``; a box-only member costs
-    microseconds, not a pass over the file."""
+    microseconds, not a pass over the file. ``scan=True`` (validation) also looks past a
+    first entry without masks, so that a file whose later entries carry them is read as a
+    mask file, and refused entry by entry, instead of losing its masks unsaid."""
     if not osp.isfile(path) or os.path.getsize(path) == 0:
         return False
     with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         end = m.find(b'}')
-        return m.find(_KEY, 0, end if end >= 0 else len(m)) >= 0
+        if m.find(_KEY, 0, end if end >= 0 else len(m)) >= 0:
+            return True
+        return scan and m.find(_KEY) >= 0
 
 
 class _RLE(msgspec.Struct, gc=False):

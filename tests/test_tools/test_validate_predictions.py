@@ -65,3 +65,19 @@ def test_mistakes_are_refused_before_any_file_is_read(tmp_path):
         with pytest.raises(ValueError, match=re.escape(msg)):
             main(args)
     assert not (tmp_path / 'out').exists()
+
+
+def test_masks_after_a_first_entry_without_are_not_lost(tmp_path):
+    """A file whose first entry has no ``segmentation`` but a later one has: read as a
+    mask file and refused at the first entry without, not validated as boxes only (and
+    with --repair, not rewritten without its masks)."""
+    main = load_tool('validate_predictions').main
+    entries = json.load(open(GOOD))[:5]
+    h, w = 10, 10
+    entries[2]['segmentation'] = {'size': [h, w], 'counts': [0, h * w]}
+    mixed = tmp_path / 'mixed.json'
+    mixed.write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"member 'mixed'.*entry 0"):
+        main(['--ann', ANN, '--preds', str(mixed)])
+    with pytest.raises(ValueError, match='carries masks'):
+        main(['--ann', ANN, '--preds', str(mixed), '--repair', '--out-dir', str(tmp_path / 'o')])

@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     sizes = {im['id']: (im['width'], im['height']) for im in coco.loadImgs(coco.getImgIds())}
     cat_ids = coco.getCatIds()
     for path in args.preds:
-        masks = file_has_masks(path)
+        masks = file_has_masks(path, scan=True)  # a mask anywhere makes it a mask file
         if masks and args.repair:  # a dropped entry would drop its mask, unsaid
             raise ValueError(f'{path} carries masks: --repair rewrites boxes only; fix the '
                              'file (each bad entry is named without --repair)')
