@@ -97,19 +97,19 @@ def load_test_tool():
     return mod
 
 
-def learned_checkpoint(path, phi, calibration='none'):
+def learned_checkpoint(path, phi, extra=None):
     """A learned-weights ensemble checkpoint over views 'plain' and 'flip' (as
     fit_ensemble.py writes: state_dict and the config in meta), its WBF thresholds
-    chosen as 0.65 / avg."""
+    chosen as 0.65 / avg; ``extra`` entries are added to its state_dict."""
     cfg = Config.fromfile(sorted(glob.glob(osp.join(ROOT, 'configs', 'learned', '*.py')))[0])
     cfg.model.members = ['plain', 'flip']
-    cfg.model.head.calibration = calibration
     with DefaultScope.overwrite_default_scope('mmens'):
         model = MODELS.build(cfg.model)
     with torch.no_grad():
         model.head.phi.copy_(torch.tensor(phi))
     model.set_fusion_cfg(0.65, 0.0, 'avg')
-    torch.save(dict(state_dict=model.state_dict(), meta=dict(cfg=cfg.pretty_text)), path)
+    state = dict(model.state_dict(), **(extra or {}))
+    torch.save(dict(state_dict=state, meta=dict(cfg=cfg.pretty_text)), path)
     return model.eval().head.member_weights().tolist()
 
 
@@ -135,8 +135,9 @@ def test_view_weights_from_a_learned_checkpoint(tmp_path):
     assert float(got) == pytest.approx(0.8 * weights[1] / sum(weights))
     with pytest.raises(ValueError, match=r"view_names \['mirror'\] are not among"):
         load_view_weights(path, ['mirror', 'plain'])
-    learned_checkpoint(path, [1.0, -1.0], calibration='platt')
-    with pytest.raises(ValueError, match="its head calibrates the scores"):
+    # a checkpoint of the deleted per-member calibration: refused, not fused uncalibrated
+    learned_checkpoint(path, [1.0, -1.0], extra={'head.cal_shift': torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"carries \['head.cal_shift'\]"):
         EnsembleTTAModel(Dummy(), weights_from=path)
 
 

@@ -1,4 +1,4 @@
-"""EnsembleDetector's fusion thresholds: buffers, calibrated matching, the inner-CV search
+"""EnsembleDetector's fusion thresholds: buffers, matching, the inner-CV search
 (mmens.models.detectors.fusion_search) and FusionSearchHook's fast COCO AP."""
 import pytest
 import torch
@@ -54,22 +54,15 @@ def test_thresholds_are_saved_buffers_and_drive_the_fusion():
                          matching=dict(conf_type='mean'))
 
 
-@pytest.mark.parametrize('calibration', ['none', 'platt'])
-def test_conf_type_scores_equal_wbf_of_each_conf_type(calibration):
+def test_conf_type_scores_equal_wbf_of_each_conf_type():
     packed, _ = batch()
-    model = detector(calibration=calibration)
+    model = detector()
     with torch.no_grad():
         model.head.phi.copy_(torch.tensor([0.3, -0.5, 1.2]))
-        if calibration == 'platt':
-            model.head.cal_log_slope.copy_(torch.tensor([0.5, -0.4, 0.1]))
-            model.head.cal_shift.copy_(torch.tensor([1.0, -0.5, 0.2]))
     model.eval()
-    scores = model.head.matching_scores(packed['scores'], packed['members'])
-    if calibration == 'platt':
-        assert not torch.allclose(scores, packed['scores'])
     avg = model.match(packed, model.head, 0.55, 0.1, 'avg')
-    got = conf_type_scores(avg, scores, packed['members'], model.head.matching_weights(),
-                           CONF_TYPES)
+    got = conf_type_scores(avg, packed['scores'], packed['members'],
+                           model.head.matching_weights(), CONF_TYPES)
     def by_first_box(c):  # clusters in the order of their first packed box
         kept = c.box_cluster >= 0
         first = torch.full((len(c.labels),), len(kept)).scatter_reduce_(

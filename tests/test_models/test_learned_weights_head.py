@@ -1,4 +1,5 @@
 """LearnedWeightsHead: the learned WBF weights favour the informative member."""
+import pytest
 import torch
 
 from mmens.models.heads import LearnedWeightsHead
@@ -67,33 +68,25 @@ def test_empty_and_all_ignored_are_finite():
     assert LearnedWeightsHead(num_members=2).loss_by_feat(clusters, targets)['loss_cls'] == 0
 
 
-def test_platt_calibration_starts_at_the_identity_and_keeps_each_members_order():
-    head = LearnedWeightsHead(num_members=2, calibration='platt').eval()
-    scores = torch.tensor([0.0, 0.05, 0.3, 0.9, 1.0, 0.2, 0.6])
-    members = torch.tensor([0, 0, 0, 0, 0, 1, 1])
-    assert torch.allclose(head.matching_scores(scores, members), scores, atol=1e-6)
-    with torch.no_grad():  # far outside the bounds: clamped, finite, still increasing
-        head.cal_log_slope.copy_(torch.tensor([50.0, -50.0]))
-        head.cal_shift.copy_(torch.tensor([30.0, -30.0]))
-    assert torch.equal(head.calibration_slope(), torch.tensor([1.0, -1.0]).exp())
-    assert torch.equal(head.calibration_shift(), torch.tensor([2.0, -2.0]))
-    out = head.matching_scores(scores, members)
-    assert bool(torch.isfinite(out).all()) and bool((out[1:5].diff() > 0).all())
-    assert out[2] == torch.sigmoid(torch.logit(torch.tensor(0.3)) * torch.e + 2.0)
-    head.train()  # the training clusters are matched on the raw scores
-    assert torch.equal(head.matching_scores(scores, members), scores)
-
-
-def test_fit_clusters_lowers_the_loss_and_none_has_no_calibration():
+def test_fit_clusters_lowers_the_loss():
     clusters, targets = make_clusters()
-    head = LearnedWeightsHead(num_members=2, calibration='platt', max_iter=30)
+    head = LearnedWeightsHead(num_members=2, max_iter=30)
     before = head.loss_by_feat(clusters, targets)['loss_cls'].item()
     head.fit_clusters(clusters, targets)
     assert head.loss_by_feat(clusters, targets)['loss_cls'].item() < before - 0.05
-    plain = LearnedWeightsHead(num_members=2)  # the default: no calibration
-    assert not hasattr(plain, 'cal_shift')
-    s = torch.tensor([0.2, 0.4])
-    assert torch.equal(plain.eval().matching_scores(s, torch.tensor([0, 1])), s)
-    import pytest
-    with pytest.raises(ValueError, match="calibration must be one of"):
-        LearnedWeightsHead(num_members=2, calibration='isotonic')
+
+
+def test_a_checkpoint_with_the_deleted_calibration_is_refused_in_one_line():
+    head = LearnedWeightsHead(num_members=2)
+    state = {'head.phi': torch.tensor([0.5, -0.5]), 'head.bias': torch.zeros(1),
+             'head.cal_log_slope': torch.zeros(2), 'head.cal_shift': torch.zeros(2)}
+    model = torch.nn.Module()
+    model.head = head
+    with pytest.raises(ValueError, match=r"carries \['head.cal_log_slope', 'head.cal_shift'\]"):
+        model.load_state_dict(state, strict=False)  # mmengine's load_checkpoint: not strict
+    assert torch.equal(head.phi.detach(), torch.zeros(2))  # nothing was loaded
+    del state['head.cal_log_slope'], state['head.cal_shift']
+    model.load_state_dict(state)
+    assert torch.equal(head.phi.detach(), torch.tensor([0.5, -0.5]))
+    with pytest.raises(TypeError, match='calibration'):  # the argument is gone too
+        LearnedWeightsHead(num_members=2, calibration='platt')

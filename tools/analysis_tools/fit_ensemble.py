@@ -259,7 +259,7 @@ def load_train_tool():
 
 def print_learned(ckpt: str) -> None:
     """Print what a learned fit chose, as the checkpoint holds it: the fusion thresholds
-    (inner CV), each member's WBF weight and score calibration."""
+    (inner CV) and each member's WBF weight."""
     from mmens.apis.inference import load_ensemble_checkpoint
     model = load_ensemble_checkpoint(ckpt)
     if not hasattr(model, 'fusion_cfg') or not hasattr(model.head, 'member_weights'):
@@ -269,14 +269,8 @@ def print_learned(ckpt: str) -> None:
           f"conf_type {cfg['conf_type']}"
           + (' (chosen by inner CV)' if bool(model.fusion_searched) else ''))
     weights = model.head.member_weights().tolist()
-    calibrated = getattr(model.head, 'calibration', 'none') != 'none'
-    if calibrated:
-        slope = model.head.calibration_slope().tolist()
-        shift = model.head.calibration_shift().tolist()
-    for i, name in enumerate(model.members):
-        cal = (f', score sigmoid({slope[i]:.2f} logit(s) {shift[i]:+.2f})' if calibrated
-               else '')
-        print(f'member {name}: weight {weights[i]:.2f}{cal}')
+    for name, weight in zip(model.members, weights):
+        print(f'member {name}: weight {weight:.2f}')
 
 
 def tune_fixed(args: argparse.Namespace, names: List[str]) -> None:

@@ -48,12 +48,7 @@ ROWS = [
         'soft_nms', [dict(sigma=s, thresh=t) for s in (0.05, 0.1, 0.3, 0.5, 1.0)
                      for t in (0.001, 0.01)])),
     ('learned WBF weights (previous default)', 'runner', (WEIGHTS, ANCHOR_OPTIONS)),
-    ('calibration alone', 'runner', (WEIGHTS, {'model.head.calibration': 'platt',
-                                               'custom_hooks': []})),
-    ('thresholds alone', 'runner', (WEIGHTS, {'model.head.calibration': 'none',
-                                              'custom_hooks': SEARCH})),
-    ('calibration + thresholds', 'runner', (WEIGHTS, {'model.head.calibration': 'platt',
-                                                      'custom_hooks': SEARCH})),
+    ('thresholds alone', 'runner', (WEIGHTS, {'custom_hooks': SEARCH})),
     ('Θ on the WBF form', 'theta_wbf', None),
     ('Θ global (seed form, reference)', 'runner', (THETA_GLOBAL, {'custom_hooks': []})),
 ]

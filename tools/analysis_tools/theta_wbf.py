@@ -1,10 +1,10 @@
 """Θ on the WBF form out of fold: anchor weights, ``shrink`` by inner cross-validation.
 
 For one outer fold: the anchor Θ0 are the learned WBF weights fitted on the fold's
-training images (``configs/learned/learned-weights_*``, calibration and threshold search
-off); ``shrink`` is chosen among :data:`SHRINK_GRID` by inner k-fold cross-validation on
-the same training images (fast COCO AP of the pooled inner held-out predictions; the
-anchor is the outer fold's, fitted on all its training images); then
+training images (``configs/learned/learned-weights_*``, threshold search off);
+``shrink`` is chosen among :data:`SHRINK_GRID` by inner k-fold cross-validation on the
+same training images (fast COCO AP of the pooled inner held-out predictions; the anchor
+is the outer fold's, fitted on all its training images); then
 ``configs/learned/learned_theta-wbf_*`` is trained through the Runner with both.
 
 A helper module of the report tools in tools/analysis_tools (not part of the installed
@@ -33,8 +33,8 @@ CONFIGS = osp.join(ROOT, 'configs', 'learned')
 THETA_WBF = osp.join(CONFIGS, 'learned_theta-wbf_6members_coco-real-val.py')
 WEIGHTS = osp.join(CONFIGS, 'learned-weights_6members_coco-real-val.py')
 THETA_GLOBAL = osp.join(CONFIGS, 'learned_theta-global_6members_coco-real-val.py')
-#: the anchor: learned WBF weights without calibration and threshold search
-ANCHOR_OPTIONS = {'model.head.calibration': 'none', 'custom_hooks': []}
+#: the anchor: learned WBF weights without the threshold search
+ANCHOR_OPTIONS = {'custom_hooks': []}
 #: λ of ``λ/2 ‖log Θ − log Θ0‖²`` searched by the inner cross-validation (log-spaced; the
 #: largest keeps Θ at the anchor to within 1e-3)
 SHRINK_GRID = (0.01, 0.1, 1.0, 10.0, 1000.0)

@@ -114,9 +114,8 @@ def learned_weights(names: List[str], work_dir: str, fold: int, folds: int, seed
     """The view weights the learned-weights ensemble learns on a fold's training images
     (the Runner, as tools/train.py and fit_ensemble.py), and its WBF thresholds: those of
     its threshold search (inner CV on the training images) with ``search``, else 0.55 /
-    avg. Scores stay raw (``calibration='none'``, what ``EnsembleTTAModel`` fuses)."""
+    avg."""
     options = {'model.members': names, 'train_dataloader.dataset.members': names,
-               'model.head.calibration': 'none',  # no theta plots either
                'custom_hooks': [dict(type='FusionSearchHook')] if search else []}
     cfg = fold_config(LEARNED, osp.join(work_dir, f'fold{fold}{"s" if search else ""}'),
                       dict(num_folds=folds, index=fold, seed=seed), options)

@@ -21,7 +21,7 @@ class EnsembleDetector(BaseEnsembleDetector):
 
     The members are frozen (their predictions are cached, or see the live variant): only
     the head learns. The matching is the WBF clustering of :func:`mmens.ops.match_boxes`,
-    with the head's learned member weights and, if it has them, its calibrated scores.
+    with the head's learned member weights.
 
     WBF's ``iou_thr``, ``skip_box_thr`` and ``conf_type`` are buffers (saved in
     checkpoints), set from ``matching`` or, when a :class:`FusionSearch` is set
@@ -89,16 +89,14 @@ class EnsembleDetector(BaseEnsembleDetector):
     def match(self, packed: dict, head, iou_thr: float, skip_box_thr: float,
               conf_type: str) -> Clusters:
         """The clusters of a packed batch (pixel boxes, ``image_sizes``) with ``head``'s
-        matching weights and scores: boxes whose raw score is below ``skip_box_thr`` are
-        left out (``box_cluster`` -1) in inference mode only (training sees every box)."""
+        matching weights: boxes whose score is below ``skip_box_thr`` are left out
+        (``box_cluster`` -1) in inference mode only (training sees every box)."""
         dets = PackedDetections.from_batch_inputs(packed, self.num_members)
         keep = None
         if skip_box_thr > 0 and not head.training:
             keep = torch.nonzero(dets.scores >= skip_box_thr).flatten()  # [M']
             dets = dets._replace(**{k: getattr(dets, k)[keep] for k in
                                     ('boxes', 'scores', 'labels', 'members', 'images')})
-        if hasattr(head, 'matching_scores'):
-            dets = dets._replace(scores=head.matching_scores(dets.scores, dets.members))
         clusters = match_boxes(dets, weights=head.matching_weights(), iou_thr=iou_thr,
                                skip_box_thr=0.0, conf_type=conf_type, **self.matching)
         if keep is not None:  # box_cluster indexes the boxes given

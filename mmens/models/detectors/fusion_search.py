@@ -3,7 +3,7 @@
 ensemble-boxes users tune these three in nested loops; a learned ensemble chooses them on
 its training images instead. The images are split into ``num_folds`` inner folds; for
 every ``iou_thr`` and inner fold, the head is fitted on the other folds' clusters (as the
-Runner fits it: equal matching weights, raw scores, every box) and fuses the held-out
+Runner fits it: equal matching weights, every box) and fuses the held-out
 fold with each ``(skip_box_thr, conf_type)``. The held-out outputs of all inner folds are
 pooled and scored at once by COCO AP: what an evaluator returns, e.g. the fast COCO AP
 that :class:`mmens.engine.FusionSearchHook` gives the model (models never import the
@@ -148,7 +148,7 @@ def search_fusion(model, batch_inputs: dict, samples: Sequence, search: FusionSe
              for c in search.conf_types]
     pooled: Dict[tuple, List[tuple]] = {c: [] for c in cands}
     for iou_thr in search.iou_thrs:
-        head = copy.deepcopy(model.head).train()  # equal weights, raw scores, every box
+        head = copy.deepcopy(model.head).train()  # equal weights, every box
         clusters = model.match(packed, head, iou_thr=iou_thr, skip_box_thr=0.0,
                                conf_type='avg')
         targets = cluster_targets(clusters, samples, sizes, model.train_cfg['iou_thr'])
@@ -159,12 +159,11 @@ def search_fusion(model, batch_inputs: dict, samples: Sequence, search: FusionSe
                 head.fit_clusters(*take_clusters(clusters, targets, train))
             head.eval()
             part = select_images(packed, held)
-            scores = head.matching_scores(part['scores'], part['members'])  # [M]
             for skip in search.skip_box_thrs:
                 cl = model.match(part, head, iou_thr=iou_thr, skip_box_thr=skip,
                                  conf_type='avg')
                 boxes, _ = head.predict_by_feat(cl)
-                per_conf = conf_type_scores(cl, scores, part['members'],
+                per_conf = conf_type_scores(cl, part['scores'], part['members'],
                                             head.matching_weights(), search.conf_types)
                 for conf, fused in zip(search.conf_types, per_conf):
                     pooled[(iou_thr, skip, conf)].append(

@@ -1,4 +1,4 @@
-"""Learned member weights and score calibration for WBF: the default learned fusion."""
+"""Learned member weights for WBF: the default learned fusion."""
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -6,54 +6,52 @@ from mmens.registry import MODELS
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from mmens.ops.calibration import platt_scores
 from mmens.ops.targets import TargetAssignment
 
-CALIBRATIONS = ('none', 'platt')
+#: parameters of the per-member Platt score calibration, deleted (below raw scores out of
+#: fold, docs/experiments.md): checkpoints that carry them are refused
+DELETED_CALIBRATION_KEYS = ('cal_log_slope', 'cal_shift')
 
 
 @MODELS.register_module()
 class LearnedWeightsHead(BaseModule):
-    """Learns the members' WBF weights, and optionally a score calibration per member,
-    from data instead of grid-searching weights.
+    """Learns the members' WBF weights from data instead of grid-searching them.
 
     On clusters matched with equal weights, the confidence of cluster c is modelled as
-    ``z_c = Σ_i θ_i S_ci + b`` with ``S_ci`` member i's summed (calibrated) score in c
-    (``counts_ci · g_i(mean score)``: exact when the member has one box in c, the common
-    case), ``g_i`` the identity or, with ``calibration='platt'``,
-    ``g_i(s) = sigmoid(a_i logit(s) + β_i)`` (:mod:`mmens.ops.calibration`;
-    ``a_i = exp(α_i) > 0`` keeps each member's ranking) and ``θ = softplus(φ) > 0``, trained
+    ``z_c = Σ_i θ_i S_ci + b`` with ``S_ci`` member i's summed raw score in c
+    (``counts_ci · mean score``: exact when the member has one box in c, the common
+    case) and ``θ = softplus(φ) > 0``, trained
     with BCE against match / no-match at IoU 0.5 (``J_cls`` on the fused confidence;
     clusters that only overlap crowd boxes are left out). WBF's confidence is a weighted
-    mean of the same summed scores, so θ takes the role of hand-tuned WBF weights and g_i
-    puts every member on the scale of that confidence. At inference the members' scores
-    are calibrated first, then matched and fused by WBF with ``w = θ / mean(θ)``.
-    (Tying a detector's weight to its flip variant's, and shrinking the weights toward
-    equal ones, were both below this out of fold: docs/experiments.md.)
+    mean of the same summed scores, so θ takes the role of hand-tuned WBF weights. At
+    inference the members' raw scores are matched and fused by WBF with
+    ``w = θ / mean(θ)``. (Tying a detector's weight to its flip variant's, shrinking the
+    weights toward equal ones, and a per-member Platt map of the scores were all below
+    this out of fold: docs/experiments.md.)
 
     Args:
         num_members (int): N.
         num_classes (int): unused, accepted for config symmetry with LearnedFusionHead.
-        calibration (str): ``'none'`` (raw scores, the default: the Platt maps were
-            below it out of fold, docs/experiments.md) or ``'platt'``.
         max_iter (int): L-BFGS iterations of :meth:`fit_clusters` (the threshold search's
             inner fits; the Runner's fit takes its optimizer from the config).
     """
 
-    def __init__(self, num_members: int, num_classes: int = 80, calibration: str = 'none',
-                 max_iter: int = 100, init_cfg: Optional[dict] = None) -> None:
+    def __init__(self, num_members: int, num_classes: int = 80, max_iter: int = 100,
+                 init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if calibration not in CALIBRATIONS:
-            raise ValueError(f'LearnedWeightsHead: calibration must be one of '
-                             f'{CALIBRATIONS}, got {calibration!r}')
         self.num_members = num_members
-        self.calibration = calibration
         self.max_iter = max_iter
         self.phi = nn.Parameter(torch.zeros(num_members))  # θ = softplus(φ)
         self.bias = nn.Parameter(torch.zeros(1))
-        if calibration == 'platt':  # the identity map at the start
-            self.cal_log_slope = nn.Parameter(torch.zeros(num_members))  # α: a = exp(α)
-            self.cal_shift = nn.Parameter(torch.zeros(num_members))  # β
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # mmengine's load_checkpoint is not strict: without this refusal a calibrated
+        # checkpoint would load and fuse its raw scores, silently unlike its fit.
+        found = [prefix + k for k in DELETED_CALIBRATION_KEYS if prefix + k in state_dict]
+        if found:
+            raise ValueError(f'LearnedWeightsHead: the checkpoint carries {found}, a per-member '
+                             'score calibration since deleted (docs/experiments.md): refit it')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def theta(self) -> Tensor:
         """The fitted coefficients θ, ``Tensor[N]``."""
@@ -72,32 +70,6 @@ class LearnedWeightsHead(BaseModule):
             return torch.ones_like(self.phi).detach()
         return self.member_weights()
 
-    def calibrated(self, scores: Tensor, members: Tensor) -> Tensor:
-        """Each member's map ``g_i`` applied to ``scores [M]`` of ``members [M]``
-        (differentiable; the raw scores with ``calibration='none'``)."""
-        if self.calibration == 'none':
-            return scores
-        # Bounded maps: the BCE is flat along directions where g_i saturates (g_i ≈ 1 turns
-        # member i into a box count), and a saturated map ties the member's own boxes.
-        return platt_scores(scores, members, self.calibration_slope(),
-                            self.calibration_shift())
-
-    def calibration_slope(self) -> Tensor:
-        """``a = exp(α)``, ``Tensor[N]``, ``α`` clamped to ``[-1, 1]``."""
-        return self.cal_log_slope.clamp(-1.0, 1.0).exp()
-
-    def calibration_shift(self) -> Tensor:
-        """``β``, ``Tensor[N]``, clamped to ``[-2, 2]``."""
-        return self.cal_shift.clamp(-2.0, 2.0)
-
-    @torch.no_grad()
-    def matching_scores(self, scores: Tensor, members: Tensor) -> Tensor:
-        """The scores to match and fuse: raw while training (the clusters are fixed while
-        the calibration learns), calibrated otherwise."""
-        if self.training:
-            return scores
-        return self.calibrated(scores, members).to(scores.dtype)
-
     def forward(self, clusters) -> Tuple[Tensor, Tensor]:
         """WBF's fused boxes ``[C, 4]`` and scores ``[C]`` (clusters matched with the
         learned weights)."""
@@ -107,19 +79,15 @@ class LearnedWeightsHead(BaseModule):
         return self.loss_of_features(*self.features(clusters), targets)
 
     @staticmethod
-    def features(clusters) -> Tuple[Tensor, Tensor, Tensor]:
+    def features(clusters) -> Tuple[Tensor, Tensor]:
         """What the loss reads of the clusters, fixed while fitting: each member's mean
-        raw score ``[C, N]``, box count ``[C, N]`` (float) and index ``[C, N]``."""
-        c, n = clusters.counts.shape
-        members = torch.arange(n, device=clusters.counts.device).expand(c, n)  # [C, N]
-        return clusters.y_hat[..., 4], clusters.counts.to(clusters.y_hat.dtype), members
+        raw score ``[C, N]`` and box count ``[C, N]`` (float)."""
+        return clusters.y_hat[..., 4], clusters.counts.to(clusters.y_hat.dtype)
 
-    def loss_of_features(self, mean: Tensor, counts: Tensor, members: Tensor,
+    def loss_of_features(self, mean: Tensor, counts: Tensor,
                          targets: TargetAssignment) -> Dict[str, Tensor]:
         """The BCE of :meth:`loss_by_feat` from its :meth:`features`."""
-        c, n = mean.shape
-        cal = self.calibrated(mean.reshape(-1), members.reshape(-1)).view(c, n)  # [C, N]
-        summed = cal * counts  # [C, N], 0 where absent
+        summed = mean * counts  # [C, N], 0 where absent
         logit = summed @ self.theta().to(summed.dtype) + self.bias  # [C]
         weight = (~targets.ignored).to(logit.dtype)  # [C]
         bce = nn.functional.binary_cross_entropy_with_logits(

@@ -195,8 +195,7 @@ def load_view_weights(checkpoint: str, view_names: Optional[Sequence[str]] = Non
 
     The checkpoint (weights-only, :func:`mmens.utils.safe_torch_load`) carries its config;
     its model is built and loaded, and its head's ``member_weights()`` and the model's
-    ``fusion_cfg()`` are read. A checkpoint whose head calibrates the scores is refused
-    (the views' raw scores are fused).
+    ``fusion_cfg()`` are read.
 
     Args:
         checkpoint (str): path of the checkpoint.
@@ -226,10 +225,6 @@ def load_view_weights(checkpoint: str, view_names: Optional[Sequence[str]] = Non
     if missing or unexpected:
         raise ValueError(f'weights_from {checkpoint}: does not fit its own config (missing '
                          f'{missing[:3]}, unexpected {unexpected[:3]})')
-    if getattr(model.head, 'calibration', 'none') != 'none':
-        raise ValueError(f'weights_from {checkpoint}: its head calibrates the scores '
-                         f'(calibration={model.head.calibration!r}), which EnsembleTTAModel '
-                         "does not apply: fit it with model.head.calibration='none'")
     weights = model.eval().head.member_weights().tolist()
     thresholds = model.fusion_cfg()
     if view_names is None:
