@@ -23,8 +23,9 @@ The resolved config is written to ``<work-dir>/fit_ensemble_<method>.py`` and tr
 through ``tools/train.py``'s code path (mmengine's Runner). The checkpoint it writes
 drives ``fuse_results.py --method learned|cel --checkpoint`` on other (unlabelled) files.
 
-``--method learned`` also chooses WBF's ``iou_thr``, ``skip_box_thr`` and ``conf_type``
-by inner cross-validation (the config's ``FusionSearchHook``) and prints them with each
+``--method learned`` prints WBF's ``iou_thr``, ``skip_box_thr`` and ``conf_type`` (the
+config's; a ``--config`` whose ``custom_hooks`` add ``FusionSearchHook`` chooses them by
+inner cross-validation, which did not gain out of fold: docs/experiments.md) and each
 member's weight. The fixed rules ``--method wbf|nms|soft_nms`` train nothing: their
 settings (WBF's thresholds, NMS' ``iou_thr``, soft-NMS' ``sigma`` and ``thresh``) are the
 ones of :data:`FIXED_GRIDS` with the highest COCO AP on the labelled files, printed with
