@@ -183,7 +183,7 @@ def detector_rows(coco, det: str, args, work_dir: str) -> List[dict]:
             coco, batch, folds),
         'EnsembleTTAModel (WBF 0.55/avg, learned view weights)': learned_results(
             batch, folds, args, work_dir, search=False),
-        'EnsembleTTAModel (fit_ensemble default: learned view weights and thresholds)':
+        'EnsembleTTAModel (learned view weights, thresholds by FusionSearchHook)':
             learned_results(batch, folds, args, work_dir, search=True)}
     evals = {k: CocoEvaluation(coco, v[0]) for k, v in results.items()}
     rows = []
