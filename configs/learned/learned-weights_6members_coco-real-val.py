@@ -18,6 +18,6 @@ param_scheduler = []
 # WBF's iou_thr, skip_box_thr and conf_type stay model.matching's (0.55, 0, avg): over five
 # 5-fold partitions of val, choosing them by inner CV (custom_hooks FusionSearchHook) scored
 # 33.9 +- 0.6 AP against 34.2 +- 0.4 without (per-member Platt maps, 32.6 +- 0.9, were
-# deleted in 8cf97c2; docs/experiments.md, "Every row over five partitions"). The thresholds are saved in the
+# deleted in a3e9ab6; docs/experiments.md, "Every row over five partitions"). The thresholds are saved in the
 # checkpoint all the same, and fuse_results.py --checkpoint and tools/test.py apply them.
 custom_hooks = [dict(type='ThetaPlotHook')]

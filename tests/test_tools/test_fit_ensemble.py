@@ -77,7 +77,7 @@ def learned_fit(splits, tmp_path_factory):
 def test_learned_fit_then_fuse_results_on_the_test_split(splits, learned_fit, tmp_path):
     fit, test = splits['fit'], splits['test']
     proc, ckpt, work = learned_fit
-    # it printed the fusion thresholds (the config's: the default searches none, ce999f4)
+    # it printed the fusion thresholds (the config's: the default searches none, 1fa063d)
     # and each member's weight
     assert re.search(r'^fusion: iou_thr 0\.\d+, skip_box_thr [0-9.]+, conf_type \w+$',
                      proc.stdout, re.M), proc.stdout[-3000:]

@@ -28,7 +28,7 @@ CEL_FAST = ['model.selector.num_samples=20']
 # moves little in 3 or 6 Adam steps: its AP is the same after both.
 AP_WBF = 0.329
 AP_THETA = 0.355
-AP_DEFAULT = 0.344  # the config's thresholds (no search by default since ce999f4)
+AP_DEFAULT = 0.344  # the config's thresholds (no search by default since 1fa063d)
 
 
 def run(args, env_extra=None, timeout=600, drop=(), status=0):
