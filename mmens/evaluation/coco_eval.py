@@ -59,9 +59,14 @@ class CocoEvaluation:
         self._pooled: Optional[PooledTables] = None
         if ap_only or self.empty:
             return
+        self._evaluate(coco_gt, copy.deepcopy(results), 'bbox')
+
+    def _evaluate(self, coco_gt: COCO, results: List[dict], iou_type: str) -> None:
+        """``COCOeval.evaluate()`` of ``results`` (pycocotools' ``loadRes`` edits them in
+        place: callers pass a copy) over :attr:`img_ids`, quietly; keeps its per-image
+        matches and parameters, which :meth:`metrics` re-accumulates."""
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(copy.deepcopy(results))
-            self.E = COCOeval(coco_gt, coco_dt, 'bbox')
+            self.E = COCOeval(coco_gt, coco_gt.loadRes(results), iou_type)
             self.E.params.imgIds = self.img_ids
             self.E.evaluate()
         self._eval_imgs = self.E.evalImgs

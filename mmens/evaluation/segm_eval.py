@@ -1,7 +1,6 @@
 """Mask (``segm``) COCO AP of COCO-results entries that carry ``segmentation``, and its
 paired bootstrap over images."""
 import contextlib
-import copy
 import io
 from typing import Dict, List, Optional, Sequence
 
@@ -50,13 +49,8 @@ class SegmEvaluation(CocoEvaluation):
         self._params = Params(iouType='segm')
         if self.empty:
             return
-        dts = [{k: v for k, v in r.items() if k != 'bbox'} for r in results]
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.E = COCOeval(coco_gt, coco_gt.loadRes(dts), 'segm')
-            self.E.params.imgIds = self.img_ids
-            self.E.evaluate()
-        self._eval_imgs = self.E.evalImgs
-        self._params = copy.deepcopy(self.E._paramsEval)
+        self._evaluate(coco_gt, [{k: v for k, v in r.items() if k != 'bbox'} for r in results],
+                       'segm')
 
     def _resample(self, samples: np.ndarray) -> np.ndarray:
         if self.empty:
