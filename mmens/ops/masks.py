@@ -79,13 +79,6 @@ class MaskRuns(NamedTuple):
         return MaskRuns(torch.cat([p.starts for p in parts]),
                         torch.cat([p.ends for p in parts]), torch.cat(offsets))
 
-    def areas(self) -> Tensor:
-        """``[J]`` long: the pixels of each mask."""
-        mask_of = torch.repeat_interleave(torch.arange(len(self), device=self.offsets.device),
-                                          self.offsets.diff())
-        return torch.zeros(len(self), dtype=torch.long, device=self.offsets.device
-                           ).index_add_(0, mask_of, self.ends - self.starts)
-
 
 def runs_from_counts(counts: Tensor, offsets: Tensor) -> MaskRuns:
     """Masks from their RLE counts (alternating runs of zeros and ones, zeros first).
