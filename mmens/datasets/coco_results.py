@@ -241,8 +241,13 @@ def read_results_columns(path: str, name: Optional[str] = None) -> Columns:
         if not parts:
             parts = [_empty_columns(0)]
         return tuple(np.concatenate(c) for c in zip(*parts))
-    except NotPlainLayout:
-        pass  # no compiled decoder, or not its layout: msgspec, then the untyped path
+    except NotPlainLayout:  # no compiled decoder, or not its layout
+        return _read_whole(path, name)
+
+
+def _read_whole(path: str, name: str) -> Columns:
+    """:func:`read_results_columns` of a file outside the compiled decoder's layout:
+    msgspec (typed), then the untyped path, whose error names the first bad entry."""
     with _mapped_bytes(path, name) as raw:
         try:
             entries = _DECODER.decode(raw)
@@ -567,7 +572,7 @@ def read_member_columns(path: str, name: str, image_sizes: Mapping[int, Tuple[in
                                                                     fields=fields)]
     except NotPlainLayout:
         check = ColumnValidator(name, image_sizes, cat_ids, path, repair)
-        parts = [check.add(read_results_columns(path, name))]
+        parts = [check.add(_read_whole(path, name))]  # the compiled decoder already failed
         if _mentions(path, b'"segmentation"'):
             fields.add('segmentation')
     report = check.finish()
