@@ -25,6 +25,7 @@ from mmens.apis.inference import fuse_batch
 from mmens.apis.member_files import MemberBatch
 from mmens.datasets.ensemble_dataset import fold_image_ids
 from mmens.evaluation.coco_eval import CocoEvaluation
+from mmens.models.detectors.fusion_search import take_clusters
 from mmens.ops.targets import TargetAssignment, assign_targets
 from mmens.registry import MODELS
 
@@ -63,11 +64,9 @@ def coco_gt(coco: COCO, batch: MemberBatch) -> Tuple[torch.Tensor, ...]:
 
 def _subset(clusters, targets: TargetAssignment, keep: torch.Tensor):
     """The clusters (and targets) of the images ``keep`` ``[I]`` bool: matching and
-    targets are per image, so they are those of a run on these images alone."""
-    sel = keep[clusters.image_index]  # [C]
-    return (clusters._replace(**{f: getattr(clusters, f)[sel] for f in (
-        'y_hat', 'mask', 'labels', 'image_index', 'fused_boxes', 'fused_scores', 'counts')}),
-        TargetAssignment(*(t[sel] for t in targets)))
+    targets are per image, so they are those of a run on these images alone (as
+    :func:`take_clusters` gives them for a fit)."""
+    return take_clusters(clusters, targets, keep[clusters.image_index])
 
 
 def build_theta_wbf(config: str, anchor: Sequence[float], shrink: float):
