@@ -30,7 +30,7 @@ def _ragged(offsets: Tensor, index: Tensor) -> Tuple[Tensor, Tensor]:
     """Positions of the items of the ragged rows ``index`` (rows given by ``offsets
     [R + 1]``), concatenated, and the position in ``index`` that owns each."""
     lo, n = offsets[index], offsets[index + 1] - offsets[index]  # [J]
-    owner = torch.repeat_interleave(torch.arange(len(index), device=offsets.device), n)
+    owner = torch.repeat_interleave(n)
     first = torch.cumsum(n, 0) - n  # [J]
     pos = torch.arange(len(owner), device=offsets.device) - first[owner] + lo[owner]
     return pos, owner
@@ -88,7 +88,7 @@ def runs_from_counts(counts: Tensor, offsets: Tensor) -> MaskRuns:
         offsets (Tensor[J + 1]): long, mask ``j``'s counts are ``offsets[j]:offsets[j+1]``.
     """
     n = offsets.diff()  # [J]
-    mask_of = torch.repeat_interleave(torch.arange(len(n), device=counts.device), n)  # [V]
+    mask_of = torch.repeat_interleave(n)  # [V]
     total = torch.cumsum(counts, 0)  # [V]
     base = (total - counts)[offsets[:-1].clamp(max=max(len(counts) - 1, 0))]  # [J]
     ends = total - base[mask_of]  # [V] end of each run inside its mask
@@ -127,7 +127,7 @@ def runs_to_counts(runs: MaskRuns, areas: Tensor) -> Tuple[Tensor, Tensor]:
     """
     r = runs.offsets.diff()  # [J] runs per mask
     off = _offsets(2 * r + 1)  # [J + 1] each mask has 2 r + 1 counts
-    mask_of = torch.repeat_interleave(torch.arange(len(r), device=r.device), r)  # [R]
+    mask_of = torch.repeat_interleave(r)  # [R]
     local = torch.arange(len(runs.starts), device=r.device) - runs.offsets[:-1][mask_of]
     prev_end = torch.zeros_like(runs.ends)
     prev_end[1:] = runs.ends[:-1]
@@ -230,7 +230,7 @@ def mask_extents(runs: MaskRuns, heights: Tensor) -> Tensor:
     (``heights [J]``: its image's height); ``(inf, inf, -inf, -inf)`` for an empty mask."""
     dev = runs.offsets.device
     num = len(runs)
-    mask_of = torch.repeat_interleave(torch.arange(num, device=dev), runs.offsets.diff())
+    mask_of = torch.repeat_interleave(runs.offsets.diff())
     h = heights.to(dev)[mask_of]  # [R]
     cs, ce = runs.starts // h, (runs.ends - 1) // h  # [R] first and last column
     multi = ce > cs  # a run over several columns covers whole columns' rows
@@ -350,7 +350,7 @@ def _fuse_step(runs: MaskRuns, boxes: Tensor, cluster: Tensor, w: Tensor, region
     inside = e > s
     s, e, c, h, wr = s[inside], e[inside], c[inside], h[inside], w[owner][inside]
     col_s, col_e = s // h, (e - 1) // h  # [R] first and last column of each run
-    piece_of = torch.repeat_interleave(torch.arange(len(s), device=dev), col_e - col_s + 1)
+    piece_of = torch.repeat_interleave(col_e - col_s + 1)
     col = col_s[piece_of] + torch.arange(len(piece_of), device=dev) - (
         torch.cumsum(col_e - col_s + 1, 0) - (col_e - col_s + 1))[piece_of]  # [P]
     c, h = c[piece_of], h[piece_of]
