@@ -80,6 +80,17 @@ class MaskRuns(NamedTuple):
                         torch.cat([p.ends for p in parts]), torch.cat(offsets))
 
 
+def _joined_runs(starts: Tensor, ends: Tensor, mask_of: Tensor, num: int) -> MaskRuns:
+    """``num`` masks of the sorted runs ``starts, ends [R]`` of masks ``mask_of [R]``,
+    a run that starts where the one before it in the same mask ends merged into it."""
+    joined = torch.zeros_like(mask_of, dtype=torch.bool)
+    joined[1:] = (starts[1:] == ends[:-1]) & (mask_of[1:] == mask_of[:-1])
+    last = torch.ones_like(joined)
+    last[:-1] = ~joined[1:]
+    return MaskRuns(starts[~joined], ends[last],
+                    _offsets(torch.bincount(mask_of[~joined], minlength=num)))
+
+
 def runs_from_counts(counts: Tensor, offsets: Tensor) -> MaskRuns:
     """Masks from their RLE counts (alternating runs of zeros and ones, zeros first).
 
@@ -94,15 +105,8 @@ def runs_from_counts(counts: Tensor, offsets: Tensor) -> MaskRuns:
     ends = total - base[mask_of]  # [V] end of each run inside its mask
     pos = torch.arange(len(counts), device=counts.device) - offsets[:-1][mask_of]
     one = (pos % 2 == 1) & (counts > 0)  # [V] runs of ones that hold pixels
-    starts, ends, mask_of = (ends - counts)[one], ends[one], mask_of[one]
     # a zero-length run of zeros between two runs of ones merges them
-    joined = torch.zeros_like(one[one])
-    joined[1:] = (starts[1:] == ends[:-1]) & (mask_of[1:] == mask_of[:-1])
-    first = ~joined
-    last = torch.ones_like(first)
-    last[:-1] = first[1:]
-    return MaskRuns(starts[first], ends[last],
-                    _offsets(torch.bincount(mask_of[first], minlength=len(n))))
+    return _joined_runs((ends - counts)[one], ends[one], mask_of[one], len(n))
 
 
 def runs_from_bitmaps(masks: Tensor) -> MaskRuns:
@@ -376,11 +380,5 @@ def _fuse_step(runs: MaskRuns, boxes: Tensor, cluster: Tensor, w: Tensor, region
         local = i - buf_off[k]
         return (x0[k] + local // rows[k]) * heights[k] + y0[k] + local % rows[k]
 
-    starts, ends = to_image(up), to_image(down)
     # a run ending at the image's last row goes on at the next column's first row
-    joined = torch.zeros_like(k, dtype=torch.bool)
-    joined[1:] = (starts[1:] == ends[:-1]) & (k[1:] == k[:-1])
-    last = torch.ones_like(joined)
-    last[:-1] = ~joined[1:]
-    return MaskRuns(starts[~joined], ends[last],
-                    _offsets(torch.bincount(k[~joined], minlength=num)))
+    return _joined_runs(to_image(up), to_image(down), k, num)
