@@ -82,11 +82,6 @@ class MemberSelectionNet(BaseModule):
         self.mlp[2].bias.copy_(b)
         self.init_scores.copy_(b)
 
-    @property
-    def image_only(self) -> bool:
-        """True when the selection reads no member prediction (probes aside)."""
-        return not self.use_meta
-
     def forward(self, meta: Optional[Tensor] = None, img: Optional[Tensor] = None,
                 probe: Optional[Tensor] = None) -> Tensor:
         """Member scores.
