@@ -151,13 +151,6 @@ class CELDetector(BaseEnsembleDetector):
         """Seconds per image of the probes."""
         return float(self.member_seconds[self.probe_mask].sum())
 
-    def run_members(self, x: Tensor) -> Tensor:
-        """``[B, N]`` bool: the members run on each image of the selection ``x [B, N]``:
-        the probes and the selected, or every member for a net that reads them all."""
-        if self.selection_net.use_meta:
-            return torch.ones_like(x, dtype=torch.bool)
-        return (x > 0.5) | self.probe_mask
-
     def run_seconds(self, x: Tensor) -> Tensor:
         """``[B]``: each image's cost of the selection ``x [B, N]`` (0/1, or in [0, 1] for
         the expected cost): seconds of the members run plus ``selection_seconds``."""
