@@ -130,7 +130,8 @@ def _intro(args, argv, wall: float) -> List[str]:
         'packing included; packed API: input already packed); speed-up = ensemble-boxes '
         'ms/image / mmens list API ms/image; outputs compared with ensemble-boxes on the '
         f'images shown; times are {_clock_note(args)}. {revision()}, torch '
-        f'{torch.__version__}, {cpu_name()}, device {args.device}, {backend_note(args.device)}; load average {args.load_avg} at the '
+        f'{torch.__version__}, {cpu_name()}, device {args.device}, '
+        f'{backend_note(args.device)}; load average {args.load_avg} at the '
         f'start, {load_average()} at the end (a busy machine slows the all-threads runs '
         f'most); wall time {wall / 60:.1f} min.', '']
 
