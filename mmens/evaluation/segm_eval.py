@@ -1,14 +1,12 @@
 """Mask (``segm``) COCO AP of COCO-results entries that carry ``segmentation``, and its
 paired bootstrap over images."""
-import contextlib
-import io
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval, Params
+from pycocotools.cocoeval import Params
 
-from .coco_eval import METRIC_NAMES, CocoEvaluation, _ap
+from .coco_eval import CocoEvaluation
 from .fast_coco_ap import pool_tables, resample_aps
 
 
@@ -20,17 +18,7 @@ def coco_segm_metrics(coco_gt: COCO, results: List[dict],
     does for ``segm``, their ``bbox`` is left out, so that pycocotools takes each
     detection's area (the APs/APm/APl ranges) from its mask, not from its box.
     """
-    if not results:
-        return {k: 0.0 for k in METRIC_NAMES}
-    dts = [{k: v for k, v in r.items() if k != 'bbox'} for r in results]
-    with contextlib.redirect_stdout(io.StringIO()):
-        E = COCOeval(coco_gt, coco_gt.loadRes(dts), 'segm')
-        E.params.imgIds = list(img_ids) if img_ids is not None else sorted(coco_gt.getImgIds())
-        E.evaluate()
-        E.accumulate()
-    prec = E.eval['precision']
-    return dict(AP=_ap(prec), AP50=_ap(prec, 0), AP75=_ap(prec, 5),
-                APs=_ap(prec, area=1), APm=_ap(prec, area=2), APl=_ap(prec, area=3))
+    return SegmEvaluation(coco_gt, results, img_ids).metrics()
 
 
 class SegmEvaluation(CocoEvaluation):
