@@ -10,6 +10,7 @@ from mmens.ops.features import cluster_features, feature_names
 from mmens.ops.targets import TargetAssignment
 from mmens.ops.theta import (WBF_CONF_TYPES, j_cls, j_cons, j_reg, theta_from_phi,
                              theta_fuse, wbf_theta_fuse)
+from .learned_weights_head import fit_lbfgs
 
 THETA_MODES = ('global', 'conditional', 'wbf')
 
@@ -182,16 +183,7 @@ class LearnedFusionHead(BaseModule):
     def fit_clusters(self, clusters, targets: TargetAssignment, max_iter: int = 100) -> None:
         """Fit on fixed clusters by full-batch L-BFGS (strong Wolfe line search), as the
         Θ-on-WBF config's Runner fit does: for inner cross-validation of ``shrink``."""
-        opt = torch.optim.LBFGS(self.parameters(), lr=1.0, max_iter=max_iter,
-                                line_search_fn='strong_wolfe')
-
-        def closure():
-            opt.zero_grad()
-            loss = sum(self.loss_by_feat(clusters, targets).values())
-            loss.backward()
-            return loss
-        with torch.enable_grad():
-            opt.step(closure)
+        fit_lbfgs(self, lambda: sum(self.loss_by_feat(clusters, targets).values()), max_iter)
 
     def loss_by_feat(self, clusters, targets: TargetAssignment) -> Dict[str, Tensor]:
         """J terms averaged over clusters (``loss_reg`` over matched clusters only)."""

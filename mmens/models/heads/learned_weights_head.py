@@ -1,5 +1,5 @@
 """Learned member weights for WBF: the default learned fusion."""
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from mmens.registry import MODELS
@@ -11,6 +11,22 @@ from mmens.ops.targets import TargetAssignment
 #: parameters of the per-member Platt score calibration, deleted (below raw scores out of
 #: fold, docs/experiments.md): checkpoints that carry them are refused
 DELETED_CALIBRATION_KEYS = ('cal_log_slope', 'cal_shift')
+
+
+def fit_lbfgs(module: nn.Module, loss_fn: Callable[[], Tensor], max_iter: int) -> None:
+    """Minimise ``loss_fn()`` over ``module``'s parameters by full-batch L-BFGS
+    (``max_iter`` iterations, strong Wolfe line search), gradients on even under
+    ``torch.no_grad``: the heads' ``fit_clusters``."""
+    opt = torch.optim.LBFGS(module.parameters(), lr=1.0, max_iter=max_iter,
+                            line_search_fn='strong_wolfe')
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+    with torch.enable_grad():
+        opt.step(closure)
 
 
 @MODELS.register_module()
@@ -98,17 +114,9 @@ class LearnedWeightsHead(BaseModule):
         """Fit every parameter on fixed clusters by full-batch L-BFGS (``max_iter``
         iterations, strong Wolfe line search): the recommended config's fit, for the inner
         fits of a threshold search (:mod:`mmens.models.detectors.fusion_search`)."""
-        opt = torch.optim.LBFGS(self.parameters(), lr=1.0, max_iter=self.max_iter,
-                                line_search_fn='strong_wolfe')
         features = self.features(clusters)
-
-        def closure():
-            opt.zero_grad()
-            loss = self.loss_of_features(*features, targets)['loss_cls']
-            loss.backward()
-            return loss
-        with torch.enable_grad():
-            opt.step(closure)
+        fit_lbfgs(self, lambda: self.loss_of_features(*features, targets)['loss_cls'],
+                  self.max_iter)
 
     def predict_by_feat(self, clusters) -> Tuple[Tensor, Tensor]:
         return self(clusters)
