@@ -109,9 +109,9 @@ def read_member_masks(path: str, name: str, image_sizes: Mapping[int, Tuple[int,
         MaskRuns: ``M`` masks (CPU), each in its image's column-major pixel index.
     """
     entries = _decode(path, name, image_ids)
-    wh = np.array([image_sizes[int(i)] for i in np.unique(image_ids)], np.int64)
-    lookup = dict(zip(np.unique(image_ids).tolist(), wh.tolist()))
-    hw = np.array([lookup[i][::-1] for i in image_ids.tolist()], np.int64).reshape(-1, 2)
+    uniq, inv = np.unique(image_ids, return_inverse=True)
+    wh = np.array([image_sizes[i] for i in uniq.tolist()], np.int64).reshape(-1, 2)
+    hw = np.ascontiguousarray(wh[inv.reshape(-1), ::-1])  # [M, 2] (height, width)
 
     def fail(i: int, what: str) -> None:
         raise ValueError(f"member '{name}' ({path}): entry {i} (image_id "
