@@ -47,6 +47,7 @@ from typing import List, Optional
 from mmengine.config import Config
 
 from mmens.apis import load_coco, load_member_batch
+from mmens.ops.clustering import CONF_TYPES
 from mmens.utils.cli import run_cli
 from mmens.utils.paths import check_input_file, check_member_files, check_output_dir
 from mmens.utils.runner_args import add_runner_args, check_cfg_options, parse_runner_args
@@ -62,8 +63,7 @@ FIXED_GRIDS = dict(
     soft_nms=[dict(sigma=s, thresh=t) for s in (0.5, 0.05, 0.1, 0.3, 1.0)
               for t in (0.001, 0.01)],
     wbf=[dict(iou_thr=i, skip_box_thr=s, conf_type=c) for i in (0.55, 0.45, 0.65, 0.75)
-         for s in (0.0, 0.02) for c in ('avg', 'max', 'box_and_model_avg',
-                                        'absent_model_aware_avg')])
+         for s in (0.0, 0.02) for c in CONF_TYPES])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
