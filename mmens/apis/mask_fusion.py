@@ -28,9 +28,7 @@ __all__ = ['load_batch_masks', 'fuse_packed_masks', 'fuse_masks_batch', 'mask_re
 
 def load_batch_masks(batch: MemberBatch, files: Sequence[str]) -> MaskRuns:
     """The masks of every box of ``batch`` (read without repair), in its packed order."""
-    sizes = {}
-    for i, im in zip(batch.img_ids, batch.packed['image_sizes'].long().tolist()):
-        sizes[i] = tuple(im)
+    sizes = dict(zip(batch.img_ids, map(tuple, batch.packed['image_sizes'].long().tolist())))
     return MaskRuns.cat([read_member_masks(f, m.name, sizes, m.image_ids)
                          for f, m in zip(files, batch.members)])
 

@@ -102,8 +102,6 @@ def plot_selection_frequency(freq: Dict[str, Sequence[float]], members: Sequence
     return path
 
 
-
-
 def plot_pr_curves(curves: Dict[str, tuple], path: str, title: str = '') -> str:
     """Precision against recall, one line per result set: ``curves[name] = (recall [R],
     precision [R])`` (COCO's 101 recall points; precision in ``[0, 1]``)."""
