@@ -4,10 +4,11 @@
 
 Each file is checked for: valid JSON list, the four fields, finite boxes with positive size,
 scores in [0, 1], known image and category ids, and, in a file with ``segmentation``, a
-well-formed mask (RLE or polygons) of its image's size in every entry. Errors name the file, entry index, image id
-and field. With ``--repair`` the repairable problems are repaired (scores clipped, invalid
-entries dropped, boxes clipped to the image), the counts are printed, and with ``--out-dir``
-the repaired files are written there under the same names.
+well-formed mask (RLE or polygons) of its image's size in every entry. Errors name the
+file, entry index, image id and field. With ``--repair`` the repairable problems are
+repaired (scores clipped, invalid entries dropped, boxes clipped to the image), the counts
+are printed, and with ``--out-dir`` the repaired files are written there under the same
+names.
 """
 import argparse
 import json
