@@ -245,7 +245,10 @@ def test_selection_loss_deltas_equal_the_loss_with_one_image_moved(loss_cls):
 
 def test_cel_learns_per_image_selection_with_the_perturbed_loss_gradient():
     # (the anchor matters: without it the shared bias runs away first, every image picks
-    # the same member by a margin no perturbation flips, and the gradient is then 0)
+    # the same member by a margin no perturbation flips, and the gradient is then 0.
+    # From a cold start the gradient can also settle on member 2, mediocre everywhere:
+    # 3 of 8 initialisations do (seeds 0-7, 150 steps), which is why the shipped recipe
+    # warm-starts; the seed is pinned by conftest's autouse fixture.)
     clusters, targets, good = specialised_clusters()
     model = build(dict(k=1, l2_normalize=False, num_samples=100), members=['a', 'b', 'c'],
                   train_cfg=dict(selection_grad='perturbed_loss', loss_cls='rank', anchor=0.1))
@@ -253,7 +256,7 @@ def test_cel_learns_per_image_selection_with_the_perturbed_loss_gradient():
     meta = selection_features(clusters.y_hat, clusters.mask, clusters.counts,
                               clusters.image_index, 80)
     first = None
-    for _ in range(60):
+    for _ in range(150):
         opt.zero_grad()
         losses = model.loss_by_feat(clusters, targets, meta, None)
         assert losses['loss_select'].item() == 0.0
