@@ -207,11 +207,25 @@ def test_interrupted_cel_fit_resumes_from_its_last_step(tmp_path):
         [sys.executable, 'tools/train.py', CEL_DEFAULT, '--work-dir', work,
          '--cfg-options', *TINY, *CEL_FAST, 'train_cfg.steps=100000'],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:  # interrupt once it is stepping
-        if re.search(r'Epoch\(train\) +\[1\]\[ ?2/', line):
+    try:
+        for line in proc.stdout:  # interrupt once it is stepping
+            if re.search(r'Epoch\(train\) +\[1\]\[ ?2/', line):
+                break
+        # One Ctrl-C has been seen not to stop the fit once, in a loaded CI-like run (cause
+        # not found); as a user would, press it again rather than leave the fit running.
+        for _ in range(3):
             proc.send_signal(signal.SIGINT)
-            break
-    rest = proc.communicate(timeout=120)[0]
+            try:
+                rest = proc.communicate(timeout=40)[0]
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            pytest.fail('three SIGINTs did not stop tools/train.py')
+    finally:
+        if proc.poll() is None:  # never leave a 100000-step fit behind
+            proc.kill()
+            proc.communicate()
     assert proc.returncode != 0, rest[-2000:]
     saved = sorted(glob.glob(osp.join(work, 'iter_*.pth')))
     assert len(saved) == 1, rest[-3000:]
