@@ -426,6 +426,161 @@ PyObject* compact_block(PyObject*, PyObject* args) {
   return result;
 }
 
+// --- writing: format_results -------------------------------------------------------------
+// The text of COCO-results entries, as coco_results._results_chunk writes it with orjson:
+// integers in decimal; a float64 as the shortest digits that read back as the same value
+// (std::to_chars, the digits of orjson's ryu), laid out as orjson does: fixed notation
+// when the decimal point falls within 16 digits of the first one and the value is at
+// least 1e-5 ("100.0", "0.00001"), else scientific ("1e-6", "1.5e+300"); non-finite:
+// null. tests/test_datasets/test_results_writer.py compares the two on edge cases.
+
+// the largest text of one entry: 2 int64 (20 chars each), 5 doubles (at most 24 chars:
+// "-1.2345678901234567e-308") and the keys
+constexpr Py_ssize_t kEntryMax = 2 * 20 + 5 * 24 + 64;
+
+// Fixed notation of 1e-4 <= |v| < 1e15 with at most 9 decimals, when its digits are
+// certainly the shortest: the fewest decimals d at which round(|v| * 10^d) / 10^d reads
+// back as |v| (exact: an integer below 2^53 over an exact power of ten is the correctly
+// rounded parse of its text), trying both neighbours of the scaled value, and no other
+// d-decimal text reading back as |v| (else the closest one is std::to_chars' to find).
+// Returns nullptr when it cannot tell: the caller formats the general way.
+char* write_fixed(char* out, double v) {
+  static constexpr double kPow10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
+  const double a = std::fabs(v);
+  if (!(a >= 1e-4 && a < 1e15)) return nullptr;
+  for (int d = 0; d <= 9; ++d) {
+    const double scaled = a * kPow10[d];
+    if (scaled >= 9007199254740992.0) return nullptr;  // 2^53
+    const double lo = std::floor(scaled);
+    const bool lo_ok = lo / kPow10[d] == a, hi_ok = (lo + 1) / kPow10[d] == a;
+    if (!lo_ok && !hi_ok) continue;
+    if ((lo_ok && hi_ok) || (lo - 1) / kPow10[d] == a || (lo + 2) / kPow10[d] == a)
+      return nullptr;  // two texts of d decimals read back as v: the closest is wanted
+    const auto r = static_cast<int64_t>(lo_ok ? lo : lo + 1);
+    if (v < 0) *out++ = '-';
+    char digits[24];
+    const int n = static_cast<int>(std::to_chars(digits, digits + 24, r).ptr - digits);
+    if (n > d) {  // 12.34: the integer part, then the decimals (d == 0: ".0")
+      std::memcpy(out, digits, n - d);
+      out += n - d;
+      *out++ = '.';
+      if (d == 0) {
+        *out++ = '0';
+      } else {
+        std::memcpy(out, digits + n - d, d);
+        out += d;
+      }
+    } else {  // 0.001234
+      *out++ = '0';
+      *out++ = '.';
+      for (int i = n; i < d; ++i) *out++ = '0';
+      std::memcpy(out, digits, n);
+      out += n;
+    }
+    return out;
+  }
+  return nullptr;
+}
+
+char* write_double(char* out, double v) {
+  if (!std::isfinite(v)) {
+    std::memcpy(out, "null", 4);
+    return out + 4;
+  }
+  if (char* end = write_fixed(out, v)) return end;
+  char sci[40];
+  const auto res = std::to_chars(sci, sci + sizeof(sci), v, std::chars_format::scientific);
+  const char* p = sci;
+  if (*p == '-') *out++ = *p++;
+  char digits[20];  // the significant digits, without the point
+  int n = 0;
+  for (; p < res.ptr && *p != 'e'; ++p)
+    if (*p != '.') digits[n++] = *p;
+  int e10 = 0;  // the exponent after 'e' (sign, then digits): value = d1.d2d3... * 10^e10
+  std::from_chars(p + 1 + (p[1] == '+'), res.ptr, e10);
+  const int kk = e10 + 1;            // digits before the decimal point
+  if (n <= kk && kk <= 16) {         // 1234e7 -> 12340000000.0
+    std::memcpy(out, digits, n);
+    out += n;
+    for (int i = n; i < kk; ++i) *out++ = '0';
+    std::memcpy(out, ".0", 2);
+    return out + 2;
+  }
+  if (0 < kk && kk <= 16) {  // 1234e-2 -> 12.34
+    std::memcpy(out, digits, kk);
+    out += kk;
+    *out++ = '.';
+    std::memcpy(out, digits + kk, n - kk);
+    return out + (n - kk);
+  }
+  if (-5 < kk && kk <= 0) {  // 1234e-6 -> 0.001234
+    *out++ = '0';
+    *out++ = '.';
+    for (int i = kk; i < 0; ++i) *out++ = '0';
+    std::memcpy(out, digits, n);
+    return out + n;
+  }
+  *out++ = digits[0];  // 1e30, 1.234e33, 1e-7
+  if (n > 1) {
+    *out++ = '.';
+    std::memcpy(out, digits + 1, n - 1);
+    out += n - 1;
+  }
+  *out++ = 'e';
+  if (e10 >= 0) *out++ = '+';
+  return std::to_chars(out, out + 8, e10).ptr;
+}
+
+template <size_t N>
+inline char* put(char* out, const char (&text)[N]) {
+  std::memcpy(out, text, N - 1);
+  return out + N - 1;
+}
+
+char* write_entries(char* out, Py_ssize_t n, const int64_t* ids, const int64_t* cats,
+                    const double* xywh, const double* scores) {
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (i) *out++ = ',';
+    out = put(out, "{\"image_id\":");
+    out = std::to_chars(out, out + 20, ids[i]).ptr;
+    out = put(out, ",\"category_id\":");
+    out = std::to_chars(out, out + 20, cats[i]).ptr;
+    out = put(out, ",\"bbox\":[");
+    for (int k = 0; k < 4; ++k) {
+      if (k) *out++ = ',';
+      out = write_double(out, xywh[4 * i + k]);
+    }
+    out = put(out, "],\"score\":");
+    out = write_double(out, scores[i]);
+    *out++ = '}';
+  }
+  return out;
+}
+
+PyObject* format_results(PyObject*, PyObject* args) {
+  Py_buffer in[4];
+  if (!PyArg_ParseTuple(args, "y*y*y*y*:format_results", &in[0], &in[1], &in[2], &in[3]))
+    return nullptr;
+  const Py_ssize_t n = in[3].len / 8;
+  PyObject* result = nullptr;
+  if (in[0].len != 8 * n || in[1].len != 8 * n || in[2].len != 32 * n ||
+      in[3].len != 8 * n) {
+    PyErr_SetString(PyExc_ValueError, "format_results: column lengths disagree");
+  } else if ((result = PyBytes_FromStringAndSize(nullptr, n * kEntryMax)) != nullptr) {
+    char* begin = PyBytes_AS_STRING(result);  // not shared yet: filled without the GIL
+    char* end;
+    Py_BEGIN_ALLOW_THREADS
+    end = write_entries(begin, n, static_cast<const int64_t*>(in[0].buf),
+                        static_cast<const int64_t*>(in[1].buf),
+                        static_cast<const double*>(in[2].buf),
+                        static_cast<const double*>(in[3].buf));
+    Py_END_ALLOW_THREADS
+    _PyBytes_Resize(&result, end - begin);  // on failure: result NULL, error set
+  }
+  for (auto& b : in) PyBuffer_Release(&b);
+  return result;
+}
+
 PyMethodDef kMethods[] = {
     {"compact_block", compact_block, METH_VARARGS,
      "compact_block(image_ids, category_ids, bboxes, scores, known_ids, sizes, known_cats,\n"
@@ -438,10 +593,16 @@ PyMethodDef kMethods[] = {
      "consumed is where the next call starts (an entry cut by the block's end is left\n"
      "there); masks: whether an entry had a \"segmentation\" field.\n"
      "ok False: not the plain COCO-results layout (read the file another way)."},
+    {"format_results", format_results, METH_VARARGS,
+     "format_results(image_ids, category_ids, bboxes, scores) -> bytes: the entries\n"
+     "{\"image_id\":..,\"category_id\":..,\"bbox\":[x,y,w,h],\"score\":..} of int64 /\n"
+     "int64 / float64 [.., 4] / float64 columns, comma-separated, as orjson writes them."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_results_io",
-                       "COCO-results JSON decoded into columns (no torch).", -1, kMethods};
+                       "COCO-results JSON decoded into columns and written from them "
+                       "(no torch).",
+                       -1, kMethods};
 
 }  // namespace
 
