@@ -196,17 +196,22 @@ def chunk_layout(img_ids, selected, chunk: int) -> tuple:
 
 
 def read_member_files(args: argparse.Namespace, images: List[dict], cat_ids: List[int],
-                      layout: tuple, read) -> list:
+                      layout: tuple, read, slots: Optional[threading.Semaphore] = None
+                      ) -> list:
     """Every member file decoded and validated a block at a time by ``read``
-    (``read_member_columns``), ``--workers`` files at once (the decoder releases the GIL),
-    by chunk (``layout``, other shards' images left out); a bad file raises its error in
-    file order."""
+    (``read_member_columns``), ``--workers`` files at once (the decoder releases the GIL;
+    fewer while ``slots`` holds them back), by chunk (``layout``, other shards' images
+    left out); a bad file raises its error in file order."""
     sizes = {im['id']: (im['width'], im['height']) for im in images}
     names = member_names(args)
     workers = args.workers or min(usable_cores(), 8)
+
+    def read_one(path: str, name: str):
+        with slots if slots is not None else contextlib.nullcontext():
+            return read(path, name, sizes, cat_ids, args.repair, layout[::2])
+
     with ThreadPoolExecutor(max(1, min(workers, len(names)))) as pool:
-        jobs = [pool.submit(read, f, n, sizes, cat_ids, args.repair, layout[::2])
-                for f, n in zip(args.preds, names)]
+        jobs = [pool.submit(read_one, f, n) for f, n in zip(args.preds, names)]
         try:
             return [job.result() for job in jobs]
         except ValueError:
@@ -239,6 +244,10 @@ class Prefetch(threading.Thread):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(daemon=True)
         self.args, self.key, self.value, self.error = args, None, None, None
+        # One core is left to the imports (a third thread on 2 cores stretched them by
+        # 0.2-0.3 s, longer than the read it sped up); :meth:`members` gives it back.
+        workers = args.workers or min(usable_cores(), 8)
+        self.slots = threading.Semaphore(max(1, workers - 1))
         self.start()
 
     def run(self) -> None:
@@ -262,7 +271,8 @@ class Prefetch(threading.Thread):
         except Exception:  # noqa: BLE001 (main reads the annotation file and says what)
             return
         try:
-            self.value = read_member_files(self.args, images, cat_ids, layout, read)
+            self.value = read_member_files(self.args, images, cat_ids, layout, read,
+                                           self.slots)
         except ValueError as e:  # a bad member file: raised by main, in its turn
             self.error = e
         except Exception:  # noqa: BLE001 (main reads the files again)
@@ -270,6 +280,7 @@ class Prefetch(threading.Thread):
 
     def members(self, img_ids, selected, cat_ids) -> Optional[list]:
         """The members read here, if they were read for this layout (else None)."""
+        self.slots.release()  # the imports are done: their core reads too
         self.join()
         if self.key is None or not (np.array_equal(self.key[0], img_ids) and np.array_equal(
                 self.key[1], selected) and self.key[2] == list(cat_ids)):
