@@ -27,17 +27,23 @@ class _ImagesAndCategories(msgspec.Struct):
     categories: List[Dict[str, Any]]
 
 
-def load_coco(ann_file: str, annotations: bool = True) -> COCO:
+def load_coco(ann_file: str, annotations: bool = True,
+              decoded: Optional[Any] = None) -> COCO:
     """pycocotools ``COCO`` without its prints; a clear error for a missing/corrupt file.
 
     The file is decoded here (msgspec with the collector paused: 3x faster than the
     ``json.load`` inside ``COCO(ann_file)`` on a COCO-val-sized file), then indexed by
     pycocotools as ``COCO(ann_file)`` does. stdlib ``json`` reads what msgspec refuses
     (``NaN``) and words the error of a corrupt file. ``annotations=False`` keeps only the
-    images and categories (enough to validate and fuse, not to evaluate).
+    images and categories (enough to validate and fuse, not to evaluate); ``decoded``
+    gives them as decoded already (``.images``, ``.categories``: fuse_results' prefetch
+    thread has them; 35 ms of decoding at 5,040 images), instead of the file.
     """
     if not osp.isfile(ann_file):
         raise ValueError(f'annotation file {ann_file} does not exist')
+    if decoded is not None and not annotations:
+        dataset = dict(images=decoded.images, categories=decoded.categories, annotations=[])
+        return _indexed(ann_file, dataset)
     try:
         with open(ann_file, 'rb') as f:
             raw = f.read()
@@ -53,6 +59,14 @@ def load_coco(ann_file: str, annotations: bool = True) -> COCO:
             with gc_paused():
                 dataset = json.loads(raw)
         del raw
+    except Exception as e:  # JSON errors
+        raise ValueError(f'annotation file {ann_file} could not be read as COCO: {e}') from e
+    return _indexed(ann_file, dataset)
+
+
+def _indexed(ann_file: str, dataset: Any) -> COCO:
+    """``COCO`` of a decoded annotation file, indexed (one line for what it refuses)."""
+    try:
         if not isinstance(dataset, dict):
             raise ValueError(f'annotation file format {type(dataset)} not supported')
         coco = COCO()
@@ -60,7 +74,7 @@ def load_coco(ann_file: str, annotations: bool = True) -> COCO:
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
         return coco
-    except Exception as e:  # pycocotools raises bare asserts / JSON errors
+    except Exception as e:  # pycocotools raises bare asserts
         raise ValueError(f'annotation file {ann_file} could not be read as COCO: {e}') from e
 
 

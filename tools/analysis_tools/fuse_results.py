@@ -244,6 +244,7 @@ class Prefetch(threading.Thread):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(daemon=True)
         self.args, self.key, self.value, self.error = args, None, None, None
+        self.decoded, self.decoded_ready = None, threading.Event()
         # One core is left to the imports (a third thread on 2 cores stretched them by
         # 0.2-0.3 s, longer than the read it sped up); :meth:`members` gives it back.
         workers = args.workers or min(usable_cores(), 8)
@@ -262,6 +263,7 @@ class Prefetch(threading.Thread):
 
             with open(self.args.ann, 'rb') as f:
                 ann = msgspec.json.decode(f.read(), type=ImagesAndCategories)
+            self.decoded = ann
             images = ann.images
             cat_ids = sorted(c['id'] for c in ann.categories)
             img_ids = np.array(sorted(im['id'] for im in images), dtype=np.int64)
@@ -270,6 +272,8 @@ class Prefetch(threading.Thread):
             layout = chunk_layout(img_ids, selected, self.args.chunk)
         except Exception:  # noqa: BLE001 (main reads the annotation file and says what)
             return
+        finally:
+            self.decoded_ready.set()
         try:
             self.value = read_member_files(self.args, images, cat_ids, layout, read,
                                            self.slots)
@@ -277,6 +281,12 @@ class Prefetch(threading.Thread):
             self.error = e
         except Exception:  # noqa: BLE001 (main reads the files again)
             self.key = None
+
+    def annotations(self):
+        """The annotation file's images and categories as decoded here (for
+        ``load_coco(decoded=...)``; None where they were not)."""
+        self.decoded_ready.wait()
+        return self.decoded
 
     def members(self, img_ids, selected, cat_ids) -> Optional[list]:
         """The members read here, if they were read for this layout (else None)."""
@@ -579,7 +589,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     check_args(args)
     check_device(args.device)
-    coco = load_coco(args.ann, annotations=not args.no_eval)  # --no-eval: images, categories
+    prefetch = PREFETCH if argv is None else None  # as a script, with a fixed rule
+    coco = load_coco(args.ann, annotations=not args.no_eval,  # --no-eval: images, categories
+                     decoded=prefetch.annotations() if prefetch and args.no_eval else None)
     t_ann = time.perf_counter() - t_main
     t0 = time.perf_counter()
     if args.method in FIXED:
@@ -594,8 +606,7 @@ def main(argv=None) -> None:
     img_ids = np.array(sorted(im['id'] for im in coco.dataset['images']), dtype=np.int64)
     images = coco.dataset['images']
     plan = ChunkPlan(img_ids, shard_images(images, img_ids, args.shard), args.chunk)
-    data = plan.read(args, coco, cat_ids, PREFETCH if argv is None and cat_ids is None
-                     else None)
+    data = plan.read(args, coco, cat_ids, prefetch if cat_ids is None else None)
     if any(m.has_masks for m in data.members):  # seen by the decoder: no scan of box files
         from mask_path import files_with_masks, fuse_masks  # noqa: E402 (torch imported)
         if files_with_masks(args):  # members with instance masks: their path (mask_path.py)
