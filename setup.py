@@ -75,6 +75,7 @@ def get_extensions() -> dict:
         lflags += san
     ext = CppExtension('mmens._ext', ['mmens/ops/csrc/fusion_cpu.cpp',
                                       'mmens/ops/csrc/pack_lists.cpp'],
+                       depends=['mmens/ops/csrc/pool.h'],
                        extra_compile_args=cflags, extra_link_args=lflags)
     # the COCO-results decoder: plain CPython, no torch (loadable before torch is imported)
     io_flags = ['-O3', '-g0'] + [f for f in cflags if f.startswith('-fsanitize')]

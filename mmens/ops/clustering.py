@@ -60,10 +60,10 @@ def wbf_clusters(prep: Prepared,
     lets the kernel skip these two (empty then), fusion does not need them.
     """
     w = prep.weights
-    keep = prep.valid & (prep.scores >= skip_box_thr)  # [M]
     if kernel.use_kernel(prep.boxes):
-        return _wbf_kernel(prep, keep, iou_thr, conf_type, allows_overflow,
-                           class_agnostic, with_clusters)
+        return _wbf_kernel(prep, iou_thr, skip_box_thr, conf_type,
+                           allows_overflow, class_agnostic, with_clusters)
+    keep = prep.valid & (prep.scores >= skip_box_thr)  # [M]
     lay, idx, ws = layout_groups(prep, keep, class_agnostic,
                                  prep.scores * take(w, prep.members))
     mem = take(prep.members, idx)  # [K]
@@ -124,16 +124,18 @@ def run_wbf(dets: PackedDetections,
     return prep, wbf_clusters(prep, **a, with_clusters=with_clusters)
 
 
-def _wbf_kernel(prep: Prepared, keep: Tensor, iou_thr: float, conf_type: str,
-                allows_overflow: bool, class_agnostic: bool,
+def _wbf_kernel(prep: Prepared, iou_thr: float, skip_box_thr: float,
+                conf_type: str, allows_overflow: bool, class_agnostic: bool,
                 with_clusters: bool) -> dict:
     """:func:`wbf_clusters` through the compiled CPU kernel (same output)."""
     w = prep.weights
-    ws = prep.scores * take(w, prep.members)  # [M] weighted scores
+    # the kernel weighs the scores and applies skip_box_thr itself: the
+    # [M] temporaries here cost page faults on every call (ops/csrc/pool.h)
     boxes, scores, labels, images, idx, cluster = kernel._ext.wbf(
-        prep.boxes.contiguous(), ws, prep.labels.contiguous(),
-        prep.members.contiguous(), prep.images.contiguous(), keep,
-        w.contiguous(), prep.num_images, float(iou_thr),
+        prep.boxes.contiguous(), prep.scores.contiguous(),
+        prep.labels.contiguous(), prep.members.contiguous(),
+        prep.images.contiguous(), prep.valid.contiguous(), w.contiguous(),
+        prep.num_images, float(iou_thr), float(skip_box_thr),
         CONF_TYPES.index(conf_type), bool(allows_overflow),
         bool(class_agnostic), float(w.sum()),
         float(w.max()) if w.numel() else 1.0, bool(with_clusters))

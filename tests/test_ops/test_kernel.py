@@ -227,8 +227,8 @@ def _wbf(args, members, weights):
     """A direct ``_ext.wbf`` call on ``_ext_args`` (avg, with clusters)."""
     b, s, lab, img, keep, num_images = args
     return kernel._ext.wbf(b, s, lab, members, img, keep, weights, num_images,
-                           0.55, 0, False, False, float(weights.sum()), 1.0,
-                           True)
+                           0.55, 0.0, 0, False, False, float(weights.sum()),
+                           1.0, True)
 
 
 @pytest.mark.parametrize('args,msg', [

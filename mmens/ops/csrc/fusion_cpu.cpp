@@ -48,9 +48,16 @@
 #include <numeric>
 #include <vector>
 
+#include "pool.h"
+
 namespace {
 
 using i64 = int64_t;
+// The large per-call buffers come from mmens' pool (pool.h), which keeps
+// them between calls: glibc would hand them back to the system and the next
+// call would fault every page in again.
+using mmens::PoolVec;
+using mmens::pooled_empty;
 
 // Below this many boxes a call runs on one thread: starting the OpenMP team
 // costs more than it saves.
@@ -154,10 +161,10 @@ Dets check_dets(const at::Tensor& boxes, const at::Tensor& scores,
 // The kept boxes grouped by (image, label) -- or image only -- with the
 // groups of an image contiguous and in label order.
 struct Layout {
-  std::vector<i64> idx;        // [K] packed index of the box at each position
-  std::vector<i64> gstart;     // [G + 1] first position of each group
-  std::vector<i64> gfirst;     // [G] smallest packed index in the group
-  std::vector<i64> img_group;  // [I + 1] first group of each image
+  PoolVec<i64> idx;        // [K] packed index of the box at each position
+  PoolVec<i64> gstart;     // [G + 1] first position of each group
+  PoolVec<i64> gfirst;     // [G] smallest packed index in the group
+  PoolVec<i64> img_group;  // [I + 1] first group of each image
 };
 
 // Sorts idx[b, e) stably by label and appends the [start, end) run of each
@@ -273,11 +280,11 @@ Layout build_layout(const i64* labels, const i64* images, const bool* keep,
 // at position s lives in slot s + c (a group has at most as many clusters as
 // boxes).
 struct Greedy {
-  std::vector<i64> cluster;   // [K] cluster index (in its group) of each box
-  std::vector<i64> ncl;       // [G] clusters per group
-  std::vector<double> ref;    // [K, 4] fused box (WBF) or leader box
-  std::vector<i64> leader;    // [K] position of the box opening the slot
-  std::vector<double> score;  // [K] fused score (WBF)
+  PoolVec<i64> cluster;       // [K] cluster index (in its group) of each box
+  PoolVec<i64> ncl;           // [G] clusters per group
+  PoolVec<double> ref;        // [K, 4] fused box (WBF) or leader box
+  PoolVec<i64> leader;        // [K] position of the box opening the slot
+  PoolVec<double> score;      // [K] fused score (WBF)
 };
 
 enum ConfType { kAvg = 0, kMax = 1, kBoxAndModelAvg = 2, kAbsentAware = 3 };
@@ -498,7 +505,7 @@ struct OutKey {
 };
 
 // Offsets of each image's clusters in the output ([I + 1]).
-std::vector<i64> image_offsets(const Layout& lay, const std::vector<i64>& ncl,
+std::vector<i64> image_offsets(const Layout& lay, const PoolVec<i64>& ncl,
                                i64 num_images) {
   std::vector<i64> off(num_images + 1, 0);
   for (i64 i = 0; i < num_images; ++i) {
@@ -513,7 +520,7 @@ std::vector<i64> image_offsets(const Layout& lay, const std::vector<i64>& ncl,
 // Sorts each image's clusters and calls write(out_position, slot, group,
 // image).
 template <typename Score, typename Write>
-void write_sorted(const Layout& lay, const std::vector<i64>& ncl,
+void write_sorted(const Layout& lay, const PoolVec<i64>& ncl,
                   const std::vector<i64>& off, i64 num_images, i64 work,
                   Score score, Write write) {
 #pragma omp parallel num_threads(team_size(work))
@@ -549,10 +556,10 @@ struct FusedOut {
   double *pb, *ps;
   i64 *pl, *pi;
   explicit FusedOut(i64 nout)
-      : boxes(at::empty({nout, 4}, at::TensorOptions().dtype(at::kDouble))),
-        scores(at::empty({nout}, at::TensorOptions().dtype(at::kDouble))),
-        labels(at::empty({nout}, at::TensorOptions().dtype(at::kLong))),
-        images(at::empty({nout}, at::TensorOptions().dtype(at::kLong))),
+      : boxes(pooled_empty({nout, 4}, at::kDouble)),
+        scores(pooled_empty({nout}, at::kDouble)),
+        labels(pooled_empty({nout}, at::kLong)),
+        images(pooled_empty({nout}, at::kLong)),
         pb(boxes.data_ptr<double>()), ps(scores.data_ptr<double>()),
         pl(labels.data_ptr<i64>()), pi(images.data_ptr<i64>()) {}
   // Row r: the box, the score, the label and the image.
@@ -564,20 +571,24 @@ struct FusedOut {
   }
 };
 
-// WBF: returns the fused boxes, scores, labels and images in output order
-// (per image, score descending), then, with_clusters, for every clustered
-// box (positions in group, rank order) its packed index and its output
-// cluster (empty tensors otherwise).
-std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
+// WBF of the boxes that are valid and score >= skip_box_thr, clustered and
+// fused by their weighted scores scores * weights[members]: returns the fused
+// boxes, scores, labels and images in output order (per image, score
+// descending), then, with_clusters, for every clustered box (positions in
+// group, rank order) its packed index and its output cluster (empty tensors
+// otherwise).
+std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& scores_t,
                             const at::Tensor& labels_t,
                             const at::Tensor& members_t,
-                            const at::Tensor& images_t, const at::Tensor& keep_t,
+                            const at::Tensor& images_t,
+                            const at::Tensor& valid_t,
                             const at::Tensor& weights_t, i64 num_images,
-                            double iou_thr, i64 conf_type, bool allows_overflow,
-                            bool class_agnostic, double weight_sum,
-                            double weight_max, bool with_clusters) {
+                            double iou_thr, double skip_box_thr, i64 conf_type,
+                            bool allows_overflow, bool class_agnostic,
+                            double weight_sum, double weight_max,
+                            bool with_clusters) {
   const Dets d =
-      check_dets(boxes_t, ws_t, labels_t, images_t, keep_t, num_images);
+      check_dets(boxes_t, scores_t, labels_t, images_t, valid_t, num_images);
   check_input(members_t, at::kLong, 1, "members");
   check_input(weights_t, at::kDouble, 1, "weights");
   TORCH_CHECK(members_t.size(0) == d.m, "members must have the M = ", d.m,
@@ -586,11 +597,21 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
   TORCH_CHECK(conf_type >= 0 && conf_type <= 3,
               "conf_type must be in [0, 3], got ", conf_type);
   check_iou_thr(iou_thr);
-  const double *boxes = d.boxes, *ws = d.scores;
   const i64* members = members_t.data_ptr<i64>();
   const double* w = weights_t.data_ptr<double>();
   const i64 n = weights_t.size(0);
-  const Layout lay = build_layout(d.labels, d.images, d.keep, ws, d.m,
+  // weighted scores and the boxes to fuse, as mmens/ops/clustering.py
+  // computes them (here: no full-size torch temporaries, see pool.h)
+  PoolVec<double> ws_v(d.m);
+  const at::Tensor keep_t = pooled_empty({d.m}, at::kBool);
+  double* ws = ws_v.data();
+  bool* keep = keep_t.data_ptr<bool>();
+  for (i64 j = 0; j < d.m; ++j) {
+    ws[j] = d.scores[j] * w[members[j]];
+    keep[j] = d.keep[j] & (d.scores[j] >= skip_box_thr);
+  }
+  const double* boxes = d.boxes;
+  const Layout lay = build_layout(d.labels, d.images, keep, ws, d.m,
                                   num_images, class_agnostic);
   const ScoreRule rule{conf_type, allows_overflow, n, w, weight_sum,
                        weight_max};
@@ -598,13 +619,13 @@ std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& ws_t,
   const i64 k = static_cast<i64>(lay.idx.size());
   const i64 ng = static_cast<i64>(lay.gfirst.size());
 
-  const std::vector<double>& score = g.score;
+  const PoolVec<double>& score = g.score;
   const std::vector<i64> off = image_offsets(lay, g.ncl, num_images);
   FusedOut out(off[num_images]);
   const i64 kc = with_clusters ? k : 0;  // fusion alone needs no box map
-  auto lopt = at::TensorOptions().dtype(at::kLong);
-  at::Tensor bidx = at::empty({kc}, lopt), bcl = at::empty({kc}, lopt);
-  std::vector<i64> out_of_slot(kc);
+  at::Tensor bidx = pooled_empty({kc}, at::kLong);
+  at::Tensor bcl = pooled_empty({kc}, at::kLong);
+  PoolVec<i64> out_of_slot(kc);
   write_sorted(
       lay, g.ncl, off, num_images, k,
       [&](i64 slot, i64) { return score[slot]; },
@@ -663,7 +684,7 @@ std::vector<at::Tensor> nmw(const LeaderClusters& lc, i64 num_images) {
   const double *boxes = d.boxes, *ws = d.scores;
   const i64 k = static_cast<i64>(lay.idx.size());
   const i64 ng = static_cast<i64>(lay.gfirst.size());
-  std::vector<double> fused(4 * k, 0.0), conf(k, 0.0);
+  PoolVec<double> fused(4 * k, 0.0), conf(k, 0.0);
 #pragma omp parallel for schedule(dynamic, 8) num_threads(team_size(k))
   for (i64 gi = 0; gi < ng; ++gi) {
     const i64 s = lay.gstart[gi];
@@ -705,8 +726,8 @@ std::vector<at::Tensor> nms(const LeaderClusters& lc, i64) {
   const i64 ng = static_cast<i64>(lay.gfirst.size());
   std::vector<i64> goff(ng + 1, 0);
   for (i64 gi = 0; gi < ng; ++gi) goff[gi + 1] = goff[gi] + g.ncl[gi];
-  auto lopt = at::TensorOptions().dtype(at::kLong);
-  at::Tensor sel = at::empty({goff[ng]}, lopt), rank = at::empty({goff[ng]}, lopt);
+  at::Tensor sel = pooled_empty({goff[ng]}, at::kLong);
+  at::Tensor rank = pooled_empty({goff[ng]}, at::kLong);
   i64* ps = sel.data_ptr<i64>();
   i64* pr = rank.data_ptr<i64>();
   for (i64 gi = 0; gi < ng; ++gi)
@@ -842,9 +863,9 @@ std::vector<at::Tensor> soft_nms(const at::Tensor& boxes_t,
                                   num_images, class_agnostic);
   const i64 k = static_cast<i64>(lay.idx.size());
   const i64 ng = static_cast<i64>(lay.gfirst.size());
-  std::vector<i64> ix(lay.idx);  // packed index at each (current) position
-  std::vector<double> sc(k);
-  std::vector<char> alive(k);
+  PoolVec<i64> ix(lay.idx);  // packed index at each (current) position
+  PoolVec<double> sc(k);
+  PoolVec<char> alive(k);
 #pragma omp parallel num_threads(team_size(k))
   {
     Scratch tmp;
@@ -856,9 +877,9 @@ std::vector<at::Tensor> soft_nms(const at::Tensor& boxes_t,
   }
   i64 nout = 0;
   for (i64 p = 0; p < k; ++p) nout += alive[p];
-  auto lopt = at::TensorOptions().dtype(at::kLong);
-  at::Tensor sel = at::empty({nout}, lopt), rank = at::empty({nout}, lopt);
-  at::Tensor dec = at::empty({nout}, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor sel = pooled_empty({nout}, at::kLong);
+  at::Tensor rank = pooled_empty({nout}, at::kLong);
+  at::Tensor dec = pooled_empty({nout}, at::kDouble);
   i64* psel = sel.data_ptr<i64>();
   i64* prank = rank.data_ptr<i64>();
   double* pdec = dec.data_ptr<double>();

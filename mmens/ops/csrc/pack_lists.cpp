@@ -26,6 +26,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "pool.h"
+
 namespace {
 
 using i64 = int64_t;
@@ -401,13 +403,16 @@ py::object pack_lists(py::handle images) {
   n = std::max<i64>(n, 0);
   i64 m = 0;
   for (const Field& f : fields[0]) m += f.rows;
-  auto f64 = at::TensorOptions().dtype(at::kDouble);
-  auto lng = at::TensorOptions().dtype(at::kLong);
-  at::Tensor boxes = at::empty({m, 4}, f64), scores = at::empty({m}, f64);
-  at::Tensor labels = at::empty({m}, lng), members = at::empty({m}, lng);
-  at::Tensor image = at::empty({m}, lng);
-  at::Tensor keep = at::empty({m}, at::TensorOptions().dtype(at::kBool));
-  at::Tensor counts = at::zeros({2, n}, lng);
+  // from the pool (pool.h): the list API frees them after its call, and
+  // glibc would return them to the system in between calls
+  using mmens::pooled_empty;
+  at::Tensor boxes = pooled_empty({m, 4}, at::kDouble);
+  at::Tensor scores = pooled_empty({m}, at::kDouble);
+  at::Tensor labels = pooled_empty({m}, at::kLong);
+  at::Tensor members = pooled_empty({m}, at::kLong);
+  at::Tensor image = pooled_empty({m}, at::kLong);
+  at::Tensor keep = pooled_empty({m}, at::kBool);
+  at::Tensor counts = at::zeros({2, n}, at::TensorOptions().dtype(at::kLong));
   i64* pc = counts.data_ptr<i64>();
   if (!pack_boxes(fields[0], n, boxes.data_ptr<double>(),
                   keep.data_ptr<bool>(), members.data_ptr<i64>(),
