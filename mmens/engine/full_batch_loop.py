@@ -1,7 +1,10 @@
 """A training loop that fits an ensemble head on the whole training set at once."""
+import contextlib
 import os
 import os.path as osp
-from typing import Dict
+import signal
+import threading
+from typing import Callable, Dict, Iterator
 
 import torch
 import torch.distributed as dist
@@ -20,6 +23,34 @@ def _merge(batches: list) -> dict:
         merged['inputs'] += [uncollate(b['inputs'], i) for i in range(n)]
         merged['data_samples'] += list(b['data_samples'])
     return merged
+
+
+@contextlib.contextmanager
+def _ctrl_c_between_steps() -> Iterator[Callable[[], bool]]:
+    """Defer a first Ctrl-C to the end of the current step; yields "was it pressed?".
+
+    Python raises KeyboardInterrupt in whatever Python code runs next, and when that is a
+    finaliser or a callback run from C the exception is printed as "ignored" and lost: on
+    a loaded machine one Ctrl-C once did not stop a fit. A flag set by the handler and read
+    between steps is never lost, and the step checkpoint is then taken at a step's end. A
+    second Ctrl-C raises at once, as Python's own handler does. Outside the main thread, or
+    under a handler the user installed, nothing changes."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: False
+        return
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @LOOPS.register_module()
@@ -133,20 +164,23 @@ class FullBatchTrainLoop(EpochBasedTrainLoop):
 
         first = self._iter - self._epoch * self.steps  # > 0 when resumed within the epoch
         try:
-            for idx in range(first, self.steps):
-                runner.call_hook('before_train_iter', batch_idx=idx, data_batch=None)
-                if isinstance(optimizer, torch.optim.LBFGS):
-                    optimizer.step(closure)
-                else:
-                    closure()
-                    optimizer.step()
-                # the loss of the step's (last) evaluation, as mmengine's loops log it
-                runner.call_hook('after_train_iter', batch_idx=idx, data_batch=None,
-                                 outputs=logged['vars'])
-                self._iter += 1
-                if (self.checkpoint_interval and idx + 1 < self.steps
-                        and self._iter % self.checkpoint_interval == 0):
-                    self.save_step_checkpoint()
+            with _ctrl_c_between_steps() as pressed:
+                for idx in range(first, self.steps):
+                    runner.call_hook('before_train_iter', batch_idx=idx, data_batch=None)
+                    if isinstance(optimizer, torch.optim.LBFGS):
+                        optimizer.step(closure)
+                    else:
+                        closure()
+                        optimizer.step()
+                    # the loss of the step's (last) evaluation, as mmengine's loops log it
+                    runner.call_hook('after_train_iter', batch_idx=idx, data_batch=None,
+                                     outputs=logged['vars'])
+                    self._iter += 1
+                    if pressed():
+                        raise KeyboardInterrupt
+                    if (self.checkpoint_interval and idx + 1 < self.steps
+                            and self._iter % self.checkpoint_interval == 0):
+                        self.save_step_checkpoint()
         except KeyboardInterrupt:
             if self._iter > 0:
                 self.save_step_checkpoint()
