@@ -321,6 +321,10 @@ def start_prefetch(argv: Optional[List[str]]) -> Optional[Prefetch]:
 
 # Before torch & co. are imported: the prefetch reads while they are.
 PREFETCH = start_prefetch(sys.argv[1:]) if __name__ == '__main__' else None
+if PREFETCH is not None and PREFETCH.args.device == 'cpu':
+    # torch's import tries the optional CUDA driver bindings (cuda-python: 40-80 ms of the
+    # start-up), which only CUDA calls use: a fixed rule on the CPU runs as without them
+    sys.modules.setdefault('cuda.bindings', None)
 
 # What every method needs (torch, pycocotools, no OpenMMLab package): the fixed rules run
 # on these alone, and a trained ensemble imports mmdet & co. in load_ensemble().
