@@ -24,6 +24,7 @@
 #include <torch/extension.h>
 
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -45,6 +46,8 @@ class BlockPool {
   // Header before the data: its capacity; 64 bytes keep the data aligned as
   // c10's CPU allocator does.
   static constexpr size_t kHeader = 64;
+  // Buffers of this many bytes or more are 2 MiB-aligned huge-page candidates.
+  static constexpr size_t kHuge = size_t(2) << 20;
 
   // A buffer of at least `bytes` bytes (64-byte aligned); nullptr if out of
   // memory.
@@ -67,7 +70,16 @@ class BlockPool {
       }
     }
     void* block = nullptr;
-    if (posix_memalign(&block, kHeader, kHeader + cap) != 0) return nullptr;
+    if (cap >= kHuge) {
+      // huge pages where the system grants them on request (THP
+      // "madvise"): the kernels read these buffers in rank order, i.e.
+      // scattered, and 4 KiB pages miss the TLB
+      const size_t len = (kHeader + cap + kHuge - 1) / kHuge * kHuge;
+      if (posix_memalign(&block, kHuge, len) != 0) return nullptr;
+      madvise(block, len, MADV_HUGEPAGE);  // a hint: failure changes nothing
+    } else if (posix_memalign(&block, kHeader, kHeader + cap) != 0) {
+      return nullptr;
+    }
     *static_cast<size_t*>(block) = cap;
     return static_cast<char*>(block) + kHeader;
   }
