@@ -125,7 +125,11 @@ struct Dets {
 // Every value of the long tensor t lies in [0, hi).
 void check_index(const at::Tensor& t, i64 hi, const char* name) {
   const i64* v = t.data_ptr<i64>();
-  for (i64 j = 0, m = t.size(0); j < m; ++j)
+  const i64 m = t.size(0);
+  bool ok = true;  // one branch-free pass (it vectorises), then the culprit
+  for (i64 j = 0; j < m; ++j) ok &= (v[j] >= 0) & (v[j] < hi);
+  if (ok) return;
+  for (i64 j = 0; j < m; ++j)
     TORCH_CHECK(v[j] >= 0 && v[j] < hi, name, "[", j, "] = ", v[j],
                 " is outside [0, ", hi, ")");
 }
@@ -403,11 +407,11 @@ void cluster_group(Greedy& g, Scratch& sc, i64 gi, i64 s, i64 e,
                    const i64* members, const ScoreRule* rule, double iou_thr) {
   const bool fused = rule != nullptr;
   sc.reserve(e - s);
-  if (fused) {
-    sc.acc.assign(5 * (e - s), 0.0);
-    sc.count.assign(e - s, 0);
-    sc.wsum.assign(e - s, 0.0);
-    sc.smax.assign(e - s, 0.0);
+  if (fused) {  // sized, not zeroed: a cluster's state is reset as it opens
+    sc.acc.resize(5 * (e - s));
+    sc.count.resize(e - s);
+    sc.wsum.resize(e - s);
+    sc.smax.resize(e - s);
   }
   const double* cx1 = sc.x1.data();
   const double* cy1 = sc.y1.data();
@@ -444,6 +448,12 @@ void cluster_group(Greedy& g, Scratch& sc, i64 gi, i64 s, i64 e,
     if (!join) g.leader[slot] = p;
     if (fused) {
       double* a = &sc.acc[5 * c];
+      if (!join) {
+        std::fill(a, a + 5, 0.0);
+        sc.count[c] = 0;
+        sc.wsum[c] = 0.0;
+        sc.smax[c] = 0.0;
+      }
       double nw[5];
       for (int t = 0; t < 4; ++t) nw[t] = f32(a[t] + ws[j] * b[t]);
       nw[4] = a[4] + ws[j];
