@@ -587,7 +587,8 @@ struct FusedOut {
 // descending), then, with_clusters, for every clustered box (positions in
 // group, rank order) its packed index and its output cluster (empty tensors
 // otherwise).
-std::vector<at::Tensor> wbf(const at::Tensor& boxes_t, const at::Tensor& scores_t,
+std::vector<at::Tensor> wbf(const at::Tensor& boxes_t,
+                            const at::Tensor& scores_t,
                             const at::Tensor& labels_t,
                             const at::Tensor& members_t,
                             const at::Tensor& images_t,

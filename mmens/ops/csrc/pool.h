@@ -132,7 +132,7 @@ class BlockPool {
   }
 };
 
-// std::allocator for the kernels' large temporaries (std::vector<T, PoolAlloc>).
+// The allocator of the kernels' large temporaries (std::vector<T, PoolAlloc>).
 template <typename T>
 struct PoolAlloc {
   using value_type = T;
@@ -181,7 +181,7 @@ class PoolAllocator final : public c10::Allocator {
 
 // at::empty(sizes, dtype) on CPU, its storage from the pool.
 inline at::Tensor pooled_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
-  static PoolAllocator* alloc = new PoolAllocator;  // never destroyed, see state()
+  static PoolAllocator* alloc = new PoolAllocator;  // never destroyed
   return at::detail::empty_generic(
       sizes, alloc, c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
       std::nullopt);
