@@ -7,7 +7,7 @@ WORK_DIR ?= work_dirs/demo
 
 .PHONY: setup demo test budget-study bench clean-venv
 
-$(STAMP): scripts/setup.sh setup.py $(wildcard requirements/*.txt) $(wildcard mmens/ops/csrc/*.cpp)
+$(STAMP): scripts/setup.sh setup.py $(wildcard requirements/*.txt) $(wildcard mmens/ops/csrc/*.cpp) $(wildcard mmens/ops/csrc/*.h)
 	bash scripts/setup.sh
 	touch $(STAMP)
 
