@@ -432,7 +432,7 @@ PyObject* compact_block(PyObject*, PyObject* args) {
 // (std::to_chars, the digits of orjson's ryu), laid out as orjson does: fixed notation
 // when the decimal point falls within 16 digits of the first one and the value is at
 // least 1e-5 ("100.0", "0.00001"), else scientific ("1e-6", "1.5e+300"); non-finite:
-// null. tests/test_datasets/test_results_writer.py compares the two on edge cases.
+// null. tests/test_datasets/test_results_text.py compares the two on edge cases.
 
 // the largest text of one entry: 2 int64 (20 chars each), 5 doubles (at most 24 chars:
 // "-1.2345678901234567e-308") and the keys
