@@ -3,6 +3,7 @@ live in its own registry nodes, filled by ``register_all_modules`` or lazily by 
 ``default_scope='mmens'``. (That importing mmens patches nothing of mmengine:
 tests/test_utils/test_checkpoint_safety.py.)"""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -60,9 +61,11 @@ def test_register_all_modules_fills_mmens_registries():
     assert out.strip() == 'ok'
 
 
-def test_a_config_builds_its_modules_lazily():
+def test_a_config_builds_its_modules_lazily_and_its_runner_no_torchvision(tmp_path):
     """``default_scope='mmens'`` alone: building from the mmengine root registry (as
-    the Runner does) imports mmens' modules on first use."""
+    the Runner does) imports mmens' modules on first use. EnsembleRunner's environment
+    log is mmengine's, TorchVision line included, without importing torchvision for it
+    (1.3-2 s of every tools/train.py and tools/test.py run)."""
     out = run_python(f'''
         import sys
         from mmengine.config import Config
@@ -71,6 +74,15 @@ def test_a_config_builds_its_modules_lazily():
         assert 'mmens.models' not in sys.modules
         init_default_scope(cfg.default_scope)
         model = MODELS.build(cfg.model)
-        print(type(model).__module__)
+        print('module:', type(model).__module__)
+        from mmens.registry import RUNNERS
+        cfg.work_dir = '{tmp_path}'
+        RUNNERS.build(cfg)
+        print('imported:', 'torchvision' in sys.modules)
+        import torchvision
+        print('version:', torchvision.__version__)
     ''')
-    assert out.strip() == 'mmens.models.detectors.fusion_detector'
+    assert 'module: mmens.models.detectors.fusion_detector\n' in out, out[-3000:]
+    version = re.search(r'^version: (\S+)$', out, re.M).group(1)
+    assert 'imported: False' in out and f'TorchVision: {version}\n' in out, out[-3000:]
+

@@ -1,4 +1,9 @@
 """The Runner of mmens configs: weights-only checkpoints, without patching mmengine."""
+import ast
+import importlib.util
+import os.path as osp
+import sys
+import types
 from typing import Optional
 
 from mmengine.hooks import Hook
@@ -46,6 +51,25 @@ class EnsembleRunner(Runner):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.register_hook(DataOnlyCheckpointHook())
+
+    def _log_env(self, env_cfg: dict) -> None:
+        """As mmengine's, without importing torchvision. mmengine's ``collect_env``
+        imports it only to print its version, and that import (torchvision.ops pulls in
+        torch._dynamo and triton) costs 1.3-2 s of every ``tools/train.py`` and
+        ``tools/test.py`` run, which use no torchvision op. While the environment is
+        logged, a module holding only the version read from torchvision's ``version.py``
+        stands in for it, so the log is mmengine's, line for line."""
+        version = None if 'torchvision' in sys.modules else _torchvision_version()
+        if version is None:
+            return super()._log_env(env_cfg)
+        stand_in = types.ModuleType('torchvision')
+        stand_in.__version__ = version
+        sys.modules['torchvision'] = stand_in
+        try:
+            super()._log_env(env_cfg)
+        finally:
+            if sys.modules.get('torchvision') is stand_in:
+                del sys.modules['torchvision']
 
     def wrap_model(self, model_wrapper_cfg: Optional[dict], model):
         """As mmengine's, with the wrapper ``type`` looked up in mmens' node: mmengine's
@@ -99,6 +123,24 @@ class EnsembleRunner(Runner):
             + (f" (the checkpoint's model is {saved})" if saved else '')
             + (f'; unexpected weights {_keys(unexpected)}' if unexpected else '')
             + (f'; missing weights {_keys(missing)}' if missing else ''))
+
+
+def _torchvision_version() -> Optional[str]:
+    """``torchvision.__version__`` as its ``version.py`` assigns it (``'0.29.1+cu130'``:
+    the distribution's metadata has no local label), without importing the package; None
+    when torchvision is not installed or the file does not read that way."""
+    spec = importlib.util.find_spec('torchvision')
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        with open(osp.join(spec.submodule_search_locations[0], 'version.py')) as f:
+            for line in f:
+                if line.startswith('__version__ = '):
+                    version = ast.literal_eval(line.split('=', 1)[1].strip())
+                    return version if isinstance(version, str) else None
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return None
 
 
 def _model_type(cfg_text: str) -> Optional[str]:
