@@ -31,6 +31,65 @@ def load_tool(name: str):
     return mod
 
 
+class _ToolServer:
+    """The client of ``tests/tool_server.py``: one per test process, started at first
+    use, stopped at exit."""
+
+    def __init__(self):
+        import subprocess
+        self.proc = subprocess.Popen(
+            [sys.executable, osp.join(ROOT, 'tests', 'tool_server.py')], cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._answer(300) == {'ready': True}
+
+    def _answer(self, timeout):
+        import json
+        import select
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            return None
+        line = self.proc.stdout.readline()
+        assert line, f'tests/tool_server.py exited with {self.proc.wait()}'
+        return json.loads(line)
+
+    def run(self, argv, cwd, env, stdout, stderr, timeout):
+        import json
+        import signal
+        request = dict(argv=argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
+        self.proc.stdin.write(json.dumps(request) + '\n')
+        self.proc.stdin.flush()
+        pid = self._answer(60)['pid']
+        answer = self._answer(timeout)
+        if answer is None:  # a hung tool: end it, then fail the test
+            os.kill(pid, signal.SIGKILL)
+            self._answer(60)
+            pytest.fail(f'{argv[0]} ran over {timeout} s')
+        return answer['status']
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+_tool_server = None
+
+
+def run_tool(script, *args, env_extra=None, timeout=600):
+    """``python SCRIPT ARGS`` in ROOT, from a process that has imported torch, mmengine,
+    mmdet and mmens already (``tests/tool_server.py``): (exit status, stdout, stderr)."""
+    import atexit
+    import tempfile
+    global _tool_server
+    if _tool_server is None:
+        _tool_server = _ToolServer()
+        atexit.register(_tool_server.close)
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env_extra or {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = osp.join(tmp, 'stdout'), osp.join(tmp, 'stderr')
+        status = _tool_server.run([script, *map(str, args)], ROOT, env, out, err, timeout)
+        return status, open(out).read(), open(err).read()
+
+
 @pytest.fixture(autouse=True)
 def _seeded_generators():
     """Seed the global generators before every test. Without it a test that draws from

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import DATA, ROOT, load_tool
-from test_train_test import TINY, run
+from test_train_test import TINY, tool
 
 CEL_DEFAULT = sorted(glob.glob(osp.join(ROOT, 'configs', 'cel', '*.py')))[0]
 FAST = ['train_cfg.steps=5', 'model.selector.num_samples=20']
@@ -102,9 +102,8 @@ def test_cel_budget_report_smoke_and_train_py_reproduces_its_fold_model(tmp_path
     warm start is computed inside training and equals the report's best fixed subset."""
     import torch
     work = str(tmp_path / 'budget')
-    out = run([sys.executable, 'tools/analysis_tools/cel_budget.py', '--work-dir', work,
-               '--ks', '2', '--budgets', '0.2', '--folds', '2', '--max-images', '16',
-               '--cfg-options', *FAST])
+    out = tool('tools/analysis_tools/cel_budget.py', '--work-dir', work, '--ks', '2',
+               '--budgets', '0.2', '--folds', '2', '--max-images', '16', '--cfg-options', *FAST)
     report = json.load(open(osp.join(work, 'budget.json')))
     rows = report['rows']
     by = {(r['setting'], r['method']): r for r in rows}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import DATA, ROOT
-from test_train_test import run
+from test_train_test import tool
 
 MEMBERS = osp.join(ROOT, 'tests', 'data', 'members')
 LIVE_CFG = osp.join(ROOT, 'configs', 'live', 'wbf_retinanet-fcos-live_coco-real-val.py')
@@ -66,10 +66,10 @@ def live_specs(ckpts):
 def test_dump_validate_fuse_equals_live_ensemble(setup, capsys):
     tmp, ann_file, ckpts = setup
     outs = [str(tmp / 'preds' / 'tiny_retinanet.json'), str(tmp / 'preds' / 'tiny_fcos.json')]
-    out = run([sys.executable, 'tools/analysis_tools/dump_predictions.py',
+    out = tool('tools/analysis_tools/dump_predictions.py',
                osp.join(MEMBERS, 'tiny_retinanet.py'), ckpts['tiny_retinanet'],
                osp.join(MEMBERS, 'tiny_fcos.py'), ckpts['tiny_fcos'],
-               '--ann', ann_file, '--img-dir', IMG_DIR, '--out', *outs, '--tta-flip'])
+               '--ann', ann_file, '--img-dir', IMG_DIR, '--out', *outs, '--tta-flip')
     files = [str(tmp / 'preds' / f'{n}.json') for n in
              ['tiny_retinanet', 'tiny_retinanet-hflip', 'tiny_fcos', 'tiny_fcos-hflip']]
     for f in files:
@@ -98,8 +98,7 @@ def test_dump_validate_fuse_equals_live_ensemble(setup, capsys):
     cfg.write_text(f'_base_ = {LIVE_CFG!r}\nmodel = dict(members={live_specs(ckpts)!r})\n')
     opts = [f'test_dataloader.dataset.ann_file={ann_file}',
             f'test_evaluator.ann_file={ann_file}', f'test_evaluator.outfile_prefix={prefix}']
-    out = run([sys.executable, 'tools/test.py', str(cfg), '--work-dir', str(tmp / 'work'),
-               '--cfg-options', *opts])
+    out = tool('tools/test.py', cfg, '--work-dir', tmp / 'work', '--cfg-options', *opts)
     assert 'coco/bbox_mAP' in out, out[-3000:]
     live = json.load(open(prefix + '.bbox.json'))
     cached = json.load(open(fused))

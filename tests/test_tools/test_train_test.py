@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_tool
 
 LEARNED = osp.join(ROOT, 'configs', 'learned', 'learned_theta-global_6members_coco-real-val.py')
 DEFAULT = sorted(glob.glob(osp.join(ROOT, 'configs', 'learned', '*.py')))[0]
@@ -40,6 +40,14 @@ def run(args, env_extra=None, timeout=600, drop=(), status=0):
     out = proc.stdout + proc.stderr
     assert proc.returncode == status, out[-4000:]
     return out
+
+
+def tool(script, *args, status=0):
+    """``python SCRIPT ARGS`` in ROOT, forked from a process that has made the imports
+    already (``tests/tool_server.py``): its stdout and stderr."""
+    code, out, err = run_tool(script, *args)
+    assert code == status, (out + err)[-4000:]
+    return out + err
 
 
 def metric(out, key='coco/bbox_mAP'):
@@ -82,8 +90,7 @@ def default_checkpoint(tmp_path_factory):
     """The first learned config (the recommended default) trained with nothing but
     --work-dir and the tiny data: (its checkpoint, the training log)."""
     work = str(tmp_path_factory.mktemp('default'))
-    out = run([sys.executable, 'tools/train.py', DEFAULT, '--work-dir', work,
-               '--cfg-options', *TINY])
+    out = tool('tools/train.py', DEFAULT, '--work-dir', work, '--cfg-options', *TINY)
     return osp.join(work, 'epoch_1.pth'), out
 
 
@@ -91,20 +98,19 @@ def test_train_resume_with_more_steps_and_test(tmp_path):
     """A finished run resumed with more steps trains the extra steps (not 0), and
     tools/test.py scores the checkpoint as the training's validation did."""
     work = str(tmp_path / 'work')
-    out = run([sys.executable, 'tools/train.py', LEARNED, '--work-dir', work,
-               '--cfg-options', *TINY, 'train_cfg.steps=3'])
+    out = tool('tools/train.py', LEARNED, '--work-dir', work, '--cfg-options', *TINY,
+               'train_cfg.steps=3')
     ckpt = osp.join(work, 'epoch_1.pth')
     assert steps_of(ckpt) == 3
     assert metric(out) == pytest.approx(AP_THETA, abs=1e-4)
-    out = run([sys.executable, 'tools/train.py', LEARNED, '--work-dir', work, '--resume',
-               '--cfg-options', *TINY, 'train_cfg.steps=6'])
+    out = tool('tools/train.py', LEARNED, '--work-dir', work, '--resume', '--cfg-options',
+               *TINY, 'train_cfg.steps=6')
     assert re.search(r'resumed epoch: 1, iter: 3', out), out[-3000:]
     assert steps_of(ckpt) == 6
     assert re.findall(r'Epoch\(train\) +\[1\]\[ ?(\d+)/', out)[0] == '4', out[-3000:]
     assert metric(out) == pytest.approx(AP_THETA, abs=1e-4)
-    out = run([sys.executable, 'tools/test.py', LEARNED, ckpt, '--work-dir',
-               str(tmp_path / 'test'), '--out', str(tmp_path / 'p.pkl'),
-               '--cfg-options', *TINY])
+    out = tool('tools/test.py', LEARNED, ckpt, '--work-dir', tmp_path / 'test', '--out',
+               tmp_path / 'p.pkl', '--cfg-options', *TINY)
     assert metric(out) == pytest.approx(AP_THETA, abs=1e-4)
     assert osp.isfile(tmp_path / 'p.pkl')
     # asking for fewer steps than the checkpoint holds is a mistake, not a silent no-op
@@ -133,9 +139,9 @@ def test_default_learned_config_trains_and_fuse_results_uses_it(default_checkpoi
     preds = sorted(glob.glob(osp.join(ROOT, 'data', 'coco_real', 'predictions', 'val',
                                       '*.json')), reverse=True)
     metrics = tmp_path / 'm.json'
-    run([sys.executable, 'tools/analysis_tools/fuse_results.py', '--ann',
+    tool('tools/analysis_tools/fuse_results.py', '--ann',
          osp.join(ROOT, 'data', 'coco_real', 'annotations', 'val.json'), '--preds', *preds,
-         '--method', 'learned', '--checkpoint', ckpt, '--metrics-out', str(metrics)])
+         '--method', 'learned', '--checkpoint', ckpt, '--metrics-out', metrics)
     import json
     m = json.loads(metrics.read_text())
     assert set(m['members']) == {osp.basename(p)[:-5] for p in preds}
