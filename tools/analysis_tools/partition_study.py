@@ -47,12 +47,12 @@ ROWS = [
     ('soft-NMS, sigma and thresh tuned', 'tuned', (
         'soft_nms', [dict(sigma=s, thresh=t) for s in (0.05, 0.1, 0.3, 0.5, 1.0)
                      for t in (0.001, 0.01)])),
-    ('learned WBF weights (previous default)', 'runner', (WEIGHTS, ANCHOR_OPTIONS)),
+    ('learned WBF weights (default)', 'runner', (WEIGHTS, ANCHOR_OPTIONS)),
     ('thresholds alone', 'runner', (WEIGHTS, {'custom_hooks': SEARCH})),
     ('Θ on the WBF form', 'theta_wbf', None),
     ('Θ global (seed form, reference)', 'runner', (THETA_GLOBAL, {'custom_hooks': []})),
 ]
-ANCHOR_ROW = 'learned WBF weights (previous default)'  # Θ on the WBF form starts there
+ANCHOR_ROW = 'learned WBF weights (default)'  # Θ on the WBF form starts there
 
 
 def parse_args(argv=None) -> argparse.Namespace:
