@@ -1,5 +1,6 @@
 """Live ensemble members: mmdet detectors built from config + checkpoint, frozen."""
 import copy
+import logging
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -122,6 +123,11 @@ class LiveMembers:
     def __init__(self, members: Sequence[dict]) -> None:
         if len(members) == 0:
             raise ValueError('LiveMembers: no members given')
+        #: the detector that fuses boxes only, if it does: the masks of
+        #: instance-segmentation members are then not packed, and a one-line warning per
+        #: member says so (set by :class:`BaseEnsembleDetector`)
+        self.boxes_only_for: Optional[str] = None
+        self._unused_masks: set = set()
         self.specs: List[dict] = []
         self.models: Dict[tuple, Tuple[nn.Module, Compose]] = {}
         for i, m in enumerate(members):
@@ -195,11 +201,20 @@ class LiveMembers:
                     self.num_degenerate.get(spec['name'], 0) + n_bad)
             out = dict(bboxes=boxes[ok], scores=pred.scores.float().reshape(-1)[ok],
                        labels=pred.labels.long().reshape(-1)[ok])
-            if 'masks' in pred:  # instance segmentation: bitmaps [K, H, W] of the raw image
+            if 'masks' in pred and self.boxes_only_for is not None:
+                self._warn_unused_masks(spec['name'])
+            elif 'masks' in pred:  # instance segmentation: bitmaps [K, H, W] of the raw image
                 masks = pred.masks.flip(-1) if spec['flip'] else pred.masks
                 out['masks'] = runs_from_bitmaps(masks[ok])
             outs.append(out)
         return outs
+
+    def _warn_unused_masks(self, name: str) -> None:
+        if name not in self._unused_masks:
+            self._unused_masks.add(name)
+            print_log(f'member {name} predicts instance masks, which {self.boxes_only_for} '
+                      'does not fuse (boxes only): MaskFusionDetector fuses them',
+                      logger='current', level=logging.WARNING)
 
     def __call__(self, images: Sequence[Tensor], selection: Optional[Tensor] = None) -> dict:
         """Run the members on a batch of raw images and pack their predictions.

@@ -85,3 +85,39 @@ def test_live_instance_segmentation_members_identical_masks_come_back(tmp_path):
         j = int(torch.argmin((boxes - box).abs().sum(1)))  # the member's box it fused
         assert torch.allclose(boxes[j], box, atol=1e-3)
         assert rle['size'] == [h, w] and rle['counts'] == texts[j].decode()
+
+
+def test_a_boxes_only_detector_says_once_per_member_that_it_leaves_masks(tmp_path,
+                                                                          monkeypatch):
+    """Live Mask R-CNN members under FusionDetector: their masks are not packed (no
+    run-length conversion for nothing), and one warning per member says so."""
+    import mmcv
+    from mmdet.structures import DetDataSample
+    from mmengine.registry import DefaultScope
+
+    import mmens.models.live_members as live_members
+    from mmens.registry import MODELS
+    config = osp.join(ROOT, 'tests', 'data', 'members', 'tiny_mask_rcnn.py')
+    members = [dict(name=n, config=config, checkpoint=None) for n in ('a', 'b')]
+    with DefaultScope.overwrite_default_scope('mmens'):
+        torch.manual_seed(0)
+        boxes_only = MODELS.build(dict(type='FusionDetector', members=members))
+        torch.manual_seed(0)
+        with_masks = MODELS.build(dict(type='MaskFusionDetector', members=members))
+    said = []
+    monkeypatch.setattr(live_members, 'print_log', lambda msg, **kw: said.append(msg))
+    img = mmcv.imread(osp.join(DATA, 'images', 'val', sorted(
+        __import__('os').listdir(osp.join(DATA, 'images', 'val')))[0]))
+    h, w = img.shape[:2]
+    inputs = dict(img=[torch.from_numpy(img).permute(2, 0, 1)],
+                  image_sizes=torch.tensor([[float(w), float(h)]]))
+    packed = boxes_only.with_member_predictions(inputs)
+    assert 'masks' not in packed and len(packed['scores']) > 0
+    boxes_only.predict(inputs, [DetDataSample()])  # a second batch: no second warning
+    assert said == [f'member {n} predicts instance masks, which FusionDetector does not '
+                    'fuse (boxes only): MaskFusionDetector fuses them' for n in 'ab']
+    want = with_masks.predict(inputs, [DetDataSample()])[0].pred_instances
+    got = boxes_only.predict(inputs, [DetDataSample()])[0].pred_instances
+    assert 'masks' in with_masks.with_member_predictions(inputs) and 'masks' not in got
+    torch.testing.assert_close(got.bboxes, want.bboxes)
+    torch.testing.assert_close(got.scores, want.scores)

@@ -43,6 +43,9 @@ class BaseEnsembleDetector(BaseDetector, metaclass=ABCMeta):
         init_cfg (dict, optional): as mmengine's ``BaseModule``.
     """
 
+    #: whether it fuses the instance masks of live members (else they are not packed)
+    fuses_masks = False
+
     def __init__(self, members: Sequence[Union[str, dict]], test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None, save_members: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
@@ -50,6 +53,8 @@ class BaseEnsembleDetector(BaseDetector, metaclass=ABCMeta):
             data_preprocessor=data_preprocessor or dict(type='EnsembleDataPreprocessor'),
             init_cfg=init_cfg)
         self.members, self.live_members = parse_members(members)
+        if self.live_members is not None and not self.fuses_masks:
+            self.live_members.boxes_only_for = type(self).__name__
         register_members(self, self.live_members, save_members)
         self.num_members = len(self.members)
         self.test_cfg = dict(DEFAULT_TEST_CFG, **(test_cfg or {}))

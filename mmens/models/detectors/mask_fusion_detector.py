@@ -32,6 +32,8 @@ class MaskFusionDetector(FusionDetector):
         vote (bool): every member mask weighs 1.
     """
 
+    fuses_masks = True
+
     def __init__(self, members: Sequence[Union[str, dict]], fusion_cfg: Optional[dict] = None,
                  mask_thr: float = 0.5, vote: bool = False, test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None, save_members: bool = False,
