@@ -170,6 +170,7 @@ def test_fuse_results_refuses_mistakes_before_any_work(tmp_path):
         (fixed + ['--k', '2'], '--k / --budget-seconds are for --method cel, not wbf'),
         (fixed + ['--names', 'a'], '--names has 1 names for 6 prediction files'),
         (fixed + ['--chunk', '0'], '--chunk must be at least 1'),
+        (fixed + ['--mask-thr', '1.5'], r'--mask-thr must be in (0, 1], got 1.5'),
         (fixed + ['--names', *'abcdea'], 'member names must be unique'),
         (fixed + ['--device', 'gpu'], "--device 'gpu' is not a torch device"),
         (['--ann', str(corrupt), '--preds', *PREDS, '--method', 'cel'],

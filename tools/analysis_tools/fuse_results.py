@@ -145,6 +145,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f'member names must be unique (file stems, or --names), got {names}')
     if args.chunk < 1:
         raise ValueError(f'--chunk must be at least 1, got {args.chunk}')
+    if not 0 < args.mask_thr <= 1:  # box-only files too: a mistake is one either way
+        raise ValueError(f'--mask-thr must be in (0, 1], got {args.mask_thr}')
     if args.workers is None:
         args.workers = min(usable_cores(), 8) if args.device == 'cpu' else 1
     if args.workers < 1:

@@ -30,8 +30,6 @@ def files_with_masks(args: argparse.Namespace) -> bool:
     with one line before any file is decoded."""
     if not any(file_has_masks(f) for f in args.preds):
         return False
-    if not 0 < args.mask_thr <= 1:
-        raise ValueError(f'--mask-thr must be in (0, 1], got {args.mask_thr}')
     if args.method != 'wbf':
         raise ValueError('instance masks are fused over WBF clusters: use --method wbf '
                          f'(got --method {args.method})')
