@@ -8,9 +8,10 @@ working directory, environment and stdout/stderr files, runs the script as ``__m
 (as ``python SCRIPT ARGS`` does) and exits with its status. Nothing but imported modules
 is shared, and importing mmens has no side effects (``tests/test_imports.py``).
 
-What a new interpreter shows and a fork cannot: text printed while the packages import.
-Tests of a tool's one-line errors therefore start a real interpreter
-(``test_train_test.one_line_error``), as do the tests of what a tool imports.
+What a new interpreter shows and a fork would not: text printed while the preloaded
+packages import. The server records it and the client fails on any (``conftest.run_tool``),
+so a child's stdout and stderr are what ``python SCRIPT ARGS`` prints, and a test of a
+one-line error can run here. Tests of what a tool imports start a real interpreter.
 
 Protocol, one JSON object per line: the test writes
 ``{"argv": [script, ...], "cwd": ..., "env": {...}, "stdout": path, "stderr": path}``;
@@ -55,9 +56,26 @@ def child(request: dict) -> None:
     sys.exit(0)  # SystemExit from the tool (or an exception) ends the child the same way
 
 
+def preload_printing() -> str:
+    """:func:`preload`, and what it printed to stdout and stderr."""
+    import tempfile
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile('w+') as printed:
+        os.dup2(printed.fileno(), 1)
+        os.dup2(printed.fileno(), 2)
+        try:
+            preload()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+        printed.seek(0)
+        return printed.read()
+
+
 def main() -> None:
-    preload()
-    print(json.dumps({'ready': True}), flush=True)
+    print(json.dumps({'ready': True, 'printed': preload_printing()}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()

@@ -2,21 +2,19 @@
 fuse_results.py to another (3 embedded members, val split in two halves of 40 images).
 
 fit_ensemble runs through its command line (forked from ``tests/tool_server.py``, which
-has made the imports; a one-line error from a new interpreter); fuse_results runs in
-process (its ``main(argv)``, the same code as its command line)."""
+has made the imports); fuse_results runs in process (its ``main(argv)``, the same code as
+its command line)."""
 import json
 import os
 import os.path as osp
 import re
 import shlex
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import DATA, ROOT, load_tool, run_tool
+from conftest import DATA, load_tool, run_tool
 from mmens.utils import safe_torch_load
 
 MEMBERS = ['centernet-512', 'nanodet-416', 'yolofastestv2-352']
@@ -25,15 +23,8 @@ FUSE = 'tools/analysis_tools/fuse_results.py'
 
 
 def run(args, expect=0):
-    """``python ARGS`` in ROOT: a new interpreter for an error (what it prints while
-    importing counts), else forked from tests/tool_server.py."""
-    if expect:
-        env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-        proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)
-        status, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
-    else:
-        status, stdout, stderr = run_tool(*args)
+    """``python ARGS`` in ROOT (forked from tests/tool_server.py)."""
+    status, stdout, stderr = run_tool(*args)
     assert status == expect, (stdout + stderr)[-4000:]
     return SimpleNamespace(stdout=stdout, stderr=stderr)
 

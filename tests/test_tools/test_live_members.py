@@ -4,7 +4,6 @@ dump → validate → fuse must give what the live ensemble gives on the same im
 """
 import json
 import os.path as osp
-import sys
 
 import numpy as np
 import pytest
@@ -189,21 +188,18 @@ def test_bad_live_member_specs(setup):
 def test_dump_tool_errors(setup, tmp_path):
     tmp, ann_file, ckpts = setup
     cfg = osp.join(MEMBERS, 'tiny_retinanet.py')
-    args = [sys.executable, 'tools/analysis_tools/dump_predictions.py', cfg, ckpts['tiny_retinanet'],
-            '--ann', ann_file, '--img-dir', IMG_DIR]
-    import subprocess
-
+    args = [cfg, ckpts['tiny_retinanet'], '--ann', ann_file, '--img-dir', IMG_DIR]
     import pytest
-    from conftest import load_tool
+    from conftest import load_tool, run_tool
     # through the CLI: a non-zero exit and one line, no traceback
-    proc = subprocess.run(args + ['--out', 'a.json', 'b.json'], cwd=ROOT, capture_output=True,
-                          text=True)
-    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
-    assert '--out names 2 files for 1' in proc.stderr, proc.stderr[-2000:]
+    code, _, err = run_tool('tools/analysis_tools/dump_predictions.py', *args, '--out',
+                            'a.json', 'b.json')
+    assert code == 2 and 'Traceback' not in err and len(err.strip().splitlines()) == 1
+    assert '--out names 2 files for 1' in err, err[-2000:]
     # in process (run_cli turns the ValueError into that line)
     with pytest.raises(ValueError, match='image file .* does not exist'):
-        load_tool('dump_predictions').main(args[2:] + ['--out', 'a.json', '--img-dir',
-                                                        str(tmp_path)])
+        load_tool('dump_predictions').main(args + ['--out', 'a.json', '--img-dir',
+                                                   str(tmp_path)])
 
 
 def test_cel_with_image_only_selection_runs_only_the_selected_live_members(setup):

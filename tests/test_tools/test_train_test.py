@@ -56,12 +56,11 @@ def metric(out, key='coco/bbox_mAP'):
     return float(found[-1])
 
 
-def one_line_error(args):
-    """The stderr line of a tool refusing a mistake (status 2, no traceback)."""
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+def one_line_error(*args):
+    """The stderr line of ``python ARGS`` refusing a mistake (status 2, no traceback)."""
+    code, out, err = run_tool(*args)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, out[-2000:] + err[-3000:]
     return lines[0]
 
 
@@ -152,8 +151,7 @@ def test_test_refuses_a_checkpoint_of_another_method(default_checkpoint, tmp_pat
     """A learned-weights checkpoint given to an e2e-CEL config is refused in one line,
     before any image is scored (mmengine only warns about the keys)."""
     ckpt = default_checkpoint[0]
-    line = one_line_error([sys.executable, 'tools/test.py', CEL_DEFAULT, ckpt,
-                           '--work-dir', str(tmp_path)])
+    line = one_line_error('tools/test.py', CEL_DEFAULT, ckpt, '--work-dir', tmp_path)
     assert line.startswith(f"error: {ckpt}: does not fit the config's model CELDetector "
                            "(the checkpoint's model is EnsembleDetector); unexpected weights "
                            'fusion_conf_type, fusion_iou_thr'), line
@@ -166,10 +164,10 @@ def test_config_and_option_mistakes_are_one_line(tmp_path):
 
     from mmens.utils.runner_args import check_cfg_options
     missing = osp.join(ROOT, 'configs', 'wbf', 'wbf_6members_coco-real-vla.py')
-    assert one_line_error([sys.executable, 'tools/test.py', missing]) == (
+    assert one_line_error('tools/test.py', missing) == (
         f'error: config {missing} does not exist')
-    line = one_line_error([sys.executable, 'tools/train.py', LEARNED, '--work-dir',
-                           str(tmp_path), '--cfg-options', 'default_hooks.loger.interval=1'])
+    line = one_line_error('tools/train.py', LEARNED, '--work-dir', tmp_path, '--cfg-options',
+                          'default_hooks.loger.interval=1')
     assert line == ("error: --cfg-options default_hooks.loger.interval: default_hooks has "
                     "no key 'loger' (did you mean 'logger'?)"), line
     assert not os.listdir(tmp_path)

@@ -17,7 +17,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, run_tool
 
 WBF = osp.join(ROOT, 'configs', 'wbf', 'wbf_6members_coco-real-val.py')
 
@@ -160,13 +160,13 @@ def test_cli_refuses_with_one_line(tmp_path, tool):
     path, marker = evil_checkpoint(tmp_path)
     if tool == 'fuse_results':
         preds = sorted(glob.glob(osp.join(DATA, 'predictions', 'val', '*.json')))
-        proc = cli(['tools/analysis_tools/fuse_results.py', '--ann',
-                    osp.join(DATA, 'annotations', 'val.json'), '--preds', *preds,
-                    '--method', 'learned', '--checkpoint', path])
+        code, out, err = run_tool('tools/analysis_tools/fuse_results.py', '--ann',
+                                  osp.join(DATA, 'annotations', 'val.json'), '--preds', *preds,
+                                  '--method', 'learned', '--checkpoint', path)
     else:
-        proc = cli(['tools/test.py', WBF, path, '--work-dir', str(tmp_path / 'work')])
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert 'Traceback' not in proc.stderr + proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines == [f'error: {expected(path)}'], proc.stderr[-3000:]
+        code, out, err = run_tool('tools/test.py', WBF, path, '--work-dir', tmp_path / 'work')
+    assert code == 2, out[-2000:] + err[-2000:]
+    assert 'Traceback' not in err + out
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == [f'error: {expected(path)}'], err[-3000:]
     assert not marker.exists()
