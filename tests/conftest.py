@@ -42,6 +42,7 @@ class _ToolServer:
             env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self._answer(300)
+        assert ready is not None, 'tests/tool_server.py: not ready after 300 s'
         # a new interpreter would print this before each tool's own output
         assert ready['printed'] == '', f"importing printed: {ready['printed'][-2000:]}"
 
@@ -60,7 +61,9 @@ class _ToolServer:
         request = dict(argv=argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
         self.proc.stdin.write(json.dumps(request) + '\n')
         self.proc.stdin.flush()
-        pid = self._answer(60)['pid']
+        forked = self._answer(60)
+        assert forked is not None, 'tests/tool_server.py: no fork after 60 s'
+        pid = forked['pid']
         answer = self._answer(timeout)
         if answer is None:  # a hung tool: end it, then fail the test
             os.kill(pid, signal.SIGKILL)
@@ -76,16 +79,18 @@ class _ToolServer:
 _tool_server = None
 
 
-def run_tool(script, *args, env_extra=None, timeout=600):
+def run_tool(script, *args, timeout=600):
     """``python SCRIPT ARGS`` in ROOT, from a process that has imported torch, mmengine,
-    mmdet and mmens already (``tests/tool_server.py``): (exit status, stdout, stderr)."""
+    mmdet and mmens already (``tests/tool_server.py``): (exit status, stdout, stderr). The
+    child has this process' environment; a variable read while those packages import
+    would not apply, so a test that sets one starts a real interpreter."""
     import atexit
     import tempfile
     global _tool_server
     if _tool_server is None:
         _tool_server = _ToolServer()
         atexit.register(_tool_server.close)
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env_extra or {}))
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     with tempfile.TemporaryDirectory() as tmp:
         out, err = osp.join(tmp, 'stdout'), osp.join(tmp, 'stderr')
         status = _tool_server.run([script, *map(str, args)], ROOT, env, out, err, timeout)
