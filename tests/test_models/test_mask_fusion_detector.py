@@ -10,6 +10,17 @@ from conftest import DATA, ROOT
 CONFIG = osp.join(ROOT, 'configs', 'masks', 'wbf-masks_3synthetic-members_coco-real-val.py')
 MASKS = osp.join(ROOT, 'data', 'synthetic_masks', 'val')
 IMAGES = 12
+TINY_MASK_RCNN = osp.join(ROOT, 'tests', 'data', 'members', 'tiny_mask_rcnn.py')
+
+
+def first_val_image():
+    """The first embedded val image (BGR array) and the live-member batch of it."""
+    import mmcv
+    img = mmcv.imread(osp.join(DATA, 'images', 'val', sorted(
+        __import__('os').listdir(osp.join(DATA, 'images', 'val')))[0]))
+    h, w = img.shape[:2]
+    return img, dict(img=[torch.from_numpy(img).permute(2, 0, 1)],
+                     image_sizes=torch.tensor([[float(w), float(h)]]))
 
 
 def test_runner_segm_ap_equals_the_file_tool(tmp_path):
@@ -59,21 +70,16 @@ def test_masks_missing_from_the_batch_are_one_error():
 def test_live_instance_segmentation_members_identical_masks_come_back(tmp_path):
     """Two live copies of one tiny Mask R-CNN (random weights): every fused detection is a
     detection of the member, with its mask."""
-    import mmcv
     from mmens.ops.masks import runs_to_counts, rle_encode_counts
     from mmens.registry import MODELS
     from mmengine.registry import DefaultScope
     from mmdet.structures import DetDataSample
-    config = osp.join(ROOT, 'tests', 'data', 'members', 'tiny_mask_rcnn.py')
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope('mmens'):
         model = MODELS.build(dict(type='MaskFusionDetector', members=[
-            dict(name=n, config=config, checkpoint=None) for n in ('a', 'b')]))
-    img = mmcv.imread(osp.join(DATA, 'images', 'val', sorted(
-        __import__('os').listdir(osp.join(DATA, 'images', 'val')))[0]))
+            dict(name=n, config=TINY_MASK_RCNN, checkpoint=None) for n in ('a', 'b')]))
+    img, inputs = first_val_image()
     h, w = img.shape[:2]
-    inputs = dict(img=[torch.from_numpy(img).permute(2, 0, 1)],
-                  image_sizes=torch.tensor([[float(w), float(h)]]))
     pred = model.predict(inputs, [DetDataSample()])[0].pred_instances
     member = model.live_members.predict_member(0, [img])[0]
     assert 0 < len(pred) <= len(member['scores'])
@@ -91,14 +97,12 @@ def test_a_boxes_only_detector_says_once_per_member_that_it_leaves_masks(tmp_pat
                                                                           monkeypatch):
     """Live Mask R-CNN members under FusionDetector: their masks are not packed (no
     run-length conversion for nothing), and one warning per member says so."""
-    import mmcv
     from mmdet.structures import DetDataSample
     from mmengine.registry import DefaultScope
 
     import mmens.models.live_members as live_members
     from mmens.registry import MODELS
-    config = osp.join(ROOT, 'tests', 'data', 'members', 'tiny_mask_rcnn.py')
-    members = [dict(name=n, config=config, checkpoint=None) for n in ('a', 'b')]
+    members = [dict(name=n, config=TINY_MASK_RCNN, checkpoint=None) for n in ('a', 'b')]
     with DefaultScope.overwrite_default_scope('mmens'):
         torch.manual_seed(0)
         boxes_only = MODELS.build(dict(type='FusionDetector', members=members))
@@ -106,11 +110,7 @@ def test_a_boxes_only_detector_says_once_per_member_that_it_leaves_masks(tmp_pat
         with_masks = MODELS.build(dict(type='MaskFusionDetector', members=members))
     said = []
     monkeypatch.setattr(live_members, 'print_log', lambda msg, **kw: said.append(msg))
-    img = mmcv.imread(osp.join(DATA, 'images', 'val', sorted(
-        __import__('os').listdir(osp.join(DATA, 'images', 'val')))[0]))
-    h, w = img.shape[:2]
-    inputs = dict(img=[torch.from_numpy(img).permute(2, 0, 1)],
-                  image_sizes=torch.tensor([[float(w), float(h)]]))
+    _, inputs = first_val_image()
     packed = boxes_only.with_member_predictions(inputs)
     assert 'masks' not in packed and len(packed['scores']) > 0
     boxes_only.predict(inputs, [DetDataSample()])  # a second batch: no second warning
